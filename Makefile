@@ -1,0 +1,34 @@
+# Both targets work on a fresh machine with only python3: they create .venv and install
+# what they need the first time, and re-runs skip the install when nothing changed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-quick clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rendezvous demo --duration $${DURATION:-20} --home $${RENDEZVOUS_HOME:-.rendezvous}
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.serving
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.serving --quick
+
+clean:
+	rm -rf $(VENV) .rendezvous .pytest_cache

@@ -1,0 +1,99 @@
+"""One root for every error Rendezvous raises, one subclass per distinct recovery.
+
+Messages name the offending value and say how to fix it. The HTTP edge maps these classes to
+status codes in one table (``rendezvous.proxy.errors``).
+"""
+
+from __future__ import annotations
+
+
+class RendezvousError(Exception):
+    """Root of all Rendezvous errors."""
+
+
+class ConfigError(RendezvousError):
+    """A setting, flag or spec file is invalid."""
+
+
+class NotFoundError(RendezvousError):
+    """A named thing (model, version, alias, deployment, topic) does not exist."""
+
+    def __init__(self, kind: str, name: str, hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        msg = f"unknown {kind} {name!r}"
+        super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class AlreadyExistsError(RendezvousError):
+    """Creating something that already exists."""
+
+
+class ValidationError(RendezvousError):
+    """Input does not match the expected signature; ``problems`` lists each offending field."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or []
+        detail = "; ".join(self.problems)
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class BadRequestError(RendezvousError):
+    """The request body cannot be decoded at all (malformed JSON, wrong envelope)."""
+
+
+class PayloadTooLargeError(RendezvousError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"request body of {size} bytes exceeds the limit of {limit} bytes; send smaller "
+            "batches or raise RENDEZVOUS_MAX_BODY_BYTES"
+        )
+
+
+class ArtifactIntegrityError(RendezvousError):
+    """An artifact's bytes do not hash to the digest the registry recorded."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        self.digest = digest
+        self.actual = actual
+        super().__init__(
+            f"artifact sha256:{digest} is corrupt (its bytes hash to sha256:{actual}); "
+            "refusing to load it. Re-register the model from its source."
+        )
+
+
+class UnsafeArtifactError(RendezvousError):
+    """Loading the artifact would run untrusted code (pickle) without an explicit opt-in."""
+
+
+class FlavorError(RendezvousError):
+    """A model cannot be saved, loaded or called by its flavor."""
+
+
+class SlaMissError(RendezvousError):
+    """No model answered before the deadline."""
+
+    def __init__(self, request_id: str, deadline_ms: float) -> None:
+        self.request_id = request_id
+        self.deadline_ms = deadline_ms
+        super().__init__(
+            f"no model answered request {request_id} within its {deadline_ms:g} ms deadline"
+        )
+
+
+class UnavailableError(RendezvousError):
+    """A dependency (stream engine, server) is down; retrying later may succeed."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class AuthError(RendezvousError):
+    """Missing or wrong admin token."""
+
+
+class StreamError(RendezvousError):
+    """A stream engine operation failed."""

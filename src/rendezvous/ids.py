@@ -1,0 +1,65 @@
+"""Typed identifiers: request ids (ULIDs) and model references (``name@version``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ulid import ULID
+
+from rendezvous.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def new_request_id() -> str:
+    """A new sortable request id (ULID, 26 characters, Crockford base32)."""
+    return str(ULID())
+
+
+def check_name(name: str, kind: str = "name") -> str:
+    """Validate a model, deployment or alias name; safe to use in a path or a NATS subject."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid {kind} {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ModelRef:
+    """A model version reference: ``name@3``; ``name@alias`` before resolution."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Parse ``name@version`` or ``name@alias``.
+
+        >>> ModelRef.parse("fraud@3")
+        ModelRef(name='fraud', version=3, alias=None)
+        """
+        if not isinstance(text, str) or text.count("@") != 1:
+            raise ConfigError(
+                f"invalid model reference {text!r}: write NAME@VERSION (e.g. fraud@3) "
+                "or NAME@ALIAS (e.g. fraud@champion)"
+            )
+        name, _, tail = text.partition("@")
+        check_name(name, "model name")
+        if tail.isdigit():
+            version = int(tail)
+            if version < 1:
+                raise ConfigError(f"invalid model version in {text!r}: versions start at 1")
+            return cls(name, version)
+        check_name(tail, "alias")
+        return cls(name, alias=tail)
+
+    @property
+    def resolved(self) -> bool:
+        return self.version is not None
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version if self.version is not None else self.alias}"

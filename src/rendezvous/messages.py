@@ -1,0 +1,113 @@
+"""The messages that travel on the streams (DESIGN.md §2).
+
+msgspec Structs, encoded as msgpack on the streams and as JSON at the HTTP edge. Each carries a
+``v`` field so that readers can evolve; unknown fields are ignored on decode.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+VERSION = 1
+
+Columns = dict[str, list[Any]]
+
+
+class Reason(enum.StrEnum):
+    PREFERRED = "preferred"
+    FALLBACK = "fallback"
+    SPLIT = "split"
+    SLA_MISS = "sla_miss"
+    ERROR = "error"
+
+
+class Status(enum.StrEnum):
+    ON_TIME = "on_time"
+    LATE = "late"
+    MISSING = "missing"
+    ERROR = "error"
+
+
+class ControlKind(enum.StrEnum):
+    POLICY = "policy"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = VERSION
+    request_id: str
+    deployment: str
+    received_ns: int
+    deadline_ns: int
+    inputs: Columns
+    n_rows: int
+    return_to: str = ""
+    policy_version: int = 0
+    meta: dict[str, str] = {}
+
+
+class Score(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = VERSION
+    request_id: str
+    deployment: str
+    model: str
+    outputs: dict[str, list[Any]] = {}
+    started_ns: int = 0
+    finished_ns: int = 0
+    error: str | None = None
+    worker: str = ""
+    input_digest: str = ""  # blake2b of the Request bytes this worker scored
+
+
+class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: Status
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = VERSION
+    request_id: str
+    deployment: str
+    model: str | None
+    reason: Reason
+    outputs: dict[str, list[Any]] = {}
+    policy_version: int = 0
+    received_ns: int = 0
+    responded_ns: int = 0
+    models: dict[str, ModelOutcome] = {}
+    error: str | None = None
+
+
+class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = VERSION
+    request_id: str
+    deployment: str
+    labels: list[Any]
+    at_ns: int
+
+
+class Control(msgspec.Struct, kw_only=True, omit_defaults=True):
+    v: int = VERSION
+    deployment: str
+    kind: ControlKind
+    policy_version: int
+    body: dict[str, Any] = {}
+
+
+_enc = msgspec.msgpack.Encoder()
+encode = _enc.encode
+request_decoder = msgspec.msgpack.Decoder(Request)
+score_decoder = msgspec.msgpack.Decoder(Score)
+result_decoder = msgspec.msgpack.Decoder(Result)
+feedback_decoder = msgspec.msgpack.Decoder(Feedback)
+control_decoder = msgspec.msgpack.Decoder(Control)
+
+
+def topic(deployment: str, kind: str) -> str:
+    """Stream topic name for one deployment, e.g. ``demo.input``."""
+    return f"{deployment}.{kind}"

@@ -1,0 +1,25 @@
+"""Stream engines behind one contract (see ``base``)."""
+
+from rendezvous.streams.base import (
+    Batch,
+    Consumer,
+    Record,
+    Retention,
+    ReturnChannel,
+    Stream,
+    dead_letter_topic,
+    open_stream,
+    register_engine,
+)
+
+__all__ = [
+    "Batch",
+    "Consumer",
+    "Record",
+    "Retention",
+    "ReturnChannel",
+    "Stream",
+    "dead_letter_topic",
+    "open_stream",
+    "register_engine",
+]

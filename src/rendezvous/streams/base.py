@@ -1,0 +1,143 @@
+"""The ``Stream`` contract every engine implements (DESIGN.md §4).
+
+Topics are append-only logs of opaque ``bytes`` records, each with a per-topic offset starting at
+1. Consumers read a topic in a named *group*: every group sees every record (fan-out), the
+consumers inside one group share the work, and a group's position survives restarts once its
+batches are acknowledged. Delivery is at-least-once; appends carrying a ``msg_id`` already seen
+on that topic (within the engine's de-duplication window) are dropped and return the original
+offset, so client retries do not duplicate requests.
+
+Engines register themselves by URL scheme (``open_stream("embedded", home=...)``,
+``open_stream("nats://127.0.0.1:4222")``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from rendezvous.errors import ConfigError
+
+Start = Literal["earliest", "latest"] | int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    offset: int
+    data: bytes
+    msg_id: str = ""
+    ts_ns: int = 0
+    deliveries: int = 1  # 1 on first delivery, more on redelivery
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a topic keeps records: whichever limit is hit first. ``None`` = unlimited."""
+
+    max_age_s: float | None = 7 * 24 * 3600.0
+    max_records: int | None = None
+
+
+class Batch(Protocol):
+    """Records handed to one consumer; acknowledge them (or nak for redelivery) once handled."""
+
+    records: list[Record]
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay_s: float = 0.0) -> None: ...
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Async iterator of batches for one (topic, group); ``close()`` stops it."""
+
+    def __aiter__(self) -> AsyncIterator[Batch]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """One stream engine. All methods are coroutine-safe within one event loop."""
+
+    async def ensure_topic(self, topic: str, *, retention: Retention | None = None) -> None:
+        """Create the topic if missing (idempotent); update its retention if given."""
+
+    async def append(
+        self, topic: str, records: Sequence[bytes], msg_ids: Sequence[str] | None = None
+    ) -> list[int]:
+        """Durably append records; return their offsets once durable.
+
+        A record whose ``msg_id`` was already appended to the topic is not appended again; the
+        original offset is returned in its place.
+        """
+
+    def consume(
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: Start = "earliest",
+        max_batch: int = 256,
+        max_deliveries: int = 5,
+    ) -> Consumer:
+        """Consume ``topic`` as member of ``group``.
+
+        ``start`` applies only when the group has no committed position yet. A record nak'ed or
+        left unacknowledged ``max_deliveries`` times goes to the topic's dead-letter topic
+        (``<topic>.dlq``) instead of being delivered again.
+        """
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        from_offset: int | None = None,
+        from_time_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[Record]:
+        """Read records in offset order, from an offset or a time, without any group."""
+
+    async def last_offset(self, topic: str) -> int:
+        """Offset of the newest record, 0 for an empty topic."""
+
+    async def close(self) -> None:
+        """Flush pending appends and release resources."""
+
+
+class ReturnChannel(Protocol):
+    """Delivers a ``Result`` (encoded) to the proxy that owns a return address."""
+
+    async def send(self, return_to: str, data: bytes) -> None: ...
+
+
+EngineFactory = Callable[..., Awaitable[Stream]]
+_ENGINES: dict[str, EngineFactory] = {}
+
+
+def register_engine(scheme: str, factory: EngineFactory) -> None:
+    _ENGINES[scheme] = factory
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+async def open_stream(url: str, *, home: Path) -> Stream:
+    """Open the engine for ``url``: ``embedded``, ``local-nats`` or ``nats://host:port``."""
+    # Import engines here so each registers itself without import-time side effects elsewhere.
+    from rendezvous.streams import embedded  # noqa: F401
+
+    try:
+        from rendezvous.streams import nats  # noqa: F401
+    except ImportError:  # pragma: no cover - nats engine not available
+        pass
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    factory = _ENGINES.get(scheme)
+    if factory is None:
+        known = ", ".join(sorted(_ENGINES))
+        raise ConfigError(f"unknown stream engine {url!r}; known engines: {known}")
+    return await factory(url, home=home)
