@@ -13,6 +13,7 @@ Engines register themselves by URL scheme (``open_stream("embedded", home=...)``
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,8 @@ async def open_stream(url: str, *, home: Path) -> Stream:
     # Import engines here so each registers itself without import-time side effects elsewhere.
     from rendezvous.streams import embedded  # noqa: F401
 
-    try:
+    with contextlib.suppress(ImportError):  # the nats engine needs nats-py
         from rendezvous.streams import nats  # noqa: F401
-    except ImportError:  # pragma: no cover - nats engine not available
-        pass
     scheme = url.split("://", 1)[0] if "://" in url else url
     factory = _ENGINES.get(scheme)
     if factory is None:

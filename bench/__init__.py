@@ -1,0 +1,1 @@
+"""Benchmarks for Rendezvous; ``python -m bench.serving`` is the serving comparison."""

@@ -1,0 +1,141 @@
+"""The contenders: how each one's artifact is built and its server started.
+
+Each ``prepare_*`` gets a ``Workspace`` (its directory under ``bench/.work`` and a free
+port), builds what it needs there and returns the ``ServerSpec`` that starts it on
+127.0.0.1. The three third-party contenders run from ``bench/.venv``; the Rendezvous ones
+from the project's environment (see ``bench.rendezvous_contender``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import rendezvous_contender
+from bench.payloads import Wire
+from bench.server import ServerSpec, Workspace, free_port, run_step
+from bench.venv import ROOT, VENV, bench_bin
+
+MLSERVER_MODEL = "hgb"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One entry in the benchmark."""
+
+    name: str
+    prepare: Callable[[Workspace], ServerSpec]
+    needs_bench_venv: bool
+    summary: str
+
+
+def _bench_env() -> dict[str, str]:
+    # bench/.venv/bin first: `mlflow models serve` starts `uvicorn` by name from PATH.
+    return {
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+    }
+
+
+def _artifact(kind: str, out: Path) -> Path:
+    """Build (or reuse) the reference model as ``kind`` with bench/.venv's scikit-learn."""
+    run_step([bench_bin("python"), "-m", "bench.models", kind, out], cwd=ROOT, env=_bench_env())
+    return out
+
+
+def prepare_mlflow(ws: Workspace) -> ServerSpec:
+    """``mlflow models serve --env-manager local`` with 2 workers (uvicorn underneath)."""
+    model = _artifact("mlflow", ws.dir / "artifact") / "model"
+    return ServerSpec(
+        argv=[str(bench_bin("mlflow")), "models", "serve", "-m", str(model),
+              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ws.port), "-w", "2"],
+        ready_url=f"{ws.base_url}/ping",
+        infer_url=f"{ws.base_url}/invocations",
+        wire=Wire.MLFLOW,
+        cwd=ws.dir,
+        env=_bench_env(),
+    )
+
+
+JsonDict = dict[str, object]
+
+
+def mlserver_settings(ws: Workspace, model_path: Path) -> tuple[JsonDict, JsonDict]:
+    """MLServer's settings.json and model-settings.json: adaptive batching at 64 / 2 ms."""
+    settings: JsonDict = {
+        "host": "127.0.0.1",
+        "http_port": ws.port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        # debug (the default) turns on one access-log line per request.
+        "debug": False,
+    }
+    model: JsonDict = {
+        "name": MLSERVER_MODEL,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "max_batch_size": 64,
+        "max_batch_time": 0.002,
+        "parameters": {"uri": str(model_path), "version": "v1"},
+    }
+    return settings, model
+
+
+def prepare_mlserver(ws: Workspace) -> ServerSpec:
+    """``mlserver start`` on a repository holding the joblib model."""
+    model_path = _artifact("joblib", ws.dir / "artifact") / "model.joblib"
+    repo = ws.dir / "repo"
+    (repo / MLSERVER_MODEL).mkdir(parents=True, exist_ok=True)
+    settings, model = mlserver_settings(ws, model_path)
+    (repo / "settings.json").write_text(json.dumps(settings, indent=2))
+    (repo / MLSERVER_MODEL / "model-settings.json").write_text(json.dumps(model, indent=2))
+    return ServerSpec(
+        argv=[str(bench_bin("mlserver")), "start", str(repo)],
+        ready_url=f"{ws.base_url}/v2/models/{MLSERVER_MODEL}/ready",
+        infer_url=f"{ws.base_url}/v2/models/{MLSERVER_MODEL}/infer",
+        wire=Wire.OIP_V2,
+        cwd=ws.dir,
+        env=_bench_env(),
+    )
+
+
+def prepare_fastapi(ws: Workspace) -> ServerSpec:
+    """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app``."""
+    model_path = _artifact("joblib", ws.dir / "artifact") / "model.joblib"
+    return ServerSpec(
+        argv=[str(bench_bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
+              "-b", f"127.0.0.1:{ws.port}", "bench.fastapi_app:app"],
+        ready_url=f"{ws.base_url}/health",
+        infer_url=f"{ws.base_url}/predict",
+        wire=Wire.FASTAPI,
+        cwd=ROOT,
+        env={**_bench_env(), "BENCH_MODEL_PATH": str(model_path)},
+    )
+
+
+#: Every contender, in the order they run and appear in the results.
+CONTENDERS: dict[str, Contender] = {c.name: c for c in [
+    Contender("mlflow", prepare_mlflow, True,
+              "mlflow models serve --env-manager local, 2 uvicorn workers"),
+    Contender("mlserver", prepare_mlserver, True,
+              "MLServer + mlserver-sklearn, adaptive batching 64 / 2 ms"),
+    Contender("fastapi", prepare_fastapi, True,
+              "plain FastAPI app, gunicorn with 2 uvicorn workers"),
+    Contender("rendezvous-1", rendezvous_contender.prepare_one, False,
+              "Rendezvous, champion only"),
+    Contender("rendezvous-4", rendezvous_contender.prepare_four, False,
+              "Rendezvous, champion + fallback + challenger + canary, decoy archive"),
+]}
+
+
+def select(names: list[str]) -> list[Contender]:
+    """The named contenders in the given order; an unknown name's error lists the known ones."""
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown:
+        raise ValueError(f"unknown contender(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(CONTENDERS)}")
+    return [CONTENDERS[n] for n in names]

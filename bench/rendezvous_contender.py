@@ -1,0 +1,146 @@
+"""The Rendezvous contenders, ``rendezvous-1`` and ``rendezvous-4``: everything the benchmark
+knows about Rendezvous lives here, so the CLI calls and specs can change in one place.
+
+Setup, all through the project's own environment (``.venv/bin``):
+
+1. ``python -m bench.rendezvous_contender OUT_DIR`` trains the models and saves each with
+   ``skops.io.dump`` (cached by ``bench.models.cached_build``);
+2. ``rendezvous models register NAME PATH --home HOME`` for each model the deployment uses;
+3. ``rendezvous deploy apply SPEC.toml --home HOME``;
+4. ``rendezvous serve DEPLOYMENT --home HOME --port PORT``, ready when
+   ``GET /v2/health/ready`` answers 200; requests are OIP v2 bodies, as MLServer's, to
+   ``/v2/models/DEPLOYMENT/infer``.
+
+Each contender gets a fresh home, so model versions always start at 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.models import cached_build, reference_split, train_reference
+from bench.payloads import Wire
+from bench.server import ServerError, ServerSpec, Workspace, run_step
+from bench.venv import ROOT, project_bin
+
+
+def _logistic(c: float) -> Callable[[Any], Any]:
+    def train(split: Any) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=c, max_iter=1000).fit(split.x_train, split.y_train)
+
+    return train
+
+
+def _challenger(split: Any) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        max_iter=100, learning_rate=0.05, max_leaf_nodes=15, random_state=1
+    ).fit(split.x_train, split.y_train)
+
+
+#: Registered model name -> how to train it from the reference split.
+MODELS: dict[str, Callable[[Any], Any]] = {
+    "hgb": train_reference,  # the reference model, the same as every other contender's
+    "hgb-fallback": _logistic(1.0),
+    "hgb-challenger": _challenger,
+    "hgb-canary": _logistic(0.1),
+}
+
+_CHAMPION = """\
+[[models]]
+model = "hgb@1"
+role = "champion"
+wait_ms = 100
+"""
+
+_OTHERS = """
+[[models]]
+model = "hgb-fallback@1"
+role = "fallback"
+
+[[models]]
+model = "hgb-challenger@1"
+role = "challenger"
+
+[[models]]
+model = "hgb-canary@1"
+role = "canary"
+"""
+
+#: Deployment name -> (models it needs, spec text).
+DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
+    "bench1": (["hgb"], f'name = "bench1"\ndeadline_ms = 200\n\n{_CHAMPION}'),
+    "bench4": (list(MODELS), f'name = "bench4"\ndeadline_ms = 200\n\n{_CHAMPION}{_OTHERS}'),
+}
+
+#: Added to ``rendezvous serve``; e.g. flags that turn the decoy archive on or off.
+SERVE_EXTRA_ARGS: list[str] = []
+
+
+def _build_skops(out: Path) -> None:
+    import skops.io
+
+    split = reference_split()
+    for name, train in MODELS.items():
+        tmp = out / f"{name}.skops.tmp"
+        skops.io.dump(train(split), tmp)
+        tmp.replace(out / f"{name}.skops")
+
+
+def _prepare(ws: Workspace, deployment: str) -> ServerSpec:
+    python, cli = project_bin("python"), project_bin("rendezvous")
+    if not cli.exists():
+        raise ServerError(f"{cli} not found; install the project first (make test)")
+    env = {"PYTHONPATH": str(ROOT), "RENDEZVOUS_HOST": "127.0.0.1"}
+    models_dir = ws.dir / "models"
+    run_step([python, "-m", "bench.rendezvous_contender", models_dir], cwd=ROOT, env=env)
+
+    home = ws.dir / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    needed, spec_text = DEPLOYMENTS[deployment]
+    for name in needed:
+        run_step([cli, "models", "register", name, models_dir / f"{name}.skops",
+                  "--home", home], cwd=ws.dir, env=env)
+    spec = ws.dir / f"{deployment}.toml"
+    spec.write_text(spec_text)
+    run_step([cli, "deploy", "apply", spec, "--home", home], cwd=ws.dir, env=env)
+
+    return ServerSpec(
+        argv=[str(cli), "serve", deployment, "--home", str(home), "--port", str(ws.port),
+              *SERVE_EXTRA_ARGS],
+        ready_url=f"{ws.base_url}/v2/health/ready",
+        infer_url=f"{ws.base_url}/v2/models/{deployment}/infer",
+        wire=Wire.OIP_V2,
+        cwd=ws.dir,
+        env=env,
+    )
+
+
+def prepare_one(ws: Workspace) -> ServerSpec:
+    """``rendezvous-1``: the champion alone."""
+    return _prepare(ws, "bench1")
+
+
+def prepare_four(ws: Workspace) -> ServerSpec:
+    """``rendezvous-4``: champion, fallback, challenger and canary score every request."""
+    return _prepare(ws, "bench4")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.rendezvous_contender OUT_DIR``: the skops files, in the project venv."""
+    if len(argv) != 1:
+        print("usage: python -m bench.rendezvous_contender OUT_DIR", file=sys.stderr)
+        return 2
+    cached_build(Path(argv[0]), "rendezvous-skops", _build_skops)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

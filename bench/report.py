@@ -1,0 +1,182 @@
+"""serving.json, serving.md and serving.png from the measured rows.
+
+The Markdown, the ratios and the findings are pure functions of the document; only the
+``write_*`` functions touch files (each written to a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+RATIO_LEVEL = 32
+#: A p50 in this band at concurrency 1 is the mark of TCP delayed ACK, not of slow scoring.
+DELAYED_ACK_BAND_MS = (38.0, 48.0)
+RENDEZVOUS_4, RENDEZVOUS_1, FASTAPI = "rendezvous-4", "rendezvous-1", "fastapi"
+COLUMNS = ["contender", "concurrency", "rps", "p50_ms", "p99_ms", "p999_ms", "errors",
+           "peak_rss_mb"]
+
+
+def _at(results: Sequence[Row], contender: str, level: int) -> Row | None:
+    for row in results:
+        if row["contender"] == contender and row["concurrency"] == level:
+            return row
+    return None
+
+
+def _others(results: Sequence[Row], level: int) -> list[Row]:
+    """The third-party contenders' rows at ``level`` (Rendezvous is compared against them)."""
+    return [r for r in results
+            if r["concurrency"] == level and not r["contender"].startswith("rendezvous")]
+
+
+def ratios(results: Sequence[Row]) -> list[str]:
+    """The headline comparisons, one Markdown bullet each; 'n/a' where a row is missing."""
+    lines = []
+    r4, others = _at(results, RENDEZVOUS_4, RATIO_LEVEL), _others(results, RATIO_LEVEL)
+    if r4 and others:
+        best = max(others, key=lambda r: r["rps"])
+        lines.append(
+            f"- **{RENDEZVOUS_4} throughput / best other at c={RATIO_LEVEL}**: "
+            f"{r4['rps'] / best['rps']:.2f}x ({r4['rps']:.0f} vs {best['contender']} "
+            f"{best['rps']:.0f} req/s)")
+        low = min(others, key=lambda r: r["p99_ms"])
+        lines.append(
+            f"- **{RENDEZVOUS_4} p99 vs lowest other p99 at c={RATIO_LEVEL}**: "
+            f"{r4['p99_ms'] / low['p99_ms']:.2f}x ({r4['p99_ms']:.1f} ms vs {low['contender']} "
+            f"{low['p99_ms']:.1f} ms, {r4['p99_ms'] - low['p99_ms']:+.1f} ms)")
+    else:
+        lines.append(f"- {RENDEZVOUS_4} vs others at c={RATIO_LEVEL}: n/a "
+                     f"(needs {RENDEZVOUS_4} and at least one other contender at c={RATIO_LEVEL})")
+    r1, fa = _at(results, RENDEZVOUS_1, 1), _at(results, FASTAPI, 1)
+    if r1 and fa:
+        lines.append(
+            f"- **{RENDEZVOUS_1} p50 - {FASTAPI} p50 at c=1**: "
+            f"{r1['p50_ms'] - fa['p50_ms']:+.2f} ms ({r1['p50_ms']:.2f} vs {fa['p50_ms']:.2f} ms)")
+    else:
+        lines.append(f"- {RENDEZVOUS_1} p50 - {FASTAPI} p50 at c=1: n/a "
+                     f"(needs both at c=1)")
+    return lines
+
+
+def findings(results: Sequence[Row]) -> list[str]:
+    """Things in the numbers a reader should not misread, one Markdown bullet each."""
+    out = []
+    low, high = DELAYED_ACK_BAND_MS
+    for row in results:
+        if row["concurrency"] == 1 and low <= row["p50_ms"] <= high:
+            out.append(
+                f"- **{row['contender']}: TCP delayed-ACK artifact at c=1.** p50 is "
+                f"{row['p50_ms']:.1f} ms ({row['rps']:.0f} req/s), in the {low:.0f}-{high:.0f} ms "
+                "band of Linux's 40 ms delayed ACK: the server writes its response in more "
+                "than one segment and waits for an ACK the client delays, so one connection "
+                "stalls ~40 ms per request whatever the model costs. It is a transport "
+                "artifact (seen with `uvicorn --workers 2`), not scoring time; the c≥8 rows "
+                "show the server's real capacity.")
+    for row in results:
+        if row["errors"]:
+            out.append(f"- **{row['contender']} at c={row['concurrency']}: "
+                       f"{row['errors']} errors** (non-2xx, socket errors or timeouts); its "
+                       "throughput counts successful responses only.")
+    return out
+
+
+def _fmt(column: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if column in ("rps", "peak_rss_mb") else f"{value:.2f}"
+    return str(value)
+
+
+def table(results: Sequence[Row]) -> str:
+    """The results as one Markdown table."""
+    head = ["contender", "c", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in results:
+        lines.append("| " + " | ".join(_fmt(c, row[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """serving.md: setup, table, ratios, findings, failures."""
+    m, s = doc["machine"], doc["settings"]
+    parts = [
+        "# Serving benchmark",
+        "",
+        f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+        f"{m['os']}. Load: {m['load_generator']}, {s['wrk_threads']} thread, "
+        f"{s['duration_s']:g} s per level after a {s['warmup_s']:g} s warm-up; "
+        "every server on 127.0.0.1 with OMP_NUM_THREADS=1. req/s counts successful "
+        "responses; peak RSS sums the server's whole process tree during each level.",
+        "",
+        table(doc["results"]),
+        "",
+        "## Ratios",
+        "",
+        *ratios(doc["results"]),
+        "",
+        "## Findings",
+        "",
+        *(findings(doc["results"]) or ["- Nothing unusual detected."]),
+    ]
+    if doc.get("failures"):
+        parts += ["", "## Did not run", ""]
+        parts += [f"- **{f['contender']}**: {f['error'].splitlines()[0]}" for f in doc["failures"]]
+    parts += ["", "## Contenders", ""]
+    parts += [f"- `{name}`: {text}" for name, text in s["contenders"].items()]
+    return "\n".join(parts) + "\n"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    _atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def write_markdown(doc: dict[str, Any], path: Path) -> None:
+    _atomic_write(path, markdown(doc).encode())
+
+
+def write_png(results: Sequence[Row], path: Path) -> bool:
+    """Throughput and p99 against concurrency, one line per contender; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    names = list(dict.fromkeys(r["contender"] for r in results))
+    levels = sorted({r["concurrency"] for r in results})
+    for name in names:
+        rows = sorted((r for r in results if r["contender"] == name),
+                      key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["rps"] for r in rows], marker="o", label=name)
+        right.plot(xs, [r["p99_ms"] for r in rows], marker="o", label=name)
+    for ax, title, ylabel in ((left, "Throughput", "requests / s"),
+                              (right, "p99 latency", "ms (log scale)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(level) for level in levels])
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize="small")
+    tmp = path.with_name(path.name + ".tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True

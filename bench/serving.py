@@ -1,0 +1,210 @@
+"""Serving benchmark: MLflow, MLServer, a plain FastAPI app and Rendezvous, side by side.
+
+Each contender is started as its own server on 127.0.0.1, warmed up, then loaded by wrk at
+each concurrency level for a fixed duration; its process tree's RSS is sampled throughout.
+Writes ``serving.json``, ``serving.md`` and ``serving.png`` to ``bench/results``.
+
+Usage::
+
+    python -m bench.serving                      # all contenders, c = 1, 8, 32, 64
+    python -m bench.serving --quick              # c = 1, 32, short runs (under 2 minutes)
+    python -m bench.serving --contenders fastapi,rendezvous-1 --levels 1,8
+
+The first run creates ``bench/.venv`` from ``bench/requirements.txt`` and re-executes itself
+there; later runs reuse it. From Python (any environment with rich; the third-party
+contenders still need ``bench/.venv``, which ``run`` creates on demand)::
+
+    from bench.serving import run
+    rows = run(["rendezvous-1"], [1, 8], duration_s=2, warmup_s=1, out_dir=tmp_path)
+    assert all(r["errors"] == 0 for r in rows)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench import loadgen, models, payloads, report, venv
+from bench.contenders import CONTENDERS, Contender, select
+from bench.loadgen import LoadError, LoadResult
+from bench.server import PeakRss, Server, ServerError, Workspace, free_port
+
+RESULTS_DIR = venv.BENCH_DIR / "results"
+SETTLE_S = 0.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Levels and durations of one benchmark mode."""
+
+    levels: list[int]
+    duration_s: float
+    warmup_s: float
+
+
+FULL = Plan(levels=[1, 8, 32, 64], duration_s=20, warmup_s=5)
+QUICK = Plan(levels=[1, 32], duration_s=4, warmup_s=2)
+
+
+def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[str, Any]:
+    return {
+        "contender": contender,
+        "concurrency": level,
+        "rps": round(result.rps, 1),
+        "p50_ms": round(result.p50_ms, 3),
+        "p99_ms": round(result.p99_ms, 3),
+        "p999_ms": round(result.p999_ms, 3),
+        "errors": result.errors,
+        "peak_rss_mb": round(peak_rss / 2**20, 1),
+    }
+
+
+def _smoke(server: Server, body: bytes) -> None:
+    """One request before any load: the contender must answer it with a 2xx."""
+    status, answer = server.post(body)
+    if not 200 <= status < 300:
+        raise ServerError(f"smoke request to {server.spec.infer_url} got {status}: "
+                          f"{answer[:500].decode(errors='replace')}")
+
+
+def _measure(contender: Contender, levels: Sequence[int], duration_s: float, warmup_s: float,
+             rows: list[list[float]], progress: Progress) -> list[dict[str, Any]]:
+    """Prepare, start, warm up and load one contender; its rows, one per level."""
+    name = contender.name
+    task = progress.add_task(f"{name}: preparing", total=len(levels) + 2)
+    ws = Workspace(name=name, dir=venv.WORK / name, port=free_port())
+    ws.dir.mkdir(parents=True, exist_ok=True)
+    spec = contender.prepare(ws)
+    bodies = [payloads.body(spec.wire, r, columns=models.FEATURE_NAMES) for r in rows]
+    bodies_file = loadgen.write_bodies(ws.dir / "bodies.jsonl", bodies)
+    progress.update(task, advance=1, description=f"{name}: starting")
+    out = []
+    with Server(spec, log_path=ws.dir / "server.log") as server, \
+            PeakRss(server.pid).running() as rss:
+        _smoke(server, bodies[0])
+        if warmup_s > 0:
+            progress.update(task, description=f"{name}: warm-up {warmup_s:g}s at c={max(levels)}")
+            loadgen.run_wrk(spec.infer_url, bodies_file, connections=max(levels),
+                            duration_s=warmup_s)
+        progress.update(task, advance=1)
+        rss.take_window()
+        for level in levels:
+            time.sleep(SETTLE_S)
+            progress.update(task, description=f"{name}: c={level} for {duration_s:g}s")
+            result = loadgen.run_wrk(spec.infer_url, bodies_file, connections=level,
+                                     duration_s=duration_s)
+            row = _row(name, level, result, rss.take_window())
+            out.append(row)
+            progress.console.print(
+                f"  {name:<13} c={level:<3} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:7.2f} ms"
+                f"  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}"
+                f"  RSS {row['peak_rss_mb']:.0f} MB")
+            progress.update(task, advance=1)
+    progress.update(task, description=f"{name}: done")
+    return out
+
+
+def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: float,
+        out_dir: Path, *, keep_going: bool = False,
+        console: Console | None = None) -> list[dict[str, Any]]:
+    """Benchmark ``contenders`` at each concurrency in ``levels`` and write the reports.
+
+    Returns the result rows (``contender, concurrency, rps, p50_ms, p99_ms, p999_ms, errors,
+    peak_rss_mb``). A contender that fails to start raises ``ServerError``, or with
+    ``keep_going`` is listed under "Did not run" and skipped.
+    """
+    chosen = select(contenders)
+    if not levels or any(level < 1 for level in levels):
+        raise ValueError(f"concurrency levels must be positive integers, got {levels}")
+    needs_bench_venv = any(c.needs_bench_venv for c in chosen)
+    console = console or Console()
+    if needs_bench_venv:
+        venv.ensure(log=console.print)
+    loadgen.ensure_wrk()
+    rows = models.request_rows()
+    results: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        for contender in chosen:
+            try:
+                results += _measure(contender, levels, duration_s, warmup_s, rows, progress)
+            except (ServerError, LoadError, OSError) as exc:
+                if not keep_going:
+                    raise
+                failures.append({"contender": contender.name, "error": str(exc)})
+                progress.console.print(f"[red]{contender.name} did not run:[/red] {exc}")
+    doc = {
+        "machine": _machine(needs_bench_venv),
+        "settings": {
+            "levels": list(levels), "duration_s": duration_s, "warmup_s": warmup_s,
+            "wrk_threads": loadgen.THREADS, "omp_num_threads": 1,
+            "contenders": {c.name: c.summary for c in chosen},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "results": results,
+        "failures": failures,
+    }
+    report.write_json(doc, out_dir / "serving.json")
+    report.write_markdown(doc, out_dir / "serving.md")
+    if results and not report.write_png(results, out_dir / "serving.png"):
+        console.print("matplotlib not installed here: serving.png not written")
+    return results
+
+
+def _machine(bench_venv: bool) -> dict[str, Any]:
+    from bench.machine import machine_info
+
+    return machine_info(bench_venv=bench_venv)
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"levels {QUICK.levels}, {QUICK.duration_s:g}s each (under 2 minutes)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
+    p.add_argument("--levels", type=_int_list, help="comma-separated concurrency levels")
+    p.add_argument("--duration", type=float, help="seconds per level")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per contender")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m bench.serving`` (and ``make bench``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    try:
+        select(names)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Runs here first (often in the project's venv), continues in bench/.venv.
+    venv.reexec_in_bench_venv("bench.serving", argv)
+    plan = QUICK if args.quick else FULL
+    console = Console()
+    results = run(names, args.levels or plan.levels,
+                  plan.duration_s if args.duration is None else args.duration,
+                  plan.warmup_s if args.warmup is None else args.warmup,
+                  args.out, keep_going=True, console=console)
+    console.print(f"wrote {args.out}/serving.json, serving.md, serving.png")
+    ran = {r["contender"] for r in results}
+    return 0 if ran == set(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

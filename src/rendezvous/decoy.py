@@ -1,0 +1,168 @@
+"""The decoy: reads the input stream like a model, but only archives what it sees.
+
+Rows go to Parquet files under ``<home>/archive/<deployment>/date=YYYY-MM-DD/``, one file per
+flush, written atomically (temp file, then rename). Batches are acknowledged only after their
+file is on disk, so a crash re-archives at worst, never loses; ``export`` drops such duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rendezvous import messages
+from rendezvous.errors import NotFoundError
+from rendezvous.ids import check_name
+from rendezvous.messages import Request
+from rendezvous.schema import Datatype, Signature
+from rendezvous.streams.base import Batch, Stream
+from rendezvous.worker import input_digest
+
+log = logging.getLogger(__name__)
+
+GROUP = "decoy"
+_ARROW = {
+    Datatype.FP64: pa.float64(), Datatype.FP32: pa.float32(), Datatype.INT64: pa.int64(),
+    Datatype.INT32: pa.int32(), Datatype.BOOL: pa.bool_(), Datatype.BYTES: pa.string(),
+}
+
+
+def archive_dir(home: Path, deployment: str) -> Path:
+    return home / "archive" / check_name(deployment, "deployment name")
+
+
+def arrow_schema(sig: Signature) -> pa.Schema:
+    return pa.schema(
+        [("request_id", pa.string()), ("received_ns", pa.int64()), ("row", pa.int32()),
+         ("input_digest", pa.string())]
+        + [(c.name, _ARROW[c.datatype]) for c in sig.inputs]
+    )
+
+
+def rows_table(requests: list[tuple[Request, str]], sig: Signature) -> pa.Table:
+    """One Parquet row per input row: request id, arrival time, row index, digest, inputs."""
+    ids: list[str] = []
+    received: list[int] = []
+    row_idx: list[int] = []
+    digests: list[str] = []
+    cols: dict[str, list[Any]] = {c.name: [] for c in sig.inputs}
+    for req, digest in requests:
+        ids.extend([req.request_id] * req.n_rows)
+        received.extend([req.received_ns] * req.n_rows)
+        row_idx.extend(range(req.n_rows))
+        digests.extend([digest] * req.n_rows)
+        for name, values in cols.items():
+            values.extend(req.inputs.get(name, [None] * req.n_rows))
+    return pa.table([ids, received, row_idx, digests, *cols.values()], schema=arrow_schema(sig))
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class Decoy:
+    """Archives one deployment's inputs."""
+
+    def __init__(self, stream: Stream, home: Path, deployment: str, signature: Signature, *,
+                 flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
+        self.stream = stream
+        self.dir = archive_dir(home, deployment)
+        self.deployment = deployment
+        self.signature = signature
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.archived = 0
+        self._pending: list[tuple[Request, str]] = []
+        self._batches: list[Batch] = []
+        self._first_offset = 0
+        self._last_offset = 0
+        self._consumer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        self._consumer = self.stream.consume(messages.topic(self.deployment, "input"), GROUP,
+                                             start="latest", max_batch=2048)
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            async for batch in self._consumer:
+                for rec in batch.records:
+                    try:
+                        req = messages.request_decoder.decode(rec.data)
+                    except msgspec.DecodeError:
+                        log.error("decoy %s: undecodable record %s", self.deployment, rec.offset)
+                        continue
+                    self._pending.append((req, input_digest(rec.data)))
+                    self._first_offset = self._first_offset or rec.offset
+                    self._last_offset = rec.offset
+                self._batches.append(batch)
+                if len(self._pending) >= self.flush_rows:
+                    await self.flush()
+        finally:
+            ticker.cancel()
+            await self.flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._batches:
+                return
+            pending, batches = self._pending, self._batches
+            lo, hi = self._first_offset, self._last_offset
+            self._pending, self._batches, self._first_offset = [], [], 0
+            if pending:
+                day = dt.datetime.fromtimestamp(pending[0][0].received_ns / 1e9, dt.UTC)
+                path = (self.dir / f"date={day:%Y-%m-%d}" /
+                        f"part-{lo:012d}-{hi:012d}-{time.time_ns()}.parquet")
+                table = rows_table(pending, self.signature)
+                await asyncio.to_thread(write_atomic, table, path)
+                self.archived += len(pending)
+            for b in batches:
+                await b.ack()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.close()
+
+
+def read_archive(home: Path, deployment: str) -> pa.Table:
+    """Every archived row of a deployment, duplicates (from crash re-delivery) removed,
+    ordered by arrival."""
+    root = archive_dir(home, deployment)
+    files = sorted(root.glob("date=*/part-*.parquet")) if root.exists() else []
+    if not files:
+        raise NotFoundError(
+            "archive", deployment,
+            f"nothing archived under {root}; serve the deployment with the decoy on first",
+        )
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    table = table.sort_by([("request_id", "ascending"), ("row", "ascending")])
+    if table.num_rows > 1:
+        ids, rows = table["request_id"], table["row"]
+        same = pc.and_(pc.equal(ids[1:], ids[:-1]), pc.equal(rows[1:], rows[:-1]))
+        keep = pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()])
+        table = table.filter(keep)
+    return table.sort_by([("received_ns", "ascending"), ("row", "ascending")])
+
+
+def export(home: Path, deployment: str, out: Path) -> int:
+    """Write the deployment's archive as one Parquet file; returns the number of rows."""
+    table = read_archive(home, deployment)
+    write_atomic(table, out)
+    return table.num_rows

@@ -1,0 +1,73 @@
+"""Deployment specs: TOML files and CLI flags -> a validated ``Policy`` in the registry.
+
+A spec file::
+
+    name = "demo"
+    deadline_ms = 50          # hard SLA from arrival
+    decoy = true              # archive inputs (default)
+
+    [[models]]
+    model = "churn@3"         # NAME@VERSION or NAME@ALIAS (resolved when applied)
+    role = "champion"         # champion | fallback | challenger | canary
+    wait_ms = 20              # how long later candidates wait for this one
+
+    [[models]]
+    model = "churn-lite@1"
+    role = "fallback"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from rendezvous.errors import ConfigError
+from rendezvous.ids import check_name
+from rendezvous.policy import ModelSpec, Policy, Role
+from rendezvous.registry import PolicyRecord, Registry
+
+
+class DeploymentSpec(Policy, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+def load_spec(path: Path) -> tuple[str, Policy]:
+    """Parse a TOML spec; errors name the file and the field."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        spec = msgspec.convert(raw, DeploymentSpec)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(
+            f"{path}: {exc}. Roles are champion, fallback, challenger or canary"
+        ) from None
+    check_name(spec.name, "deployment name")
+    policy = msgspec.convert(
+        {k: v for k, v in msgspec.to_builtins(spec).items() if k != "name"}, Policy)
+    return spec.name, policy
+
+
+def policy_from_flags(
+    *, champion: str, fallbacks: list[str] | None = None, challengers: list[str] | None = None,
+    canary: str | None = None, deadline_ms: float = 100.0, wait_ms: float | None = None,
+    decoy: bool = True,
+) -> Policy:
+    """The policy ``rendezvous deploy create`` builds from its flags."""
+    models = [ModelSpec(champion, Role.CHAMPION, wait_ms)]
+    models += [ModelSpec(m, Role.FALLBACK) for m in fallbacks or []]
+    models += [ModelSpec(m, Role.CHALLENGER) for m in challengers or []]
+    if canary:
+        models.append(ModelSpec(canary, Role.CANARY))
+    return Policy(deadline_ms=deadline_ms, models=models, decoy=decoy)
+
+
+def apply(registry: Registry, path: Path, *, by: str | None = None) -> PolicyRecord:
+    """Apply a spec file: aliases resolved, signatures checked, a new policy version recorded."""
+    name, policy = load_spec(path)
+    return registry.apply_policy(name, policy, by=by, note=f"applied from {Path(path).name}")

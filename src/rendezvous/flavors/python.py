@@ -1,0 +1,91 @@
+"""Plain Python callables, stored by import reference (``package.module:function``), not pickled.
+
+The artifact is a small JSON document naming the callable and optional keyword arguments; with
+keyword arguments the reference is a factory called once at load. The callable receives the
+columns (name -> 1-D numpy array) and the row count and returns a mapping of output name to
+array-like with ``n_rows`` entries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from rendezvous.errors import FlavorError
+from rendezvous.flavors.base import Outputs, register
+from rendezvous.schema import Signature
+
+
+class CallableModel:
+    """Marks a callable for registration: ``Registry.register("m", CallableModel("pkg.mod:f"))``."""
+
+    def __init__(self, ref: str, **kwargs: Any) -> None:
+        module, _, attr = ref.partition(":")
+        if not module or not attr:
+            raise FlavorError(f"invalid callable reference {ref!r}; write 'package.module:name'")
+        self.ref = ref
+        self.kwargs = kwargs
+
+
+def resolve(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise FlavorError(
+            f"cannot import {ref!r}: {exc}; make sure the module is installed where the worker runs"
+        ) from exc
+    return obj
+
+
+class CallablePredictor:
+    def __init__(self, fn: Callable[[Mapping[str, np.ndarray], int], Mapping[str, Any]]) -> None:
+        self.fn = fn
+
+    def predict(self, columns: Mapping[str, np.ndarray], n_rows: int) -> Outputs:
+        out = self.fn(columns, n_rows)
+        if not isinstance(out, Mapping):
+            raise FlavorError(
+                f"callable returned {type(out).__name__}; return a mapping of output name to "
+                "array-like"
+            )
+        arrays = {k: np.asarray(v) for k, v in out.items()}
+        for k, v in arrays.items():
+            if v.ndim == 0 or v.shape[0] != n_rows:
+                raise FlavorError(f"output {k!r} has shape {v.shape}; expected {n_rows} rows")
+        return arrays
+
+
+class PythonFlavor:
+    name = "python"
+
+    def accepts(self, model: Any) -> bool:
+        return isinstance(model, CallableModel)
+
+    def save(self, model: Any) -> tuple[bytes, dict[str, Any]]:
+        doc = {"ref": model.ref, "kwargs": model.kwargs}
+        try:
+            data = json.dumps(doc, sort_keys=True).encode()
+        except TypeError as exc:
+            raise FlavorError(f"callable keyword arguments must be JSON values: {exc}") from exc
+        resolve(model.ref)  # fail at registration, not at first request
+        return data, {"ref": model.ref}
+
+    def load(
+        self, data: bytes, meta: Mapping[str, Any], signature: Signature, *, allow_pickle: bool
+    ) -> CallablePredictor:
+        doc = json.loads(data)
+        obj = resolve(doc["ref"])
+        fn = obj(**doc["kwargs"]) if doc.get("kwargs") else obj
+        if not callable(fn):
+            raise FlavorError(f"{doc['ref']} did not give a callable")
+        return CallablePredictor(fn)
+
+
+register(PythonFlavor())

@@ -1,0 +1,258 @@
+"""Deployment policies and the rendezvous decision (DESIGN.md §3). Pure: no I/O, no clocks.
+
+A ``Policy`` is what users write (TOML or flags): the models of a deployment with their roles,
+the deadline and the waits. A ``Schedule`` is the compiled form the rendezvous server uses, and
+``decide(mailbox, schedule, now_ns)`` is the whole decision rule:
+
+    return the first candidate that has answered, provided every candidate before it has
+    either failed or passed its own wait; at the deadline, return the best answer present;
+    with none, answer ``sla_miss``.
+
+>>> pol = Policy(deadline_ms=50, models=[ModelSpec("a@1", Role.CHAMPION, wait_ms=10),
+...                                      ModelSpec("b@1", Role.FALLBACK)])
+>>> sched = pol.schedule("demo", version=1)
+>>> box = Mailbox(received_ns=0, deadline_ns=50_000_000)
+>>> box.scores["b@1"] = ScoreState(ok=True, finished_ns=2_000_000)
+>>> decide(box, sched, now_ns=2_000_000)
+Wait(until_ns=10000000)
+>>> decide(box, sched, now_ns=10_000_000)
+Decision(model='b@1', reason=<Reason.FALLBACK: 'fallback'>)
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+import msgspec
+
+from rendezvous.errors import ConfigError
+from rendezvous.ids import ModelRef
+from rendezvous.messages import Reason
+
+MAX_DEADLINE_MS = 600_000.0
+
+
+class Role(enum.StrEnum):
+    CHAMPION = "champion"
+    FALLBACK = "fallback"
+    CHALLENGER = "challenger"
+    CANARY = "canary"
+
+
+class ModelSpec(msgspec.Struct, omit_defaults=True):
+    model: str
+    role: Role
+    wait_ms: float | None = None  # candidates only; defaults to the deadline
+
+
+class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A deployment's policy as users write it; stored (versioned) in the registry."""
+
+    deadline_ms: float = 100.0
+    models: list[ModelSpec] = []
+    split: dict[str, float] = {}  # model -> weight, among champion-tier models
+    decoy: bool = True
+    split_key: str = ""  # request meta key to hash for the split; request id when empty
+
+    def validate(self) -> Policy:
+        """Check the policy; raise ``ConfigError`` naming the problem and the fix."""
+        if not 0 < self.deadline_ms <= MAX_DEADLINE_MS:
+            raise ConfigError(
+                f"deadline_ms={self.deadline_ms} is out of range; use 0 < deadline_ms <= "
+                f"{MAX_DEADLINE_MS:g}"
+            )
+        seen: set[str] = set()
+        for spec in self.models:
+            ref = ModelRef.parse(spec.model)
+            if not ref.resolved:
+                raise ConfigError(
+                    f"model {spec.model!r} is not resolved to a version; resolve aliases "
+                    "before building a policy"
+                )
+            if spec.model in seen:
+                raise ConfigError(f"model {spec.model!r} appears twice; list each version once")
+            seen.add(spec.model)
+            if spec.wait_ms is not None and not 0 <= spec.wait_ms <= self.deadline_ms:
+                raise ConfigError(
+                    f"wait_ms={spec.wait_ms} for {spec.model} must be between 0 and the "
+                    f"deadline ({self.deadline_ms:g} ms)"
+                )
+        champions = [m for m in self.models if m.role is Role.CHAMPION]
+        if len(champions) != 1 and not self.split:
+            raise ConfigError(
+                f"a deployment needs exactly one champion, found {len(champions)}; mark one "
+                "model with role = \"champion\" (or declare a split)"
+            )
+        canaries = [m for m in self.models if m.role is Role.CANARY]
+        if len(canaries) > 1:
+            raise ConfigError("a deployment has at most one canary model")
+        for name, weight in self.split.items():
+            if name not in seen:
+                raise ConfigError(f"split names {name!r}, which is not a model of the policy")
+            if weight <= 0:
+                raise ConfigError(f"split weight for {name!r} must be positive, got {weight}")
+        return self
+
+    @property
+    def champion(self) -> str | None:
+        return next((m.model for m in self.models if m.role is Role.CHAMPION), None)
+
+    @property
+    def canary(self) -> str | None:
+        return next((m.model for m in self.models if m.role is Role.CANARY), None)
+
+    def model_names(self) -> list[str]:
+        return [m.model for m in self.models]
+
+    def schedule(self, deployment: str, version: int) -> Schedule:
+        self.validate()
+        cands = [m for m in self.models if m.role in (Role.CHAMPION, Role.FALLBACK)]
+        cands.sort(key=lambda m: 0 if m.role is Role.CHAMPION else 1)  # stable: spec order
+        return Schedule(
+            deployment=deployment,
+            version=version,
+            deadline_ms=self.deadline_ms,
+            candidates=tuple(
+                Candidate(m.model, self.deadline_ms if m.wait_ms is None else m.wait_ms)
+                for m in cands
+            ),
+            shadows=tuple(
+                m.model for m in self.models if m.role in (Role.CHALLENGER, Role.CANARY)
+            ),
+            split=tuple(self.split.items()),
+            split_key=self.split_key,
+        )
+
+
+def promote(policy: Policy, model: str) -> Policy:
+    """The policy with ``model`` as champion; the previous champion keeps scoring as challenger.
+
+    >>> p = Policy(models=[ModelSpec("a@1", Role.CHAMPION), ModelSpec("b@1", Role.CHALLENGER)])
+    >>> [(m.model, m.role.value) for m in promote(p, "b@1").models]
+    [('b@1', 'champion'), ('a@1', 'challenger')]
+    """
+    ModelRef.parse(model)
+    old = next((m for m in policy.models if m.role is Role.CHAMPION), None)
+    if old is not None and old.model == model:
+        raise ConfigError(f"{model} is already the champion; nothing to promote")
+    rest = [m for m in policy.models if m.model != model and m.role is not Role.CHAMPION]
+    wait = old.wait_ms if old is not None else None
+    models = [ModelSpec(model, Role.CHAMPION, wait)]
+    if old is not None:
+        models.append(ModelSpec(old.model, Role.CHALLENGER))
+    models.extend(rest)
+    split = {k: v for k, v in policy.split.items() if k in {m.model for m in models}}
+    return msgspec.structs.replace(policy, models=models, split=split).validate()
+
+
+# -- the decision --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: str
+    wait_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    deployment: str
+    version: int
+    deadline_ms: float
+    candidates: tuple[Candidate, ...]
+    shadows: tuple[str, ...] = ()
+    split: tuple[tuple[str, float], ...] = ()
+    split_key: str = ""
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(c.model for c in self.candidates) + self.shadows
+
+    def ordered(self, key: str) -> tuple[Candidate, ...]:
+        """Candidates in the order they are preferred for a request whose split key is ``key``."""
+        if not self.split:
+            return self.candidates
+        picked = pick_split(self.split, key)
+        first = [c for c in self.candidates if c.model == picked]
+        if not first:  # a split model that is a shadow only: treat it as the first candidate
+            first = [Candidate(picked, self.deadline_ms)]
+        return tuple(first) + tuple(c for c in self.candidates if c.model != picked)
+
+
+def pick_split(split: tuple[tuple[str, float], ...], key: str) -> str:
+    """Stable weighted choice: the same key always picks the same model."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2**64 * sum(w for _, w in split)
+    acc = 0.0
+    for model, weight in split:
+        acc += weight
+        if point < acc:
+            return model
+    return split[-1][0]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreState:
+    ok: bool
+    finished_ns: int
+
+
+@dataclass(slots=True)
+class Mailbox:
+    """What the rendezvous server knows about one request. ``received_ns`` is None while the
+    request itself has not arrived yet (a score may come first)."""
+
+    received_ns: int | None = None
+    deadline_ns: int | None = None
+    split_key: str = ""
+    scores: dict[str, ScoreState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    model: str | None
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to decide yet; decide again at ``until_ns`` or when a score arrives.
+    ``until_ns`` is None when only an event (the request itself) can change things."""
+
+    until_ns: int | None
+
+
+def decide(box: Mailbox, schedule: Schedule, now_ns: int) -> Decision | Wait:
+    """The rendezvous rule (module docstring). Shadows are never returned."""
+    if box.received_ns is None or box.deadline_ns is None:
+        return Wait(None)
+    received, deadline = box.received_ns, box.deadline_ns
+    at_deadline = now_ns >= deadline
+    order = schedule.ordered(box.split_key)
+    blocked_until: int | None = None
+    failed = 0
+    for i, cand in enumerate(order):
+        state = box.scores.get(cand.model)
+        if state is not None and state.ok:
+            if blocked_until is None:
+                return Decision(cand.model, _reason(i, schedule))
+            continue
+        if state is not None:
+            failed += 1
+            continue
+        wait_end = received + int(cand.wait_ms * 1_000_000)
+        if not at_deadline and now_ns < wait_end:
+            blocked_until = wait_end if blocked_until is None else min(blocked_until, wait_end)
+    if at_deadline:
+        return Decision(None, Reason.SLA_MISS)
+    if failed == len(order):
+        return Decision(None, Reason.ERROR)
+    return Wait(deadline if blocked_until is None else min(blocked_until, deadline))
+
+
+def _reason(index: int, schedule: Schedule) -> Reason:
+    if index > 0:
+        return Reason.FALLBACK
+    return Reason.SPLIT if schedule.split else Reason.PREFERRED

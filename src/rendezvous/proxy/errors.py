@@ -1,0 +1,48 @@
+"""The one table mapping errors to HTTP statuses, and the error body every endpoint returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from rendezvous import errors as e
+
+STATUS: list[tuple[type[e.RendezvousError], int, str]] = [
+    (e.BadRequestError, 400, "bad_request"),
+    (e.AuthError, 401, "unauthorized"),
+    (e.NotFoundError, 404, "not_found"),
+    (e.AlreadyExistsError, 409, "conflict"),
+    (e.PayloadTooLargeError, 413, "payload_too_large"),
+    (e.ValidationError, 422, "validation_error"),
+    (e.ConfigError, 422, "invalid_config"),
+    (e.UnavailableError, 503, "unavailable"),
+    (e.SlaMissError, 504, "sla_miss"),
+    (e.ArtifactIntegrityError, 500, "artifact_integrity"),
+    (e.RendezvousError, 500, "internal_error"),
+]
+
+
+def status_for(exc: e.RendezvousError) -> tuple[int, str]:
+    for cls, status, code in STATUS:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "internal_error"
+
+
+def error_body(exc: e.RendezvousError, request_id: str | None = None) -> tuple[int, bytes,
+                                                                                list[Any]]:
+    """(status, JSON body, extra headers). The body's ``error`` string is what Open Inference
+    Protocol clients read; ``code`` and ``problems`` are for programs."""
+    status, code = status_for(exc)
+    body: dict[str, Any] = {"error": str(exc), "code": code}
+    if isinstance(exc, e.ValidationError) and exc.problems:
+        body["problems"] = exc.problems
+    if request_id:
+        body["request_id"] = request_id
+    headers: list[Any] = []
+    if isinstance(exc, e.SlaMissError):
+        body["reason"] = "sla_miss"
+    if isinstance(exc, e.UnavailableError):
+        headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    return status, msgspec.json.encode(body), headers

@@ -1,0 +1,70 @@
+"""Prometheus metrics for one server, in its own registry (no module-level global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rendezvous.messages import Result
+
+if TYPE_CHECKING:
+    from rendezvous.runtime import Server
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _MonitorCollector:
+    """Exposes each deployment's monitor statistics at scrape time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        status = CounterMetricFamily("rendezvous_model_scores",
+                                     "Scores per model by status", labels=["deployment", "model",
+                                                                          "status"])
+        chosen = CounterMetricFamily("rendezvous_model_chosen",
+                                     "Times each model's answer was returned",
+                                     labels=["deployment", "model"])
+        latency = GaugeMetricFamily("rendezvous_model_latency_ms",
+                                    "Model latency quantiles from received to scored",
+                                    labels=["deployment", "model", "quantile"])
+        policy = GaugeMetricFamily("rendezvous_policy_version", "Current policy version",
+                                   labels=["deployment"])
+        for name, rt in self.server.runtimes.items():
+            policy.add_metric([name], rt.policy_version)
+            if rt.monitor is None:
+                continue
+            for model, ms in rt.monitor.stats.models.items():
+                d = ms.to_dict()
+                for s in ("on_time", "late", "missing", "error"):
+                    status.add_metric([name, model, s], d[s])
+                chosen.add_metric([name, model], ms.chosen)
+                for q, v in d["latency_ms"].items():
+                    if v is not None:
+                        latency.add_metric([name, model, q], v)
+        yield from (status, chosen, latency, policy)
+
+
+class ProxyMetrics:
+    def __init__(self, server: Server) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.responses = Counter("rendezvous_responses", "Answered requests by reason",
+                                 ["deployment", "reason"], registry=self.registry)
+        self.latency = Histogram("rendezvous_response_seconds",
+                                 "Time from arrival to answer", ["deployment"],
+                                 buckets=BUCKETS, registry=self.registry)
+        self.registry.register(_MonitorCollector(server))  # type: ignore[arg-type]
+
+    def observe(self, deployment: str, result: Result) -> None:
+        self.responses.labels(deployment, result.reason.value).inc()
+        if result.responded_ns and result.received_ns:
+            self.latency.labels(deployment).observe(
+                (result.responded_ns - result.received_ns) / 1e9)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,280 @@
+"""The rendezvous server: one mailbox per request, the decision, the answer, the record.
+
+It reads the input and the scores streams of one deployment, files each score in its request's
+mailbox (a score may arrive before its request), runs the pure ``decide()`` whenever something
+arrives or a timer it set fires (no polling), sends the ``Result`` to the proxy that owns the
+request, and, once every model has reported or the late-grace window after the deadline has
+passed, appends the final ``Result`` with every model's status to the results stream. Stream
+batches are acknowledged only after all their requests are recorded, so a crash never loses a
+decision that was not written down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from rendezvous import messages
+from rendezvous.messages import ModelOutcome, Reason, Request, Result, Score, Status
+from rendezvous.policy import Decision, Mailbox, Schedule, ScoreState, decide
+from rendezvous.streams.base import Batch, ReturnChannel, Stream
+
+log = logging.getLogger(__name__)
+
+GROUP = "rendezvous"
+ORPHAN_TTL_S = 60.0  # scores whose request never shows up are dropped after this
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in the background, holding a reference until it is done."""
+    fut = asyncio.ensure_future(coro)
+    _background.add(fut)
+    fut.add_done_callback(_background.discard)
+
+
+class _Acks:
+    """Acknowledges a stream batch once every request it carried has been recorded."""
+
+    __slots__ = ("batch", "pending")
+
+    def __init__(self, batch: Batch, pending: int) -> None:
+        self.batch = batch
+        self.pending = pending
+
+    def done(self, n: int = 1) -> None:
+        self.pending -= n
+        if self.pending == 0:
+            _spawn(self.batch.ack())
+
+
+@dataclass(slots=True)
+class _Entry:
+    box: Mailbox = field(default_factory=Mailbox)
+    request: Request | None = None
+    schedule: Schedule | None = None
+    scores: dict[str, Score] = field(default_factory=dict)
+    decision: Decision | None = None
+    responded_ns: int = 0
+    timer: asyncio.TimerHandle | None = None
+    acks: list[_Acks] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+
+
+class RendezvousServer:
+    """Decides and records every request of one deployment."""
+
+    def __init__(
+        self, stream: Stream, deployment: str, schedule: Schedule, returns: ReturnChannel, *,
+        late_grace_ms: float = 2000.0, on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.deployment = deployment
+        self.schedules: dict[int, Schedule] = {schedule.version: schedule}
+        self.current = schedule
+        self.returns = returns
+        self.late_grace_ns = int(late_grace_ms * 1e6)
+        self.on_result = on_result
+        self.mailboxes: dict[str, _Entry] = {}
+        self.decided = 0
+        self.recorded = 0
+        self._consumers: list[Any] = []
+        self._results_topic = messages.topic(deployment, "results")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Requests stamped with this policy version (and unstamped ones) use it from now on."""
+        self.schedules[schedule.version] = schedule
+        self.current = schedule
+        # Old versions stay until no mailbox refers to them; a few small objects at most.
+        live = {e.schedule.version for e in self.mailboxes.values() if e.schedule}
+        for v in [v for v in self.schedules if v not in live and v != schedule.version]:
+            del self.schedules[v]
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        inputs = self.stream.consume(messages.topic(self.deployment, "input"), GROUP,
+                                     start="latest", max_batch=512)
+        scores = self.stream.consume(messages.topic(self.deployment, "scores"), GROUP,
+                                     start="latest", max_batch=1024)
+        self._consumers = [inputs, scores]
+        sweeper = asyncio.ensure_future(self._sweep_orphans())
+        try:
+            await asyncio.gather(self._pump(inputs, self._on_request),
+                                 self._pump(scores, self._on_score))
+        finally:
+            sweeper.cancel()
+
+    async def stop(self) -> None:
+        for c in self._consumers:
+            await c.close()
+
+    async def _pump(self, consumer: Any, handle: Callable[[bytes, _Acks], None]) -> None:
+        async for batch in consumer:
+            acks = _Acks(batch, len(batch.records))
+            for rec in batch.records:
+                try:
+                    handle(rec.data, acks)
+                except msgspec.DecodeError:
+                    log.error("rendezvous %s: undecodable record %s", self.deployment, rec.offset)
+                    acks.done()
+
+    # -- filing -------------------------------------------------------------------------------
+
+    def _on_request(self, data: bytes, acks: _Acks) -> None:
+        req = messages.request_decoder.decode(data)
+        entry = self.mailboxes.get(req.request_id)
+        if entry is None:
+            entry = self.mailboxes[req.request_id] = _Entry()
+        elif entry.request is not None:  # redelivered duplicate: already filed
+            acks.done()
+            return
+        entry.request = req
+        entry.schedule = self.schedules.get(req.policy_version, self.current)
+        entry.box.received_ns = req.received_ns
+        entry.box.deadline_ns = req.deadline_ns
+        entry.box.split_key = req.meta.get(entry.schedule.split_key, req.request_id) \
+            if entry.schedule.split_key else req.request_id
+        entry.acks.append(acks)
+        self._evaluate(req.request_id, entry)
+
+    def _on_score(self, data: bytes, acks: _Acks) -> None:
+        score = messages.score_decoder.decode(data)
+        entry = self.mailboxes.get(score.request_id)
+        if entry is None:
+            entry = self.mailboxes[score.request_id] = _Entry()
+        if score.model in entry.scores:  # redelivered duplicate
+            acks.done()
+            return
+        entry.scores[score.model] = score
+        entry.acks.append(acks)
+        entry.box.scores[score.model] = ScoreState(score.error is None, score.finished_ns)
+        if entry.request is None:
+            return
+        if entry.decision is None:
+            self._evaluate(score.request_id, entry)
+        elif self._complete(entry):
+            self._finalize(score.request_id)
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def _evaluate(self, rid: str, entry: _Entry) -> None:
+        assert entry.schedule is not None
+        now = time.time_ns()
+        outcome = decide(entry.box, entry.schedule, now)
+        if isinstance(outcome, Decision):
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            self._respond(rid, entry, outcome, now)
+            return
+        if outcome.until_ns is not None:
+            if entry.timer is not None:
+                entry.timer.cancel()
+            loop = self._loop or asyncio.get_running_loop()
+            delay = max(0.0, (outcome.until_ns - now) / 1e9)
+            entry.timer = loop.call_later(delay, self._evaluate_later, rid)
+
+    def _evaluate_later(self, rid: str) -> None:
+        entry = self.mailboxes.get(rid)
+        if entry is not None and entry.decision is None:
+            entry.timer = None
+            self._evaluate(rid, entry)
+
+    def _respond(self, rid: str, entry: _Entry, decision: Decision, now: int) -> None:
+        entry.decision = decision
+        entry.responded_ns = now
+        self.decided += 1
+        req = entry.request
+        assert req is not None
+        result = self._result(rid, entry)
+        if req.return_to:
+            _spawn(self._send(req.return_to, messages.encode(result)))
+        if self._complete(entry):
+            self._finalize(rid)
+        else:
+            loop = self._loop or asyncio.get_running_loop()
+            final_at = (req.deadline_ns + self.late_grace_ns - now) / 1e9
+            entry.timer = loop.call_later(max(0.0, final_at), self._finalize, rid)
+
+    async def _send(self, return_to: str, data: bytes) -> None:
+        try:
+            await self.returns.send(return_to, data)
+        except Exception as exc:  # the proxy may be gone; the result is still recorded
+            log.warning("rendezvous %s: could not return a result to %s: %s",
+                        self.deployment, return_to, exc)
+
+    def _complete(self, entry: _Entry) -> bool:
+        assert entry.schedule is not None
+        return all(m in entry.scores for m in entry.schedule.models)
+
+    def _result(self, rid: str, entry: _Entry) -> Result:
+        req, sched, decision = entry.request, entry.schedule, entry.decision
+        assert req is not None and sched is not None and decision is not None
+        outcomes: dict[str, ModelOutcome] = {}
+        for model in sched.models:
+            s = entry.scores.get(model)
+            if s is None:
+                outcomes[model] = ModelOutcome(status=Status.MISSING)
+                continue
+            latency = (s.finished_ns - req.received_ns) / 1e6
+            if s.error is not None:
+                outcomes[model] = ModelOutcome(status=Status.ERROR, latency_ms=latency,
+                                               error=s.error)
+            else:
+                late = s.finished_ns > req.deadline_ns
+                outcomes[model] = ModelOutcome(
+                    status=Status.LATE if late else Status.ON_TIME, latency_ms=latency)
+        chosen = entry.scores.get(decision.model) if decision.model else None
+        error = None
+        if decision.reason is Reason.ERROR:
+            error = "; ".join(f"{m}: {o.error}" for m, o in outcomes.items() if o.error)
+        elif decision.reason is Reason.SLA_MISS:
+            error = f"no model answered within the {sched.deadline_ms:g} ms deadline"
+        return Result(
+            request_id=rid, deployment=self.deployment, model=decision.model,
+            reason=decision.reason, outputs=chosen.outputs if chosen else {},
+            policy_version=sched.version, received_ns=req.received_ns,
+            responded_ns=entry.responded_ns, models=outcomes, error=error,
+        )
+
+    def _finalize(self, rid: str) -> None:
+        entry = self.mailboxes.pop(rid, None)
+        if entry is None:
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+        result = self._result(rid, entry)
+        if self.on_result is not None:
+            self.on_result(result)
+        _spawn(self._record(rid, result, entry.acks))
+
+    async def _record(self, rid: str, result: Result, acks: list[_Acks]) -> None:
+        try:
+            await self.stream.append(self._results_topic, [messages.encode(result)], [rid])
+        except Exception as exc:
+            # Not acknowledging means the request is redelivered and decided again later.
+            log.error("rendezvous %s: could not record result %s: %s", self.deployment, rid, exc)
+            return
+        self.recorded += 1
+        for a in acks:
+            a.done()
+
+    async def _sweep_orphans(self) -> None:
+        """Drop scores whose request never arrived (e.g. the proxy failed to append it)."""
+        while True:
+            await asyncio.sleep(ORPHAN_TTL_S / 4)
+            cutoff = time.monotonic() - ORPHAN_TTL_S
+            for rid in [r for r, e in self.mailboxes.items()
+                        if e.request is None and e.created < cutoff]:
+                entry = self.mailboxes.pop(rid)
+                for a in entry.acks:
+                    a.done()

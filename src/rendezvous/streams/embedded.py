@@ -1,0 +1,521 @@
+"""The embedded stream engine: in-process fan-out plus a durable SQLite (WAL) log.
+
+One process, nothing to install. Appended records are handed to in-process consumers at once
+(from a small in-memory window) while a writer thread commits them to SQLite in groups: every
+append waiting at that moment shares one transaction (group commit). ``append`` returns only
+after its records are committed, so the proxy acknowledges nothing that a process crash could
+lose. Consumers that fall behind the in-memory window catch up from SQLite.
+
+Group positions (the highest offset below which everything was acknowledged) are committed by
+the same writer, so a restarted consumer resumes where its group left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rendezvous.errors import StreamError
+from rendezvous.streams.base import (
+    Record,
+    Retention,
+    Start,
+    dead_letter_topic,
+    register_engine,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, offset INTEGER NOT NULL, msg_id TEXT NOT NULL, ts_ns INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (topic, offset)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL, grp TEXT NOT NULL, committed INTEGER NOT NULL,
+    PRIMARY KEY (topic, grp)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS topics (
+    topic TEXT PRIMARY KEY, max_age_s REAL, max_records INTEGER);
+"""
+
+DEDUP_WINDOW = 100_000  # message ids remembered per topic for de-duplication
+RETENTION_EVERY_S = 10.0
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a process crash (what "acknowledged" promises here); an OS
+    # crash may lose the last transactions, the usual trade for group-commit throughput.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+@dataclass
+class _Group:
+    name: str
+    cursor: int  # next offset to hand out from the log
+    committed: int  # every offset <= committed is acknowledged
+    acked: set[int] = field(default_factory=set)
+    redeliver: deque[Record] = field(default_factory=deque)
+    attached: int = 0
+
+    def ack(self, offsets: Sequence[int]) -> bool:
+        """Mark offsets done; return True when the committed position moved."""
+        self.acked.update(offsets)
+        moved = False
+        while self.committed + 1 in self.acked:
+            self.committed += 1
+            self.acked.discard(self.committed)
+            moved = True
+        return moved
+
+
+@dataclass
+class _Topic:
+    name: str
+    next_offset: int = 1
+    durable: int = 0  # highest offset committed to SQLite
+    first_offset: int = 1  # oldest offset still in the log (retention moves it)
+    window: deque[Record] = field(default_factory=deque)
+    dedup: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    groups: dict[str, _Group] = field(default_factory=dict)
+    retention: Retention | None = None
+    wakeup: asyncio.Future[None] | None = None
+
+    @property
+    def window_base(self) -> int:
+        return self.window[0].offset if self.window else self.next_offset
+
+    def notify(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+        self.wakeup = None
+
+    def wait(self) -> asyncio.Future[None]:
+        if self.wakeup is None:
+            self.wakeup = asyncio.get_running_loop().create_future()
+        return self.wakeup
+
+    def trim_window(self) -> None:
+        # Keep only what an attached group has yet to read and what is not durable yet;
+        # everything else can be read back from SQLite. This keeps memory flat.
+        active = [g.cursor for g in self.groups.values() if g.attached]
+        keep_from = min([*active, self.durable + 1])
+        while self.window and self.window[0].offset < keep_from:
+            self.window.popleft()
+
+
+class _Writer(threading.Thread):
+    """Owns the write connection; executes queued operations in group-committed transactions."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="rendezvous-stream-writer", daemon=True)
+        self.conn = _connect(path)
+        self.loop = loop
+        self.ops: queue.SimpleQueue[tuple[str, Any, asyncio.Future[Any] | None]] = (
+            queue.SimpleQueue()
+        )
+        self.retention: dict[str, Retention] = {}
+        self._last_retention = 0.0
+
+    def submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
+        fut = self.loop.create_future()
+        self.ops.put((kind, payload, fut))
+        return fut
+
+    def run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self.ops.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 4096:
+                    batch.append(self.ops.get_nowait())
+            error: BaseException | None = None
+            try:
+                stop = self._execute(batch)
+            except sqlite3.Error as exc:  # surfaced to every waiter of this group
+                error = exc
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            self.loop.call_soon_threadsafe(_settle, [f for _, _, f in batch], error)
+        self.conn.close()
+
+    def _execute(self, batch: list[tuple[str, Any, asyncio.Future[Any] | None]]) -> bool:
+        rows: list[tuple[str, int, str, int, bytes]] = []
+        positions: dict[tuple[str, str], int] = {}
+        stop = False
+        self.conn.execute("BEGIN")
+        for kind, payload, _ in batch:
+            if kind == "append":
+                rows.extend(payload)
+            elif kind == "position":
+                topic, grp, committed = payload
+                positions[(topic, grp)] = max(committed, positions.get((topic, grp), 0))
+            elif kind == "topic":
+                name, ret = payload
+                self.retention[name] = ret
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO topics VALUES (?, ?, ?)",
+                    (name, ret.max_age_s, ret.max_records),
+                )
+            elif kind == "close":
+                stop = True
+        if rows:
+            self.conn.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?)", rows)
+        if positions:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
+                [(t, g, c) for (t, g), c in positions.items()],
+            )
+        self._apply_retention({r[0] for r in rows})
+        self.conn.execute("COMMIT")
+        return stop
+
+    def _apply_retention(self, touched: set[str]) -> None:
+        now = time.monotonic()
+        by_age = now - self._last_retention >= RETENTION_EVERY_S
+        if by_age:
+            self._last_retention = now
+        for name, ret in self.retention.items():
+            if ret.max_records is not None and name in touched:
+                self.conn.execute(
+                    "DELETE FROM records WHERE topic = ? AND offset <= "
+                    "(SELECT MAX(offset) FROM records WHERE topic = ?) - ?",
+                    (name, name, ret.max_records),
+                )
+            if by_age and ret.max_age_s is not None:
+                cutoff = time.time_ns() - int(ret.max_age_s * 1e9)
+                self.conn.execute(
+                    "DELETE FROM records WHERE topic = ? AND ts_ns < ?", (name, cutoff)
+                )
+
+
+def _settle(futures: list[asyncio.Future[Any] | None], error: BaseException | None) -> None:
+    for fut in futures:
+        if fut is None or fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(StreamError(f"stream log write failed: {error}"))
+
+
+class _Batch:
+    __slots__ = ("_consumer", "_done", "records")
+
+    def __init__(self, consumer: EmbeddedConsumer, records: list[Record]) -> None:
+        self._consumer = consumer
+        self.records = records
+        self._done = False
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._consumer._ack(self.records)
+
+    async def nak(self, delay_s: float = 0.0) -> None:
+        if not self._done:
+            self._done = True
+            await self._consumer._nak(self.records, delay_s)
+
+
+class EmbeddedConsumer:
+    """One member of a consumer group on the embedded engine."""
+
+    def __init__(
+        self, stream: EmbeddedStream, topic: str, group: str, start: Start,
+        max_batch: int, max_deliveries: int,
+    ) -> None:
+        self._stream = stream
+        self._topic_name = topic
+        self._group_name = group
+        self._start = start
+        self._max_batch = max_batch
+        self._max_deliveries = max_deliveries
+        self._closed = False
+        self._unacked: dict[int, Record] = {}
+        self._topic: _Topic | None = None
+        self._group: _Group | None = None
+
+    def __aiter__(self) -> AsyncIterator[_Batch]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[_Batch]:
+        self._topic, self._group = await self._stream._attach(
+            self._topic_name, self._group_name, self._start
+        )
+        try:
+            while not self._closed:
+                records = await self._next_records(self._topic, self._group)
+                if records:
+                    for rec in records:
+                        self._unacked[rec.offset] = rec
+                    yield _Batch(self, records)
+        finally:
+            self._release()
+
+    async def _next_records(self, topic: _Topic, group: _Group) -> list[Record]:
+        if group.redeliver:
+            n = min(self._max_batch, len(group.redeliver))
+            return [group.redeliver.popleft() for _ in range(n)]
+        if group.cursor < topic.first_offset:
+            group.cursor = topic.first_offset
+        if group.cursor < topic.next_offset:
+            lo = group.cursor
+            if lo >= topic.window_base:
+                idx = lo - topic.window_base
+                records = list(itertools.islice(topic.window, idx, idx + self._max_batch))
+            else:
+                hi = min(lo + self._max_batch, topic.window_base)
+                group.cursor = hi  # claim the range before awaiting, so peers skip it
+                records = await self._stream._read_range(topic.name, lo, hi)
+                if not records:  # trimmed by retention meanwhile
+                    return []
+            group.cursor = max(group.cursor, records[-1].offset + 1)
+            topic.trim_window()
+            return records
+        await topic.wait()
+        return []
+
+    async def _ack(self, records: list[Record]) -> None:
+        group = self._group
+        assert group is not None  # a batch exists only after _attach
+        for rec in records:
+            self._unacked.pop(rec.offset, None)
+        if group.ack([r.offset for r in records]):
+            await self._stream._writer.submit(
+                "position", (self._topic_name, group.name, group.committed)
+            )
+
+    async def _nak(self, records: list[Record], delay_s: float) -> None:
+        group, topic = self._group, self._topic
+        assert group is not None and topic is not None
+        dead = [r for r in records if r.deliveries >= self._max_deliveries]
+        again = [
+            Record(r.offset, r.data, r.msg_id, r.ts_ns, r.deliveries + 1)
+            for r in records if r.deliveries < self._max_deliveries
+        ]
+        for rec in records:
+            self._unacked.pop(rec.offset, None)
+        if dead:
+            await self._stream.append(
+                dead_letter_topic(self._topic_name), [r.data for r in dead],
+                [f"{self._topic_name}:{r.offset}" for r in dead],
+            )
+            await self._ack_offsets(group, [r.offset for r in dead])
+        if again:
+            def requeue() -> None:
+                group.redeliver.extend(again)
+                topic.notify()
+
+            if delay_s > 0:
+                asyncio.get_running_loop().call_later(delay_s, requeue)
+            else:
+                requeue()
+
+    async def _ack_offsets(self, group: _Group, offsets: list[int]) -> None:
+        if group.ack(offsets):
+            await self._stream._writer.submit(
+                "position", (self._topic_name, group.name, group.committed)
+            )
+
+    def _release(self) -> None:
+        if self._group is not None:
+            self._group.attached -= 1
+            # Whatever this consumer held unacknowledged goes back to its group.
+            self._group.redeliver.extend(
+                Record(r.offset, r.data, r.msg_id, r.ts_ns, r.deliveries + 1)
+                for r in sorted(self._unacked.values(), key=lambda r: r.offset)
+            )
+            self._unacked.clear()
+            if self._topic is not None:
+                self._topic.notify()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._topic is not None:
+            self._topic.notify()
+
+
+class EmbeddedStream:
+    """The default engine. Use ``await EmbeddedStream.open(path)`` or ``open_stream``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._topics: dict[str, _Topic] = {}
+        self._read_conn: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._writer: _Writer
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> EmbeddedStream:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self = cls(path)
+        conn = _connect(path)
+        conn.executescript(_SCHEMA)
+        self._read_conn = conn
+        self._writer = _Writer(path, asyncio.get_running_loop())
+        for name, age, limit in conn.execute("SELECT topic, max_age_s, max_records FROM topics"):
+            self._writer.retention[name] = Retention(age, limit)
+        self._writer.start()
+        return self
+
+    # -- topics -------------------------------------------------------------------------------
+
+    def _load_topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is not None:
+            return topic
+        assert self._read_conn is not None
+        with self._read_lock:
+            lo, hi = self._read_conn.execute(
+                "SELECT MIN(offset), MAX(offset) FROM records WHERE topic = ?", (name,)
+            ).fetchone()
+            recent = self._read_conn.execute(
+                "SELECT msg_id, offset FROM records WHERE topic = ? AND msg_id != '' "
+                "ORDER BY offset DESC LIMIT ?", (name, DEDUP_WINDOW),
+            ).fetchall()
+        topic = _Topic(name, next_offset=(hi or 0) + 1, durable=hi or 0, first_offset=lo or 1)
+        topic.retention = self._writer.retention.get(name)
+        for msg_id, offset in reversed(recent):
+            topic.dedup[msg_id] = offset
+        self._topics[name] = topic
+        return topic
+
+    async def ensure_topic(self, topic: str, *, retention: Retention | None = None) -> None:
+        t = self._load_topic(topic)
+        if retention is not None:
+            t.retention = retention
+            await self._writer.submit("topic", (topic, retention))
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def append(
+        self, topic: str, records: Sequence[bytes], msg_ids: Sequence[str] | None = None
+    ) -> list[int]:
+        if self._closed:
+            raise StreamError(f"cannot append to {topic!r}: the stream engine is closed")
+        t = self._load_topic(topic)
+        now = time.time_ns()
+        offsets: list[int] = []
+        rows: list[tuple[str, int, str, int, bytes]] = []
+        for i, data in enumerate(records):
+            msg_id = msg_ids[i] if msg_ids is not None else ""
+            if msg_id:
+                seen = t.dedup.get(msg_id)
+                if seen is not None:
+                    offsets.append(seen)
+                    continue
+                t.dedup[msg_id] = t.next_offset
+                if len(t.dedup) > DEDUP_WINDOW:
+                    t.dedup.popitem(last=False)
+            offset = t.next_offset
+            t.next_offset += 1
+            rec = Record(offset, bytes(data), msg_id, now)
+            t.window.append(rec)
+            rows.append((topic, offset, msg_id, now, rec.data))
+            offsets.append(offset)
+        if not rows:
+            return offsets
+        t.notify()  # consumers see the records now; the caller waits for durability
+        await self._writer.submit("append", rows)
+        t.durable = max(t.durable, rows[-1][1])
+        if t.retention is not None and t.retention.max_records is not None:
+            t.first_offset = max(t.first_offset, t.durable - t.retention.max_records + 1)
+        t.trim_window()
+        return offsets
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _attach(self, topic: str, group: str, start: Start) -> tuple[_Topic, _Group]:
+        t = self._load_topic(topic)
+        g = t.groups.get(group)
+        if g is None:
+            assert self._read_conn is not None
+            with self._read_lock:
+                row = self._read_conn.execute(
+                    "SELECT committed FROM positions WHERE topic = ? AND grp = ?", (topic, group)
+                ).fetchone()
+            if row is not None:
+                committed = row[0]
+            elif start == "earliest":
+                committed = t.first_offset - 1
+            elif start == "latest":
+                committed = t.next_offset - 1
+            elif isinstance(start, int) and start >= 1:
+                committed = start - 1
+            else:
+                raise StreamError(
+                    f"invalid start {start!r} for topic {topic!r}: use 'earliest', 'latest' "
+                    "or an offset >= 1"
+                )
+            g = _Group(group, cursor=committed + 1, committed=committed)
+            t.groups[group] = g
+        g.attached += 1
+        return t, g
+
+    def consume(
+        self, topic: str, group: str, *, start: Start = "earliest", max_batch: int = 256,
+        max_deliveries: int = 5,
+    ) -> EmbeddedConsumer:
+        if max_batch < 1 or max_deliveries < 1:
+            raise StreamError("max_batch and max_deliveries must be at least 1")
+        return EmbeddedConsumer(self, topic, group, start, max_batch, max_deliveries)
+
+    def _select(self, sql: str, args: tuple[Any, ...]) -> list[Record]:
+        assert self._read_conn is not None
+        with self._read_lock:
+            rows = self._read_conn.execute(sql, args).fetchall()
+        return [Record(o, d, m, ts) for o, m, ts, d in rows]
+
+    async def _read_range(self, topic: str, lo: int, hi: int) -> list[Record]:
+        return await asyncio.to_thread(
+            self._select,
+            "SELECT offset, msg_id, ts_ns, data FROM records WHERE topic = ? AND offset >= ? "
+            "AND offset < ? ORDER BY offset", (topic, lo, hi),
+        )
+
+    async def read(
+        self, topic: str, *, from_offset: int | None = None, from_time_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[Record]:
+        if from_time_ns is not None:
+            sql = ("SELECT offset, msg_id, ts_ns, data FROM records WHERE topic = ? "
+                   "AND ts_ns >= ? ORDER BY offset LIMIT ?")
+            args: tuple[Any, ...] = (topic, from_time_ns, limit)
+        else:
+            sql = ("SELECT offset, msg_id, ts_ns, data FROM records WHERE topic = ? "
+                   "AND offset >= ? ORDER BY offset LIMIT ?")
+            args = (topic, from_offset or 1, limit)
+        return await asyncio.to_thread(self._select, sql, args)
+
+    async def last_offset(self, topic: str) -> int:
+        return self._load_topic(topic).durable
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._topics.values():
+            t.notify()
+        await self._writer.submit("close", None)
+        await asyncio.to_thread(self._writer.join)
+        if self._read_conn is not None:
+            self._read_conn.close()
+
+
+async def _factory(url: str, *, home: Path) -> EmbeddedStream:
+    return await EmbeddedStream.open(home / "streams.db")
+
+
+register_engine("embedded", _factory)
