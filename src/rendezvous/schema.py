@@ -174,9 +174,8 @@ def columns_from_oip(req: InferRequest, sig: Signature) -> tuple[dict[str, list[
     problems: list[str] = []
     if not req.inputs:
         raise ValidationError("the request has no inputs", [f"expected columns {sig.names}"])
-    if (len(req.inputs) == 1 and len(sig.inputs) > 1) or (
-        len(req.inputs) == 1 and len(req.inputs[0].shape) == 2
-        and req.inputs[0].shape[1] == len(sig.inputs) and req.inputs[0].name not in sig.names
+    if len(req.inputs) == 1 and req.inputs[0].name not in sig.names and (
+        len(sig.inputs) > 1 or len(req.inputs[0].shape) == 2
     ):
         return _columns_from_matrix(req.inputs[0], sig)
     by_name = {i.name: i for i in req.inputs}

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from rendezvous.errors import AlreadyExistsError, NotFoundError
 
 metadata = sa.MetaData()
+CURRENT: Any = object()  # sentinel: "the deployment's current policy version"
 
 model_versions = sa.Table(
     "model_versions", metadata,
@@ -213,9 +214,11 @@ class SqlStore:
 
     def add_policy(
         self, deployment: str, body: dict[str, Any], *, action: str, by: str,
-        parent: int | None = None, note: str = "", expect_current: int | None = None,
+        parent: int | object | None = CURRENT, note: str = "",
+        expect_current: int | None = None,
     ) -> PolicyRecord:
-        """Append a policy version and make it current. ``parent`` defaults to the current one."""
+        """Append a policy version and make it current. ``parent`` (the version a rollback
+        would restore) defaults to the current one."""
         with self.engine.begin() as conn:
             current = conn.execute(
                 sa.select(deployments.c.current).where(deployments.c.name == deployment)
@@ -227,7 +230,8 @@ class SqlStore:
             latest = conn.execute(sa.select(sa.func.max(policies.c.version)).where(
                 policies.c.deployment == deployment)).scalar() or 0
             rec = PolicyRecord(deployment, latest + 1, body,
-                               current if parent is None else parent, action, time.time(), by, note)
+                               current if parent is CURRENT else parent, action, time.time(),
+                               by, note)
             conn.execute(policies.insert().values(
                 deployment=deployment, version=rec.version, body=body, parent=rec.parent,
                 action=action, at=rec.at, by=by, note=note))
