@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import rendezvous_contender
 from bench.payloads import Wire
 from bench.server import ServerSpec, Workspace, free_port, run_step
-from bench.venv import ROOT, VENV, bench_bin
+from bench.venv import BENCH, MLSERVER, ROOT, VirtualEnv
 
 MLSERVER_MODEL = "hgb"
 
@@ -28,37 +28,38 @@ class Contender:
 
     name: str
     prepare: Callable[[Workspace], ServerSpec]
-    needs_bench_venv: bool
+    #: The benchmark venv it runs from; None for the project's own environment.
+    venv: VirtualEnv | None
     summary: str
 
 
-def _bench_env() -> dict[str, str]:
-    # bench/.venv/bin first: `mlflow models serve` starts `uvicorn` by name from PATH.
+def _env(venv: VirtualEnv) -> dict[str, str]:
+    # The venv's bin first: `mlflow models serve` starts `uvicorn` by name from PATH.
     return {
-        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{venv.dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
     }
 
 
-def _artifact(kind: str, out: Path) -> Path:
-    """Build (or reuse) the reference model as ``kind`` with bench/.venv's scikit-learn."""
-    run_step([bench_bin("python"), "-m", "bench.models", kind, out], cwd=ROOT, env=_bench_env())
+def _artifact(venv: VirtualEnv, kind: str, out: Path) -> Path:
+    """Build (or reuse) the reference model as ``kind`` with the serving venv's scikit-learn."""
+    run_step([venv.python, "-m", "bench.models", kind, out], cwd=ROOT, env=_env(venv))
     return out
 
 
 def prepare_mlflow(ws: Workspace) -> ServerSpec:
     """``mlflow models serve --env-manager local`` with 2 workers (uvicorn underneath)."""
-    model = _artifact("mlflow", ws.dir / "artifact") / "model"
+    model = _artifact(BENCH, "mlflow", ws.dir / "artifact") / "model"
     return ServerSpec(
-        argv=[str(bench_bin("mlflow")), "models", "serve", "-m", str(model),
+        argv=[str(BENCH.bin("mlflow")), "models", "serve", "-m", str(model),
               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ws.port), "-w", "2"],
         ready_url=f"{ws.base_url}/ping",
         infer_url=f"{ws.base_url}/invocations",
         wire=Wire.MLFLOW,
         cwd=ws.dir,
-        env=_bench_env(),
+        env=_env(BENCH),
     )
 
 
@@ -87,47 +88,47 @@ def mlserver_settings(ws: Workspace, model_path: Path) -> tuple[JsonDict, JsonDi
 
 def prepare_mlserver(ws: Workspace) -> ServerSpec:
     """``mlserver start`` on a repository holding the joblib model."""
-    model_path = _artifact("joblib", ws.dir / "artifact") / "model.joblib"
+    model_path = _artifact(MLSERVER, "joblib", ws.dir / "artifact") / "model.joblib"
     repo = ws.dir / "repo"
     (repo / MLSERVER_MODEL).mkdir(parents=True, exist_ok=True)
     settings, model = mlserver_settings(ws, model_path)
     (repo / "settings.json").write_text(json.dumps(settings, indent=2))
     (repo / MLSERVER_MODEL / "model-settings.json").write_text(json.dumps(model, indent=2))
     return ServerSpec(
-        argv=[str(bench_bin("mlserver")), "start", str(repo)],
+        argv=[str(MLSERVER.bin("mlserver")), "start", str(repo)],
         ready_url=f"{ws.base_url}/v2/models/{MLSERVER_MODEL}/ready",
         infer_url=f"{ws.base_url}/v2/models/{MLSERVER_MODEL}/infer",
         wire=Wire.OIP_V2,
         cwd=ws.dir,
-        env=_bench_env(),
+        env=_env(MLSERVER),
     )
 
 
 def prepare_fastapi(ws: Workspace) -> ServerSpec:
     """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app``."""
-    model_path = _artifact("joblib", ws.dir / "artifact") / "model.joblib"
+    model_path = _artifact(BENCH, "joblib", ws.dir / "artifact") / "model.joblib"
     return ServerSpec(
-        argv=[str(bench_bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
+        argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
               "-b", f"127.0.0.1:{ws.port}", "bench.fastapi_app:app"],
         ready_url=f"{ws.base_url}/health",
         infer_url=f"{ws.base_url}/predict",
         wire=Wire.FASTAPI,
         cwd=ROOT,
-        env={**_bench_env(), "BENCH_MODEL_PATH": str(model_path)},
+        env={**_env(BENCH), "BENCH_MODEL_PATH": str(model_path)},
     )
 
 
 #: Every contender, in the order they run and appear in the results.
 CONTENDERS: dict[str, Contender] = {c.name: c for c in [
-    Contender("mlflow", prepare_mlflow, True,
+    Contender("mlflow", prepare_mlflow, BENCH,
               "mlflow models serve --env-manager local, 2 uvicorn workers"),
-    Contender("mlserver", prepare_mlserver, True,
+    Contender("mlserver", prepare_mlserver, MLSERVER,
               "MLServer + mlserver-sklearn, adaptive batching 64 / 2 ms"),
-    Contender("fastapi", prepare_fastapi, True,
+    Contender("fastapi", prepare_fastapi, BENCH,
               "plain FastAPI app, gunicorn with 2 uvicorn workers"),
-    Contender("rendezvous-1", rendezvous_contender.prepare_one, False,
+    Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
               "Rendezvous, champion only"),
-    Contender("rendezvous-4", rendezvous_contender.prepare_four, False,
+    Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive"),
 ]}
 

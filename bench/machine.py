@@ -9,14 +9,12 @@ import platform
 import subprocess
 from pathlib import Path
 
-from bench.venv import bench_bin, project_bin
+from bench.venv import VirtualEnv, project_bin
 
-#: Distributions whose versions go into the results, per environment.
-BENCH_PACKAGES = ["mlflow", "mlserver", "mlserver-sklearn", "fastapi", "starlette", "gunicorn",
-                  "uvicorn", "uvicorn-worker", "uvloop", "httptools", "scikit-learn", "numpy",
-                  "pandas", "joblib"]
-PROJECT_PACKAGES = ["rendezvous-ml", "scikit-learn", "numpy", "skops", "starlette", "uvicorn",
-                    "uvloop", "httptools"]
+#: Distributions whose versions go into the results, from each environment that has them.
+PACKAGES = ["rendezvous-ml", "mlflow", "mlserver", "mlserver-sklearn", "fastapi", "starlette",
+            "gunicorn", "uvicorn", "uvicorn-worker", "uvloop", "httptools", "scikit-learn",
+            "numpy", "pandas", "joblib", "skops"]
 
 _VERSIONS_SCRIPT = """
 import importlib.metadata as m, json, sys
@@ -61,15 +59,16 @@ def _wrk_version() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         proc = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
         first = (proc.stdout or proc.stderr).splitlines()
-        return first[0].strip() if first else "unknown"
+        # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer" -> up to the "["
+        return first[0].split("[")[0].strip() if first else "unknown"
     return "unknown"
 
 
-def machine_info(*, bench_venv: bool) -> dict[str, object]:
-    """The ``machine`` section of serving.json."""
-    versions = {"project": package_versions(project_bin("python"), PROJECT_PACKAGES)}
-    if bench_venv:
-        versions["bench"] = package_versions(bench_bin("python"), BENCH_PACKAGES)
+def machine_info(venvs: list[VirtualEnv]) -> dict[str, object]:
+    """The ``machine`` section of serving.json, with package versions from each of ``venvs``."""
+    versions = {"project": package_versions(project_bin("python"), PACKAGES)}
+    for env in venvs:
+        versions[env.dir.name.lstrip(".")] = package_versions(env.python, PACKAGES)
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),

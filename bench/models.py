@@ -21,6 +21,8 @@ N_FEATURES = 20
 N_REQUEST_ROWS = 256
 FEATURE_NAMES = [f"f{i}" for i in range(N_FEATURES)]
 MANIFEST = "manifest.json"
+#: What skops must be told to trust to load the reference model (and its HGB variants).
+HGB_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def _build_mlflow(out: Path) -> None:
     import mlflow.sklearn
     import pandas as pd
     import sklearn
+    import skops
     from mlflow.models import infer_signature
 
     split = reference_split()
@@ -106,7 +109,9 @@ def _build_mlflow(out: Path) -> None:
         str(staging),
         signature=infer_signature(frame, model.predict(split.x_test[:5])),
         # Stated, not inferred: inference imports the model in a subprocess and takes seconds.
-        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"],
+        # MLflow's default format is skops, which refuses HGB's tree nodes unless trusted.
+        skops_trusted_types=HGB_TRUSTED_TYPES,
     )
     shutil.rmtree(target, ignore_errors=True)
     staging.replace(target)

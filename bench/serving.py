@@ -35,6 +35,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench import loadgen, models, payloads, report, venv
 from bench.contenders import CONTENDERS, Contender, select
 from bench.loadgen import LoadError, LoadResult
+from bench.machine import machine_info
 from bench.server import PeakRss, Server, ServerError, Workspace, free_port
 
 RESULTS_DIR = venv.BENCH_DIR / "results"
@@ -104,9 +105,9 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
             row = _row(name, level, result, rss.take_window())
             out.append(row)
             progress.console.print(
-                f"  {name:<13} c={level:<3} {row['rps']:>8.0f} req/s  p50 {row['p50_ms']:7.2f} ms"
-                f"  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}"
-                f"  RSS {row['peak_rss_mb']:.0f} MB")
+                f"{name:<12} c={level:<2} {row['rps']:>6.0f} req/s  p50 {row['p50_ms']:6.2f}"
+                f"  p99 {row['p99_ms']:6.2f} ms  err {row['errors']}  {row['peak_rss_mb']:.0f} MB",
+                highlight=False)
             progress.update(task, advance=1)
     progress.update(task, description=f"{name}: done")
     return out
@@ -124,10 +125,10 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
     chosen = select(contenders)
     if not levels or any(level < 1 for level in levels):
         raise ValueError(f"concurrency levels must be positive integers, got {levels}")
-    needs_bench_venv = any(c.needs_bench_venv for c in chosen)
+    venvs = list(dict.fromkeys(c.venv for c in chosen if c.venv is not None))
     console = console or Console()
-    if needs_bench_venv:
-        venv.ensure(log=console.print)
+    for env in venvs:
+        env.ensure(log=console.print)
     loadgen.ensure_wrk()
     rows = models.request_rows()
     results: list[dict[str, Any]] = []
@@ -143,7 +144,7 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
                 failures.append({"contender": contender.name, "error": str(exc)})
                 progress.console.print(f"[red]{contender.name} did not run:[/red] {exc}")
     doc = {
-        "machine": _machine(needs_bench_venv),
+        "machine": machine_info(venvs),
         "settings": {
             "levels": list(levels), "duration_s": duration_s, "warmup_s": warmup_s,
             "wrk_threads": loadgen.THREADS, "omp_num_threads": 1,
@@ -158,12 +159,6 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
     if results and not report.write_png(results, out_dir / "serving.png"):
         console.print("matplotlib not installed here: serving.png not written")
     return results
-
-
-def _machine(bench_venv: bool) -> dict[str, Any]:
-    from bench.machine import machine_info
-
-    return machine_info(bench_venv=bench_venv)
 
 
 def _int_list(text: str) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -251,12 +252,24 @@ def serve(
                            streams=streams) as (proxy, url):
             names = ", ".join(proxy.server.runtimes)
             out.print(f"serving [bold]{names}[/] at {url} (Ctrl-C stops)")
-            await asyncio.Event().wait()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
+            await _until_signal()
         out.print("stopped")
+
+    asyncio.run(main())
+
+
+async def _until_signal() -> None:
+    """Wait for SIGINT or SIGTERM; either stops the server cleanly (requests in flight finish,
+    the archive is flushed)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 @app.command()

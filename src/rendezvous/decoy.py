@@ -49,21 +49,34 @@ def arrow_schema(sig: Signature) -> pa.Schema:
     )
 
 
-def rows_table(requests: list[tuple[Request, str]], sig: Signature) -> pa.Table:
-    """One Parquet row per input row: request id, arrival time, row index, digest, inputs."""
-    ids: list[str] = []
-    received: list[int] = []
-    row_idx: list[int] = []
-    digests: list[str] = []
-    cols: dict[str, list[Any]] = {c.name: [] for c in sig.inputs}
-    for req, digest in requests:
-        ids.extend([req.request_id] * req.n_rows)
-        received.extend([req.received_ns] * req.n_rows)
-        row_idx.extend(range(req.n_rows))
-        digests.extend([digest] * req.n_rows)
-        for name, values in cols.items():
-            values.extend(req.inputs.get(name, [None] * req.n_rows))
-    return pa.table([ids, received, row_idx, digests, *cols.values()], schema=arrow_schema(sig))
+class Rows:
+    """Archive rows accumulated column by column: one Parquet row per input row (request id,
+    arrival time, row index, digest, inputs). Columns grow in place so that the pending rows
+    cost a few long lists, not a few objects per request."""
+
+    def __init__(self, sig: Signature) -> None:
+        self.sig = sig
+        self.ids: list[str] = []
+        self.received: list[int] = []
+        self.row_idx: list[int] = []
+        self.digests: list[str] = []
+        self.cols: dict[str, list[Any]] = {c.name: [] for c in sig.inputs}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, req: Request, digest: str) -> None:
+        n = req.n_rows
+        self.ids.extend([req.request_id] * n)
+        self.received.extend([req.received_ns] * n)
+        self.row_idx.extend(range(n))
+        self.digests.extend([digest] * n)
+        for name, values in self.cols.items():
+            values.extend(req.inputs.get(name, [None] * n))
+
+    def table(self) -> pa.Table:
+        return pa.table([self.ids, self.received, self.row_idx, self.digests,
+                         *self.cols.values()], schema=arrow_schema(self.sig))
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -85,7 +98,7 @@ class Decoy:
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self.archived = 0
-        self._pending: list[tuple[Request, str]] = []
+        self._pending = Rows(signature)
         self._batches: list[Batch] = []
         self._first_offset = 0
         self._last_offset = 0
@@ -104,7 +117,7 @@ class Decoy:
                     except msgspec.DecodeError:
                         log.error("decoy %s: undecodable record %s", self.deployment, rec.offset)
                         continue
-                    self._pending.append((req, input_digest(rec.data)))
+                    self._pending.add(req, input_digest(rec.data))
                     self._first_offset = self._first_offset or rec.offset
                     self._last_offset = rec.offset
                 self._batches.append(batch)
@@ -125,13 +138,12 @@ class Decoy:
                 return
             pending, batches = self._pending, self._batches
             lo, hi = self._first_offset, self._last_offset
-            self._pending, self._batches, self._first_offset = [], [], 0
+            self._pending, self._batches, self._first_offset = Rows(self.signature), [], 0
             if pending:
-                day = dt.datetime.fromtimestamp(pending[0][0].received_ns / 1e9, dt.UTC)
+                day = dt.datetime.fromtimestamp(pending.received[0] / 1e9, dt.UTC)
                 path = (self.dir / f"date={day:%Y-%m-%d}" /
                         f"part-{lo:012d}-{hi:012d}-{time.time_ns()}.parquet")
-                table = rows_table(pending, self.signature)
-                await asyncio.to_thread(write_atomic, table, path)
+                await asyncio.to_thread(write_atomic, pending.table(), path)
                 self.archived += len(pending)
             for b in batches:
                 await b.ack()

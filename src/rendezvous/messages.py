@@ -15,6 +15,10 @@ VERSION = 1
 
 Columns = dict[str, list[Any]]
 
+# Every message is a tree of plain values (no reference cycles), so gc=False keeps these very
+# numerous objects out of the cyclic garbage collector, whose full passes otherwise grow with
+# traffic and show up as latency spikes.
+
 
 class Reason(enum.StrEnum):
     PREFERRED = "preferred"
@@ -37,7 +41,7 @@ class ControlKind(enum.StrEnum):
     ROLLBACK = "rollback"
 
 
-class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Request(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
     deployment: str
@@ -50,7 +54,7 @@ class Request(msgspec.Struct, kw_only=True, omit_defaults=True):
     meta: dict[str, str] = {}
 
 
-class Score(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Score(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
     deployment: str
@@ -63,13 +67,13 @@ class Score(msgspec.Struct, kw_only=True, omit_defaults=True):
     input_digest: str = ""  # blake2b of the Request bytes this worker scored
 
 
-class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     status: Status
     latency_ms: float | None = None
     error: str | None = None
 
 
-class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Result(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
     deployment: str
@@ -83,7 +87,7 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
 
 
-class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
     deployment: str
@@ -91,7 +95,7 @@ class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True):
     at_ns: int
 
 
-class Control(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Control(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     deployment: str
     kind: ControlKind
@@ -99,10 +103,35 @@ class Control(msgspec.Struct, kw_only=True, omit_defaults=True):
     body: dict[str, Any] = {}
 
 
+class RequestHead(msgspec.Struct, kw_only=True, gc=False):
+    """A ``Request`` without its inputs: what the rendezvous server needs to decide."""
+
+    request_id: str
+    received_ns: int
+    deadline_ns: int
+    return_to: str = ""
+    policy_version: int = 0
+    meta: dict[str, str] = {}
+
+
+class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
+    """A ``Score`` whose outputs stay encoded until they are chosen."""
+
+    request_id: str
+    model: str
+    outputs: msgspec.Raw = msgspec.Raw(b"\x80")  # msgpack for {}
+    started_ns: int = 0
+    finished_ns: int = 0
+    error: str | None = None
+
+
 _enc = msgspec.msgpack.Encoder()
 encode = _enc.encode
 request_decoder = msgspec.msgpack.Decoder(Request)
 score_decoder = msgspec.msgpack.Decoder(Score)
+request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
+score_head_decoder = msgspec.msgpack.Decoder(ScoreHead)
+outputs_decoder = msgspec.msgpack.Decoder(dict[str, list[Any]])
 result_decoder = msgspec.msgpack.Decoder(Result)
 feedback_decoder = msgspec.msgpack.Decoder(Feedback)
 control_decoder = msgspec.msgpack.Decoder(Control)

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from rendezvous import messages
-from rendezvous.messages import ModelOutcome, Reason, Request, Result, Score, Status
+from rendezvous.messages import ModelOutcome, Reason, RequestHead, Result, ScoreHead, Status
 from rendezvous.policy import Decision, Mailbox, Schedule, ScoreState, decide
 from rendezvous.streams.base import Batch, ReturnChannel, Stream
 
@@ -59,9 +59,9 @@ class _Acks:
 @dataclass(slots=True)
 class _Entry:
     box: Mailbox = field(default_factory=Mailbox)
-    request: Request | None = None
+    request: RequestHead | None = None
     schedule: Schedule | None = None
-    scores: dict[str, Score] = field(default_factory=dict)
+    scores: dict[str, ScoreHead] = field(default_factory=dict)
     decision: Decision | None = None
     responded_ns: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -130,7 +130,7 @@ class RendezvousServer:
     # -- filing -------------------------------------------------------------------------------
 
     def _on_request(self, data: bytes, acks: _Acks) -> None:
-        req = messages.request_decoder.decode(data)
+        req = messages.request_head_decoder.decode(data)
         entry = self.mailboxes.get(req.request_id)
         if entry is None:
             entry = self.mailboxes[req.request_id] = _Entry()
@@ -147,7 +147,7 @@ class RendezvousServer:
         self._evaluate(req.request_id, entry)
 
     def _on_score(self, data: bytes, acks: _Acks) -> None:
-        score = messages.score_decoder.decode(data)
+        score = messages.score_head_decoder.decode(data)
         entry = self.mailboxes.get(score.request_id)
         if entry is None:
             entry = self.mailboxes[score.request_id] = _Entry()
@@ -241,7 +241,8 @@ class RendezvousServer:
             error = f"no model answered within the {sched.deadline_ms:g} ms deadline"
         return Result(
             request_id=rid, deployment=self.deployment, model=decision.model,
-            reason=decision.reason, outputs=chosen.outputs if chosen else {},
+            reason=decision.reason,
+            outputs=messages.outputs_decoder.decode(chosen.outputs) if chosen else {},
             policy_version=sched.version, received_ns=req.received_ns,
             responded_ns=entry.responded_ns, models=outcomes, error=error,
         )

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from rendezvous.errors import ConfigError, UnavailableError
 from rendezvous.streams.base import dead_letter_topic, open_stream
-from rendezvous.streams.nats import (
-    NatsStream,
-    _parse_ack_reply,
+from rendezvous.streams.nats import NatsStream
+from rendezvous.streams.nats_mapping import (
     durable_name,
+    parse_ack_reply,
+    rfc3339_ns,
     stream_name,
     subject_for,
 )
 from rendezvous.streams.nats_server import LocalNatsServer
 
-from .conftest import Reader
+from .harness import Reader
 
 
 @pytest.mark.parametrize(
@@ -59,17 +61,21 @@ def test_group_mapping(group: str, durable: str) -> None:
 def test_ack_reply_parsing_keeps_nanoseconds(
     reply: str, parsed: tuple[int, int, int, int]
 ) -> None:
-    assert _parse_ack_reply(reply) == parsed
+    assert parse_ack_reply(reply) == parsed
+
+
+def test_rfc3339_keeps_nanoseconds() -> None:
+    assert rfc3339_ns(1_700_000_000_000_000_123) == "2023-11-14T22:13:20.000000123Z"
 
 
 # -- against a real server ------------------------------------------------------------------
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> LocalNatsServer:
+def own_server(tmp_path: Path) -> Iterator[LocalNatsServer]:
     """A server this test may stop and restart; the fixture makes sure it ends stopped."""
     server = LocalNatsServer(tmp_path / "nats").start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
@@ -94,7 +100,7 @@ async def test_append_fails_fast_while_the_server_is_down_and_recovers(
 
         await asyncio.to_thread(own_server.stop)
         started = time.monotonic()
-        with pytest.raises(UnavailableError, match="outage.input"):
+        with pytest.raises(UnavailableError, match=re.escape("outage.input")):
             # The first call may still find the socket open; either way it must not hang.
             for _ in range(20):
                 await nats_stream.append(topic, [b"lost"], msg_ids=["m-lost"])
@@ -133,7 +139,7 @@ async def test_records_left_unacked_are_redelivered_then_dead_lettered(
         # The third delivery exceeds max_deliveries and is diverted, not handed out.
         assert await reader.nothing_within(1.5)
         dead = await nats_stream.read(dead_letter_topic(topic))
-        assert [(r.data, r.msg_id) for r in dead] == [(b"stuck", f"{topic}#1")]
+        assert [(r.data, r.msg_id) for r in dead] == [(b"stuck", f"{topic}:1")]
     finally:
         await reader.close()
 
@@ -170,7 +176,7 @@ async def test_connecting_to_nothing_fails_fast() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}"):
+    with pytest.raises(UnavailableError, match=re.escape(f"127.0.0.1:{port}")):
         await NatsStream.connect(f"nats://127.0.0.1:{port}")
     assert time.monotonic() - started < 5
 

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+import msgspec
+
 from rendezvous.errors import ConfigError
 
 Start = Literal["earliest", "latest"] | int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One record of a topic. (A gc-untracked struct: engines hold many of them.)"""
+
     offset: int
     data: bytes
     msg_id: str = ""

@@ -245,6 +245,7 @@ class EmbeddedConsumer:
         self._unacked: dict[int, Record] = {}
         self._topic: _Topic | None = None
         self._group: _Group | None = None
+        self._released = False
 
     def __aiter__(self) -> AsyncIterator[_Batch]:
         return self._iterate()
@@ -329,7 +330,8 @@ class EmbeddedConsumer:
             )
 
     def _release(self) -> None:
-        if self._group is not None:
+        if self._group is not None and not self._released:
+            self._released = True
             self._group.attached -= 1
             # Whatever this consumer held unacknowledged goes back to its group.
             self._group.redeliver.extend(
@@ -342,6 +344,9 @@ class EmbeddedConsumer:
 
     async def close(self) -> None:
         self._closed = True
+        # Hand unacknowledged records back now: the generator's own cleanup only runs once
+        # it is resumed or collected.
+        self._release()
         if self._topic is not None:
             self._topic.notify()
 

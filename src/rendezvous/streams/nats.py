@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import nats
@@ -34,9 +35,18 @@ from nats.js import JetStreamContext, api
 
 from rendezvous.errors import ConfigError, RendezvousError, StreamError, UnavailableError
 from rendezvous.streams.base import Record, Retention, Start, register_engine
+from rendezvous.streams.nats_consumer import NatsConsumer
 from rendezvous.streams.nats_mapping import (
+    CHUNK,
+    MSG_ID_HEADER,
+    check_topic,
+    deliver_policy,
+    parse_ack_reply,
+    read_start,
+    stream_config,
     stream_name,
     subject_for,
+    to_record,
 )
 from rendezvous.streams.nats_server import LocalNatsServer
 
@@ -76,7 +86,9 @@ class NatsStream:
         fetch_timeout_s: float = 0.5,
     ) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=ack_timeout_s)
+        # JetStream API calls (stream/consumer management) may take seconds on a cluster;
+        # outages are caught earlier by require_connected().
+        self.js: JetStreamContext = nc.jetstream(timeout=max(5.0, ack_timeout_s))
         self.url = url
         self.ack_wait_s = ack_wait_s
         self.ack_timeout_s = ack_timeout_s
@@ -126,7 +138,7 @@ class NatsStream:
                 url,
                 name=name,
                 connect_timeout=2,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int, used as float
+                reconnect_time_wait=0.5,  # seconds; fast pick-up of a restarted server
                 # A finite count makes the *first* connect fail fast; made infinite below.
                 max_reconnect_attempts=1,
                 disconnected_cb=on_disconnect,
@@ -352,14 +364,16 @@ class NatsStream:
         passes (an ack lost with the connection would otherwise be waited for forever)."""
         acks = asyncio.gather(*futures, return_exceptions=True)
         lost = asyncio.ensure_future(self._down.wait())
+        waiters: set[asyncio.Future[Any]] = {acks, lost}
         try:
             done, _ = await asyncio.wait(
-                {acks, lost}, timeout=self.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=self.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             lost.cancel()
         if acks not in done:
-            acks.cancel()
+            # Not acks.cancel(): the caller cancels the futures, which completes the gather
+            # with their CancelledErrors as results instead of leaving an unretrieved error.
             why = "lost the connection" if lost in done else f"no ack in {self.ack_timeout_s:g} s"
             raise UnavailableError(
                 f"append to topic {topic!r} is not confirmed ({why} from NATS at {self.url}); "
