@@ -12,7 +12,7 @@ import pytest
 from rendezvous import CallableModel, Column, Datatype, Registry, Signature
 from rendezvous.serving import running
 
-XY = Signature([Column("x", Datatype.FP64), Column("y", Datatype.FP64)])
+XY = Signature((Column("x", Datatype.FP64), Column("y", Datatype.FP64)))
 
 
 @pytest.fixture

@@ -101,8 +101,8 @@ async def test_every_model_sees_identical_inputs_and_the_decoy_archives_each_onc
             sent[r.headers["x-request-id"]] = rows
 
         await asyncio.gather(*(one(i) for i in range(60)))
-    scores = [messages.score_decoder.decode(b)
-              for b in await read_topic(registry.home, "dep.scores")]
+    scores = [s for b in await read_topic(registry.home, "dep.scores")
+              for s in messages.scores_decoder.decode(b)]
     digests: dict[str, dict[str, str]] = defaultdict(dict)
     for s in scores:
         digests[s.request_id][s.model] = s.input_digest

@@ -18,12 +18,12 @@ from rendezvous.schema import (
     to_matrix,
 )
 
-SIG = Signature([Column("a", Datatype.FP64), Column("b", Datatype.INT64)])
+SIG = Signature((Column("a", Datatype.FP64), Column("b", Datatype.INT64)))
 
 
 def test_infer_from_array_and_mapping() -> None:
-    assert infer_signature(np.zeros((2, 3), dtype=np.float32)).inputs == [
-        Column(f"f{i}", Datatype.FP32) for i in range(3)]
+    assert infer_signature(np.zeros((2, 3), dtype=np.float32)).inputs == tuple([
+        Column(f"f{i}", Datatype.FP32) for i in range(3)])
     sig = infer_signature({"a": np.array([1.0]), "b": np.array([1]), "c": np.array(["s"])})
     assert [c.datatype for c in sig.inputs] == [Datatype.FP64, Datatype.INT64, Datatype.BYTES]
     with pytest.raises(ValidationError, match="2-D"):
@@ -62,7 +62,7 @@ def test_oip_per_column_and_matrix() -> None:
                                    InferInput(name="b", shape=[2, 1], datatype="INT64",
                                               data=[[1], [2]])), SIG)
     assert n == 2 and cols == {"a": [1.0, 2.0], "b": [1, 2]}
-    fsig = Signature([Column("x", Datatype.FP64), Column("y", Datatype.FP64)])
+    fsig = Signature((Column("x", Datatype.FP64), Column("y", Datatype.FP64)))
     cols, n = columns_from_oip(oip(InferInput(name="input-0", shape=[2, 2], datatype="FP64",
                                               data=[1.0, 2.0, 3.0, 4.0])), fsig)
     assert n == 2 and cols == {"x": [1.0, 3.0], "y": [2.0, 4.0]}

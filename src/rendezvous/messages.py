@@ -128,9 +128,11 @@ class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
 _enc = msgspec.msgpack.Encoder()
 encode = _enc.encode
 request_decoder = msgspec.msgpack.Decoder(Request)
-score_decoder = msgspec.msgpack.Decoder(Score)
+# A worker frames the scores of one micro-batch as one stream record (a list of Scores, one
+# per request): one append, one log row and one delivery per batch instead of per request.
+scores_decoder = msgspec.msgpack.Decoder(list[Score])
 request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
-score_head_decoder = msgspec.msgpack.Decoder(ScoreHead)
+score_heads_decoder = msgspec.msgpack.Decoder(list[ScoreHead])
 outputs_decoder = msgspec.msgpack.Decoder(dict[str, list[Any]])
 result_decoder = msgspec.msgpack.Decoder(Result)
 feedback_decoder = msgspec.msgpack.Decoder(Feedback)

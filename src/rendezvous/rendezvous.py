@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "rendezvous"
 ORPHAN_TTL_S = 60.0  # scores whose request never shows up are dropped after this
+SWEEP_S = 0.05  # how often requests past their late-grace window are finalized
 
 
 _background: set[asyncio.Future[None]] = set()
@@ -42,16 +44,26 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
 
 
 class _Acks:
-    """Acknowledges a stream batch once every request it carried has been recorded."""
+    """Acknowledges a stream batch once every item it carried has been recorded."""
 
-    __slots__ = ("batch", "pending")
+    __slots__ = ("batch", "pending", "sealed")
 
-    def __init__(self, batch: Batch, pending: int) -> None:
+    def __init__(self, batch: Batch) -> None:
         self.batch = batch
-        self.pending = pending
+        self.pending = 0
+        self.sealed = False  # all records of the batch have been filed
 
-    def done(self, n: int = 1) -> None:
-        self.pending -= n
+    def hold(self) -> _Acks:
+        self.pending += 1
+        return self
+
+    def done(self) -> None:
+        self.pending -= 1
+        if self.sealed and self.pending == 0:
+            _spawn(self.batch.ack())
+
+    def seal(self) -> None:
+        self.sealed = True
         if self.pending == 0:
             _spawn(self.batch.ack())
 
@@ -87,6 +99,15 @@ class RendezvousServer:
         self.decided = 0
         self.recorded = 0
         self._consumers: list[Any] = []
+        # Work for the end of this loop iteration: results to hand to proxies and results to
+        # record. Batching them per iteration keeps tasks and stream appends off the
+        # per-request path.
+        self._outbox: list[tuple[str, bytes]] = []
+        self._to_record: list[tuple[str, Result, list[_Acks]]] = []
+        self._flush_scheduled = False
+        # (final_at_ns, request id) in arrival order; swept every SWEEP_S instead of one
+        # timer per request.
+        self._finals: deque[tuple[int, str]] = deque()
         self._results_topic = messages.topic(deployment, "results")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -106,12 +127,14 @@ class RendezvousServer:
         scores = self.stream.consume(messages.topic(self.deployment, "scores"), GROUP,
                                      start="latest", max_batch=1024)
         self._consumers = [inputs, scores]
-        sweeper = asyncio.ensure_future(self._sweep_orphans())
+        sweepers = [asyncio.ensure_future(self._sweep_orphans()),
+                    asyncio.ensure_future(self._sweep_finals())]
         try:
             await asyncio.gather(self._pump(inputs, self._on_request),
                                  self._pump(scores, self._on_score))
         finally:
-            sweeper.cancel()
+            for t in sweepers:
+                t.cancel()
 
     async def stop(self) -> None:
         for c in self._consumers:
@@ -119,13 +142,13 @@ class RendezvousServer:
 
     async def _pump(self, consumer: Any, handle: Callable[[bytes, _Acks], None]) -> None:
         async for batch in consumer:
-            acks = _Acks(batch, len(batch.records))
+            acks = _Acks(batch)
             for rec in batch.records:
                 try:
                     handle(rec.data, acks)
                 except msgspec.DecodeError:
                     log.error("rendezvous %s: undecodable record %s", self.deployment, rec.offset)
-                    acks.done()
+            acks.seal()
 
     # -- filing -------------------------------------------------------------------------------
 
@@ -135,7 +158,6 @@ class RendezvousServer:
         if entry is None:
             entry = self.mailboxes[req.request_id] = _Entry()
         elif entry.request is not None:  # redelivered duplicate: already filed
-            acks.done()
             return
         entry.request = req
         entry.schedule = self.schedules.get(req.policy_version, self.current)
@@ -143,26 +165,26 @@ class RendezvousServer:
         entry.box.deadline_ns = req.deadline_ns
         entry.box.split_key = req.meta.get(entry.schedule.split_key, req.request_id) \
             if entry.schedule.split_key else req.request_id
-        entry.acks.append(acks)
+        entry.acks.append(acks.hold())
         self._evaluate(req.request_id, entry)
 
     def _on_score(self, data: bytes, acks: _Acks) -> None:
-        score = messages.score_head_decoder.decode(data)
-        entry = self.mailboxes.get(score.request_id)
-        if entry is None:
-            entry = self.mailboxes[score.request_id] = _Entry()
-        if score.model in entry.scores:  # redelivered duplicate
-            acks.done()
-            return
-        entry.scores[score.model] = score
-        entry.acks.append(acks)
-        entry.box.scores[score.model] = ScoreState(score.error is None, score.finished_ns)
-        if entry.request is None:
-            return
-        if entry.decision is None:
-            self._evaluate(score.request_id, entry)
-        elif self._complete(entry):
-            self._finalize(score.request_id)
+        for score in messages.score_heads_decoder.decode(data):
+            rid = score.request_id
+            entry = self.mailboxes.get(rid)
+            if entry is None:
+                entry = self.mailboxes[rid] = _Entry()
+            if score.model in entry.scores:  # redelivered duplicate
+                continue
+            entry.scores[score.model] = score
+            entry.acks.append(acks.hold())
+            entry.box.scores[score.model] = ScoreState(score.error is None, score.finished_ns)
+            if entry.request is None:
+                continue
+            if entry.decision is None:
+                self._evaluate(rid, entry)
+            elif self._complete(entry):
+                self._finalize(rid)
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -195,22 +217,35 @@ class RendezvousServer:
         self.decided += 1
         req = entry.request
         assert req is not None
-        result = self._result(rid, entry)
         if req.return_to:
-            _spawn(self._send(req.return_to, messages.encode(result)))
+            self._outbox.append((req.return_to, messages.encode(self._result(rid, entry))))
+            self._schedule_flush()
         if self._complete(entry):
             self._finalize(rid)
         else:
-            loop = self._loop or asyncio.get_running_loop()
-            final_at = (req.deadline_ns + self.late_grace_ns - now) / 1e9
-            entry.timer = loop.call_later(max(0.0, final_at), self._finalize, rid)
+            self._finals.append((req.deadline_ns + self.late_grace_ns, rid))
 
-    async def _send(self, return_to: str, data: bytes) -> None:
-        try:
-            await self.returns.send(return_to, data)
-        except Exception as exc:  # the proxy may be gone; the result is still recorded
-            log.warning("rendezvous %s: could not return a result to %s: %s",
-                        self.deployment, return_to, exc)
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            _spawn(self._send(outbox))
+        if self._to_record:
+            batch, self._to_record = self._to_record, []
+            _spawn(self._record(batch))
+
+    async def _send(self, outbox: list[tuple[str, bytes]]) -> None:
+        for return_to, data in outbox:
+            try:
+                await self.returns.send(return_to, data)
+            except Exception as exc:  # the proxy may be gone; the result is still recorded
+                log.warning("rendezvous %s: could not return a result to %s: %s",
+                            self.deployment, return_to, exc)
 
     def _complete(self, entry: _Entry) -> bool:
         assert entry.schedule is not None
@@ -256,18 +291,32 @@ class RendezvousServer:
         result = self._result(rid, entry)
         if self.on_result is not None:
             self.on_result(result)
-        _spawn(self._record(rid, result, entry.acks))
+        self._to_record.append((rid, result, entry.acks))
+        self._schedule_flush()
 
-    async def _record(self, rid: str, result: Result, acks: list[_Acks]) -> None:
+    async def _record(self, batch: list[tuple[str, Result, list[_Acks]]]) -> None:
         try:
-            await self.stream.append(self._results_topic, [messages.encode(result)], [rid])
+            await self.stream.append(self._results_topic,
+                                     [messages.encode(r) for _, r, _ in batch],
+                                     [rid for rid, _, _ in batch])
         except Exception as exc:
-            # Not acknowledging means the request is redelivered and decided again later.
-            log.error("rendezvous %s: could not record result %s: %s", self.deployment, rid, exc)
+            # Not acknowledging means the requests are redelivered and decided again later.
+            log.error("rendezvous %s: could not record %d results: %s", self.deployment,
+                      len(batch), exc)
             return
-        self.recorded += 1
-        for a in acks:
-            a.done()
+        self.recorded += len(batch)
+        for _, _, acks in batch:
+            for a in acks:
+                a.done()
+
+    async def _sweep_finals(self) -> None:
+        """Finalize requests whose late-grace window has passed."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.time_ns()
+            finals = self._finals
+            while finals and finals[0][0] <= now:
+                self._finalize(finals.popleft()[1])  # no-op if already finalized
 
     async def _sweep_orphans(self) -> None:
         """Drop scores whose request never arrived (e.g. the proxy failed to append it)."""

@@ -9,6 +9,8 @@ form every model and the decoy see.
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,17 +43,22 @@ class Column(msgspec.Struct, frozen=True):
 
 
 class Signature(msgspec.Struct, frozen=True):
-    inputs: list[Column]
+    inputs: tuple[Column, ...]
 
     @property
     def names(self) -> list[str]:
-        return [c.name for c in self.inputs]
+        return list(_names(self))
 
     def numpy_dtype(self, name: str) -> Any:
         for c in self.inputs:
             if c.name == name:
                 return _NUMPY[c.datatype]
         raise KeyError(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _names(sig: Signature) -> tuple[str, ...]:
+    return tuple(c.name for c in sig.inputs)
 
 
 def _datatype_of(dtype: Any) -> Datatype:
@@ -73,11 +80,11 @@ def infer_signature(example: Any) -> Signature:
     ['f0', 'f1']
     """
     if hasattr(example, "columns") and hasattr(example, "dtypes"):
-        return Signature([Column(str(c), _datatype_of(t))
-                          for c, t in zip(example.columns, example.dtypes, strict=True)])
+        return Signature(tuple(Column(str(c), _datatype_of(t))
+                               for c, t in zip(example.columns, example.dtypes, strict=True)))
     if isinstance(example, Mapping):
-        return Signature([Column(str(k), _datatype_of(np.asarray(v).dtype))
-                          for k, v in example.items()])
+        return Signature(tuple(Column(str(k), _datatype_of(np.asarray(v).dtype))
+                               for k, v in example.items()))
     arr = np.asarray(example)
     if arr.ndim != 2:
         raise ValidationError(
@@ -85,22 +92,32 @@ def infer_signature(example: Any) -> Signature:
             "data (rows x features) or a mapping of column name to values"
         )
     dt = _datatype_of(arr.dtype)
-    return Signature([Column(f"f{i}", dt) for i in range(arr.shape[1])])
+    return Signature(tuple(Column(f"f{i}", dt) for i in range(arr.shape[1])))
 
 
-def _check_value(value: Any, dt: Datatype) -> bool:
-    if dt in (Datatype.FP64, Datatype.FP32):
-        return isinstance(value, float | int) and not isinstance(value, bool)
-    if dt in (Datatype.INT64, Datatype.INT32):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if dt is Datatype.BOOL:
-        return isinstance(value, bool)
-    return isinstance(value, str)
+_LIST_OF = {
+    Datatype.FP64: list[float], Datatype.FP32: list[float], Datatype.INT64: list[int],
+    Datatype.INT32: list[int], Datatype.BOOL: list[bool], Datatype.BYTES: list[str],
+}
+_INDEX = re.compile(r"\$\[(\d+)\]")
 
 
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}"
+
+
+def _typed(values: list[Any], dt: Datatype, where: str, problems: list[str]) -> list[Any]:
+    """``values`` checked (in C, by msgspec) to be of ``dt``; ints widen to floats. A wrong
+    value is reported as ``<where with {i} filled in>: expected DT, got TYPE VALUE``."""
+    try:
+        return msgspec.convert(values, _LIST_OF[dt])
+    except msgspec.ValidationError as exc:
+        m = _INDEX.search(str(exc))
+        i = int(m.group(1)) if m else 0
+        bad = values[i] if i < len(values) else None
+        problems.append(f"{where.format(i=i)}: expected {dt.value}, got {_describe(bad)}")
+        return values
 
 
 def columns_from_records(records: Any, sig: Signature) -> tuple[dict[str, list[Any]], int]:
@@ -112,32 +129,27 @@ def columns_from_records(records: Any, sig: Signature) -> tuple[dict[str, list[A
         )
     names = sig.names
     expected = set(names)
-    cols: dict[str, list[Any]] = {n: [] for n in names}
     problems: list[str] = []
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             problems.append(f"record {i}: expected an object, got {_describe(rec)}")
-        else:
-            if rec.keys() != expected:
-                missing = [n for n in names if n not in rec]
-                extra = sorted(k for k in rec if k not in expected)
-                if missing:
-                    problems.append(f"record {i}: missing columns {missing}")
-                if extra:
-                    problems.append(f"record {i}: unknown columns {extra}; expected {names}")
-            for c in sig.inputs:
-                if c.name in rec:
-                    v = rec[c.name]
-                    if not _check_value(v, c.datatype):
-                        problems.append(
-                            f"record {i}, column {c.name!r}: expected {c.datatype.value}, "
-                            f"got {_describe(v)}"
-                        )
-                    cols[c.name].append(v)
+        elif rec.keys() != expected:
+            missing = [n for n in names if n not in rec]
+            extra = sorted(k for k in rec if k not in expected)
+            if missing:
+                problems.append(f"record {i}: missing columns {missing}")
+            if extra:
+                problems.append(f"record {i}: unknown columns {extra}; expected {names}")
         if len(problems) >= MAX_PROBLEMS:
             break
     if problems:
         raise ValidationError("input does not match the deployment's signature", problems)
+    cols = {c.name: _typed([r[c.name] for r in records], c.datatype,
+                           f"record {{i}}, column {c.name!r}", problems)
+            for c in sig.inputs}
+    if problems:
+        raise ValidationError("input does not match the deployment's signature",
+                              problems[:MAX_PROBLEMS])
     return cols, len(records)
 
 
@@ -211,18 +223,12 @@ def columns_from_oip(req: InferRequest, sig: Signature) -> tuple[dict[str, list[
             n_rows = inp.shape[0]
         elif n_rows != inp.shape[0]:
             problems.append(f"input {c.name!r}: {inp.shape[0]} rows, other inputs have {n_rows}")
-        bad = next((v for v in values if not _check_value(v, c.datatype)), _SENTINEL)
-        if bad is not _SENTINEL:
-            problems.append(f"input {c.name!r}: expected {c.datatype.value}, got {_describe(bad)}")
-        cols[c.name] = values
+        cols[c.name] = _typed(values, c.datatype, f"input {c.name!r} row {{i}}", problems)
     if problems:
         raise ValidationError("input does not match the deployment's signature", problems)
     if not n_rows:
         raise ValidationError("the request has no rows", ["every input has shape [0]"])
     return cols, n_rows
-
-
-_SENTINEL = object()
 
 
 def _columns_from_matrix(inp: InferInput, sig: Signature) -> tuple[dict[str, list[Any]], int]:
@@ -250,12 +256,14 @@ def _columns_from_matrix(inp: InferInput, sig: Signature) -> tuple[dict[str, lis
         )
     cols: dict[str, list[Any]] = {}
     problems: list[str] = []
+    if len(dtypes) == 1:  # the usual case: check the whole tensor at once, then cut columns
+        values = _typed(values, next(iter(dtypes)), f"input {inp.name!r} value {{i}}",
+                        problems)
+        if problems:
+            raise ValidationError("input does not match the deployment's signature", problems)
+        return {c.name: values[j::k] for j, c in enumerate(sig.inputs)}, n
     for j, c in enumerate(sig.inputs):
-        col = values[j::k]
-        bad = next((v for v in col if not _check_value(v, c.datatype)), _SENTINEL)
-        if bad is not _SENTINEL:
-            problems.append(f"column {c.name!r}: expected {c.datatype.value}, got {_describe(bad)}")
-        cols[c.name] = col
+        cols[c.name] = _typed(values[j::k], c.datatype, f"column {c.name!r} row {{i}}", problems)
     if problems:
         raise ValidationError("input does not match the deployment's signature", problems)
     return cols, n

@@ -112,8 +112,8 @@ class Worker:
         scores = await self._score(requests, digests) if requests else []
         if scores:
             await self.stream.append(
-                self._scores_topic, [messages.encode(s) for s in scores],
-                [f"{s.request_id}:{self.model}" for s in scores],
+                self._scores_topic, [messages.encode(scores)],
+                [f"{self.model}:{scores[0].request_id}:{len(scores)}"],
             )
         self.scored += len(scores)
         await batch.ack()

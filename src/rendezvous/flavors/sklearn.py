@@ -7,6 +7,7 @@ verified first, nobody can swap in an artifact that needs other types.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +42,12 @@ class SklearnPredictor:
 class SklearnFlavor:
     name = "sklearn"
 
+    def __init__(self) -> None:
+        # skops parses with ``ast``; CPython 3.11's AST constructor is not safe to run from
+        # several threads at once ("AST constructor recursion depth mismatch"), and runtimes
+        # load models in threads. One load at a time.
+        self._lock = threading.Lock()
+
     def accepts(self, model: Any) -> bool:
         return type(model).__module__.startswith("sklearn.") and hasattr(model, "predict")
 
@@ -57,7 +64,8 @@ class SklearnFlavor:
         import skops.io as sio
 
         try:
-            model = sio.loads(data, trusted=list(meta.get("trusted_types", [])))
+            with self._lock:
+                model = sio.loads(data, trusted=list(meta.get("trusted_types", [])))
         except Exception as exc:  # skops raises plain TypeErrors/ValueErrors on bad artifacts
             raise FlavorError(f"cannot load the scikit-learn artifact with skops: {exc}") from exc
         return SklearnPredictor(model, signature)

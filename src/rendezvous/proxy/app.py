@@ -13,7 +13,7 @@ import hmac
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +41,7 @@ from rendezvous.schema import InferRequest, columns_from_oip, columns_from_recor
 log = logging.getLogger(__name__)
 
 RESULT_MARGIN_S = 0.5  # after the deadline, how long to wait for the rendezvous server
+EXPIRY_SWEEP_S = 0.05
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _JSON = [(b"content-type", b"application/json")]
 _json_decode = msgspec.json.Decoder()
@@ -98,6 +99,10 @@ class Proxy:
         self.pending: dict[str, asyncio.Future[Result]] = {}
         self.recent: OrderedDict[str, Result] = OrderedDict()  # client-supplied ids only
         self.metrics = ProxyMetrics(server)
+        # (expiry on the loop clock, request id) in arrival order: a sweep every EXPIRY_SWEEP_S
+        # instead of a timer per request.
+        self._expiries: deque[tuple[float, str]] = deque()
+        self._sweeper: asyncio.Task[None] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v2/health/live$"), self._live),
             ("GET", re.compile(r"^/v2/health/ready$"), self._ready),
@@ -145,12 +150,15 @@ class Proxy:
     async def start(self) -> None:
         self.server.returns.register(self.address, self._on_result)
         await self.server.start()
+        self._sweeper = asyncio.ensure_future(self._sweep_expired())
 
     async def stop(self) -> None:
         # Let requests in flight get their answers before the roles stop.
         deadline = time.monotonic() + 5
         while self.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self.server.returns.unregister(self.address)
         await self.server.stop()
 
@@ -233,7 +241,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Result] = loop.create_future()
         self.pending[rid] = fut
-        timer = loop.call_later(deadline_ms / 1000 + RESULT_MARGIN_S, self._expire, rid)
+        self._expiries.append((loop.time() + deadline_ms / 1000 + RESULT_MARGIN_S, rid))
         try:
             try:
                 await rt.stream.append(rt.input_topic, [messages.encode(req)], [rid])
@@ -241,7 +249,6 @@ class Proxy:
                 raise UnavailableError(f"the input stream is unavailable: {exc}") from exc
             result = await fut
         finally:
-            timer.cancel()
             self.pending.pop(rid, None)
         if client_id is not None:
             self.recent[client_id] = result
@@ -254,6 +261,14 @@ class Proxy:
         fut = self.pending.get(result.request_id)
         if fut is not None and not fut.done():
             fut.set_result(result)
+
+    async def _sweep_expired(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            now = loop.time()
+            while self._expiries and self._expiries[0][0] <= now:
+                self._expire(self._expiries.popleft()[1])
 
     def _expire(self, rid: str) -> None:
         fut = self.pending.get(rid)

@@ -112,7 +112,8 @@ class Registry:
         trusted = sorted(sio.get_untrusted_types(data=data))
         meta = {"trusted_types": trusted}
         if signature is None and example is None:
-            model = sio.loads(data, trusted=trusted)
+            model = flavors.get("sklearn").load(data, meta, Signature(()),
+                                                allow_pickle=False).model  # type: ignore[attr-defined]
             names = getattr(model, "feature_names_in_", None)
             n = getattr(model, "n_features_in_", None)
             if n is None:

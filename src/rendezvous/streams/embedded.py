@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import queue
 import sqlite3
 import threading
@@ -85,15 +84,14 @@ class _Topic:
     next_offset: int = 1
     durable: int = 0  # highest offset committed to SQLite
     first_offset: int = 1  # oldest offset still in the log (retention moves it)
-    window: deque[Record] = field(default_factory=deque)
+    # Recent records, window[i] has offset window_base + i. A list (not a deque) so that a
+    # consumer's slice costs O(batch), not O(position in the window).
+    window: list[Record] = field(default_factory=list)
+    window_base: int = 1
     dedup: OrderedDict[str, int] = field(default_factory=OrderedDict)
     groups: dict[str, _Group] = field(default_factory=dict)
     retention: Retention | None = None
     wakeup: asyncio.Future[None] | None = None
-
-    @property
-    def window_base(self) -> int:
-        return self.window[0].offset if self.window else self.next_offset
 
     def notify(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
@@ -110,8 +108,11 @@ class _Topic:
         # everything else can be read back from SQLite. This keeps memory flat.
         active = [g.cursor for g in self.groups.values() if g.attached]
         keep_from = min([*active, self.durable + 1])
-        while self.window and self.window[0].offset < keep_from:
-            self.window.popleft()
+        drop = keep_from - self.window_base
+        # Cut the front only when it is a good part of the list: amortized O(1) per record.
+        if drop > 0 and (drop >= len(self.window) or drop * 2 >= len(self.window)):
+            del self.window[:drop]
+            self.window_base += drop
 
 
 class _Writer(threading.Thread):
@@ -121,24 +122,33 @@ class _Writer(threading.Thread):
         super().__init__(name="rendezvous-stream-writer", daemon=True)
         self.conn = _connect(path)
         self.loop = loop
-        self.ops: queue.SimpleQueue[tuple[str, Any, asyncio.Future[Any] | None]] = (
+        self.ops: queue.SimpleQueue[list[tuple[str, Any, asyncio.Future[Any] | None]]] = (
             queue.SimpleQueue()
         )
+        # Operations submitted during one event-loop iteration travel to the writer together:
+        # one queue hand-off (and thread wake-up) per iteration, not per append.
+        self._tick: list[tuple[str, Any, asyncio.Future[Any] | None]] = []
         self.retention: dict[str, Retention] = {}
         self._last_retention = 0.0
 
     def submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
-        self.ops.put((kind, payload, fut))
+        if not self._tick:
+            self.loop.call_soon(self._hand_over)
+        self._tick.append((kind, payload, fut))
         return fut
+
+    def _hand_over(self) -> None:
+        tick, self._tick = self._tick, []
+        self.ops.put(tick)
 
     def run(self) -> None:
         stop = False
         while not stop:
-            batch = [self.ops.get()]
+            batch = self.ops.get()
             with contextlib.suppress(queue.Empty):
                 while len(batch) < 4096:
-                    batch.append(self.ops.get_nowait())
+                    batch.extend(self.ops.get_nowait())
             error: BaseException | None = None
             try:
                 stop = self._execute(batch)
@@ -274,7 +284,7 @@ class EmbeddedConsumer:
             lo = group.cursor
             if lo >= topic.window_base:
                 idx = lo - topic.window_base
-                records = list(itertools.islice(topic.window, idx, idx + self._max_batch))
+                records = topic.window[idx:idx + self._max_batch]
             else:
                 hi = min(lo + self._max_batch, topic.window_base)
                 group.cursor = hi  # claim the range before awaiting, so peers skip it
@@ -390,7 +400,8 @@ class EmbeddedStream:
                 "SELECT msg_id, offset FROM records WHERE topic = ? AND msg_id != '' "
                 "ORDER BY offset DESC LIMIT ?", (name, DEDUP_WINDOW),
             ).fetchall()
-        topic = _Topic(name, next_offset=(hi or 0) + 1, durable=hi or 0, first_offset=lo or 1)
+        topic = _Topic(name, next_offset=(hi or 0) + 1, durable=hi or 0, first_offset=lo or 1,
+                       window_base=(hi or 0) + 1)
         topic.retention = self._writer.retention.get(name)
         for msg_id, offset in reversed(recent):
             topic.dedup[msg_id] = offset
