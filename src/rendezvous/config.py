@@ -54,6 +54,10 @@ STREAMS = Setting("RENDEZVOUS_STREAMS", str, "embedded",
                   "stream engine: 'embedded', 'local-nats' or a nats:// URL")
 ALLOW_PICKLE = Setting("RENDEZVOUS_ALLOW_PICKLE", bool, False,
                        "allow loading pickle-based artifacts (runs code from the artifact)")
+NATS_ACK_WAIT_S = Setting("RENDEZVOUS_NATS_ACK_WAIT_S", float, 30.0,
+                          "seconds before records a crashed process held unacknowledged go to "
+                          "another member of its group (NATS engine; fixed when a group is "
+                          "created)")
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
 

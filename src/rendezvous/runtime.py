@@ -1,10 +1,14 @@
-"""Wiring: one process running every role of one or more deployments on one stream engine.
+"""Wiring: the roles of one or more deployments, in this process, on one stream engine.
 
 ``Server`` owns the stream engine, the return channel and one ``DeploymentRuntime`` per served
-deployment; each runtime owns the workers (one per model version), the rendezvous server, the
-decoy and the monitor, as asyncio tasks. Policy changes are applied live: workers for new models
-start first (from the current end of the input stream), then the schedule switches, and workers
-of models that left keep scoring until every request that still needs them is done.
+deployment; each runtime owns the roles this process runs (by default all of them: the workers,
+one per model version, the rendezvous server, the decoy and the monitor) as asyncio tasks.
+
+Policy changes are applied live. In one process: workers for new models start first (from the
+current end of the input stream), then the schedule switches, and workers of models that left
+keep scoring until every request that still needs them is done. Across processes (a shared
+engine, see ``roles``), the process that changes the policy appends a ``Control`` message to
+``<deployment>.control`` and every other process follows that topic and applies it.
 """
 
 from __future__ import annotations
@@ -12,18 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from rendezvous import config, messages
 from rendezvous.decoy import Decoy
-from rendezvous.errors import UnavailableError
+from rendezvous.errors import ConfigError, NotFoundError, RendezvousError, UnavailableError
+from rendezvous.messages import Control, ControlKind
 from rendezvous.monitor import Monitor
 from rendezvous.policy import Policy, Schedule
 from rendezvous.registry import Registry
 from rendezvous.rendezvous import RendezvousServer
+from rendezvous.roles import ProcessRole, Roles
 from rendezvous.schema import Signature
 from rendezvous.streams.base import Retention, Stream, open_stream
 from rendezvous.worker import Worker
@@ -31,29 +41,97 @@ from rendezvous.worker import Worker
 log = logging.getLogger(__name__)
 
 TOPICS = ("input", "scores", "results", "feedback", "control")
+CONTROL_POLL_S = 0.2  # how often a process looks for policy changes made by another one
 
 
 class LocalReturns:
-    """Return channel inside one process: return address -> callback."""
+    """Return channel: return address -> callback, inside this process first.
+
+    With a ``remote`` transport attached (``NatsReturns``), results for addresses this process
+    does not own are sent there, and every address registered here is also listened for
+    there, so proxies and rendezvous servers may live in different processes.
+    """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self.remote: Any = None  # NatsReturns, imported only with the NATS engine
+
+    @property
+    def connected(self) -> bool:
+        return self.remote is None or bool(self.remote.connected)
 
     def register(self, address: str, handler: Callable[[bytes], None]) -> None:
         self._handlers[address] = handler
+        if self.remote is not None:
+            self.remote.listen(address, handler)
 
     def unregister(self, address: str) -> None:
         self._handlers.pop(address, None)
+        if self.remote is not None:
+            self.remote.forget(address)
+
+    async def attach(self, remote: Any) -> None:
+        """Listen on ``remote`` for every address registered so far (and later ones)."""
+        self.remote = remote
+        for address, handler in self._handlers.items():
+            remote.listen(address, handler)
+        await remote.ready()
 
     async def send(self, return_to: str, data: bytes) -> None:
         handler = self._handlers.get(return_to)
-        if handler is None:
+        if handler is not None:
+            handler(data)
+        elif self.remote is not None:
+            await self.remote.send(return_to, data)
+        else:
             raise UnavailableError(f"no proxy listens on return address {return_to!r}")
-        handler(data)
+
+    async def close(self) -> None:
+        if self.remote is not None:
+            await self.remote.close()
+
+
+def remote_returns(stream: Stream) -> Any:
+    """The return transport between processes for ``stream``'s engine, or None when the
+    engine lives inside one process (embedded)."""
+    try:
+        from rendezvous.streams.nats import NatsStream
+        from rendezvous.streams.nats_returns import NatsReturns
+    except ImportError:  # nats-py missing: no NATS engine either
+        return None
+    return NatsReturns(stream.nc) if isinstance(stream, NatsStream) else None
+
+
+async def follow_control(stream: Stream, deployment: str, after: int,
+                         apply: Callable[[Control], Awaitable[None]], *,
+                         every_s: float = CONTROL_POLL_S) -> None:
+    """Call ``apply`` for every control message of ``deployment`` after offset ``after``.
+
+    Tails the topic with ``read`` rather than a consumer group: each process needs every
+    message, and a group per process would leave one durable group behind per process ever
+    started. Runs until cancelled; an engine outage only delays it.
+    """
+    topic = messages.topic(deployment, "control")
+    cursor = after
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if await stream.last_offset(topic) <= cursor:
+                continue
+            records = await stream.read(topic, from_offset=cursor + 1, limit=100)
+        except RendezvousError as exc:
+            log.debug("%s: control topic unreachable (%s); retrying", deployment, exc)
+            continue
+        for rec in records:
+            cursor = rec.offset
+            try:
+                await apply(messages.control_decoder.decode(rec.data))
+            except (msgspec.DecodeError, msgspec.ValidationError, RendezvousError) as exc:
+                log.error("%s: ignoring control message %s: %s", deployment, rec.offset, exc)
 
 
 class DeploymentRuntime:
-    """Every role of one deployment, in this process."""
+    """The roles of one deployment that this process runs."""
 
     def __init__(self, server: Server, name: str) -> None:
         self.server = server
@@ -86,24 +164,43 @@ class DeploymentRuntime:
                       exc_info=task.exception())
 
     async def start(self) -> None:
-        registry = self.server.registry
-        policy, rec = await asyncio.to_thread(registry.policy, self.name)
-        self.signature = await asyncio.to_thread(registry.deployment_signature, self.name)
+        registry, roles = self.server.registry, self.server.roles
         for kind in TOPICS:
             await self.stream.ensure_topic(messages.topic(self.name, kind),
                                            retention=Retention())
+        # Note the control topic's end before reading the policy: a change announced in
+        # between is then applied by the follower rather than missed.
+        seen = await self.stream.last_offset(messages.topic(self.name, "control")) \
+            if self.server.shared else 0
+        policy, rec = await asyncio.to_thread(registry.policy, self.name)
+        self.signature = await asyncio.to_thread(registry.deployment_signature, self.name)
         schedule = policy.schedule(self.name, rec.version)
-        await self._start_workers(policy.model_names())
-        self.rendezvous = RendezvousServer(
-            self.stream, self.name, schedule, self.server.returns,
-            late_grace_ms=self.server.late_grace_ms)
-        self._spawn("rendezvous", self.rendezvous.run())
-        if policy.decoy:
+        if ProcessRole.WORKER in roles:
+            await self._start_workers(await self._worker_models(policy, rec.version))
+        if ProcessRole.RENDEZVOUS in roles:
+            self.rendezvous = RendezvousServer(
+                self.stream, self.name, schedule, self.server.returns,
+                late_grace_ms=self.server.late_grace_ms)
+            self._spawn("rendezvous", self.rendezvous.run())
+        if ProcessRole.DECOY in roles and policy.decoy:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
             self._spawn("decoy", self.decoy.run())
-        self.monitor = Monitor(self.stream, self.name)
-        self._spawn("monitor", self.monitor.run())
+        if ProcessRole.MONITOR in roles:
+            self.monitor = Monitor(self.stream, self.name)
+            self._spawn("monitor", self.monitor.run())
         self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
+        if self.server.shared:
+            self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))
+
+    async def _worker_models(self, policy: Policy, version: int) -> list[str]:
+        """The model versions this process scores: ``--model`` ones, else the policy's."""
+        fixed = self.server.roles.models
+        for model in fixed:
+            if model not in policy.model_names():
+                # Allowed on purpose: start a new version's workers, then add it to the policy.
+                log.warning("%s: %s is not in policy %s; its scores are recorded but not used "
+                            "until a policy names it", self.name, model, version)
+        return list(fixed) or policy.model_names()
 
     async def _start_workers(self, models: list[str]) -> None:
         new = [m for m in models if m not in self.workers]
@@ -113,6 +210,7 @@ class DeploymentRuntime:
         predictors = await asyncio.gather(*(asyncio.to_thread(registry.load, m) for m in new))
         # Start from the current end of the input stream: every request appended from now on
         # is scored, and the schedule that expects these models is switched on only after.
+        # (A group that already has a committed position resumes from there instead.)
         start = await self.stream.last_offset(self.input_topic) + 1
         assert self.signature is not None
         for model, predictor in zip(new, predictors, strict=True):
@@ -121,28 +219,45 @@ class DeploymentRuntime:
             self.workers[model] = worker
             self._spawn(("worker", model), worker.run())
 
+    async def _apply(self, policy: Policy, version: int) -> None:
+        """Switch this process's roles to ``policy`` (call with the lock held)."""
+        schedule = policy.schedule(self.name, version)
+        follows_policy = ProcessRole.WORKER in self.server.roles and not self.server.roles.models
+        if follows_policy:
+            await self._start_workers(policy.model_names())
+        if self.rendezvous is not None:
+            self.rendezvous.set_schedule(schedule)
+        retired = [m for m in self.workers if m not in policy.model_names()] \
+            if follows_policy else []
+        self.policy, self.policy_version, self.schedule = policy, version, schedule
+        if retired:
+            # Requests decided under the old schedule may still wait for these models.
+            linger = (max(policy.deadline_ms, 1.0) + self.server.late_grace_ms) / 1000
+            asyncio.get_running_loop().call_later(
+                linger, lambda: self._spawn(("retire", version), self._retire(retired)))
+        log.info("%s: now at policy %s", self.name, version)
+
     async def reload(self) -> int:
-        """Apply the registry's current policy if it changed; returns the policy version."""
+        """Apply the registry's current policy if it changed and announce it to the other
+        processes on the control topic; returns the policy version."""
         async with self._lock:
             policy, rec = await asyncio.to_thread(self.server.registry.policy, self.name)
             if rec.version == self.policy_version:
                 return rec.version
-            schedule = policy.schedule(self.name, rec.version)
-            await self._start_workers(policy.model_names())
-            assert self.rendezvous is not None
-            self.rendezvous.set_schedule(schedule)
-            retired = [m for m in self.workers if m not in policy.model_names()]
-            self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
+            await self._apply(policy, rec.version)
             await self.stream.append(messages.topic(self.name, "control"), [messages.encode(
-                messages.Control(deployment=self.name, kind=messages.ControlKind.POLICY,
-                                 policy_version=rec.version, body=rec.body))])
-            if retired:
-                # Requests decided under the old schedule may still wait for these models.
-                linger = (max(policy.deadline_ms, 1.0) + self.server.late_grace_ms) / 1000
-                asyncio.get_running_loop().call_later(
-                    linger, lambda: asyncio.ensure_future(self._retire(retired)))
-            log.info("%s: now at policy %s", self.name, rec.version)
+                Control(deployment=self.name, kind=ControlKind.POLICY,
+                        policy_version=rec.version, body=rec.body))])
             return rec.version
+
+    async def _follow(self, ctl: Control) -> None:
+        """Apply a policy another process announced (its own announcements come back too)."""
+        if ctl.kind is not ControlKind.POLICY or ctl.policy_version <= self.policy_version:
+            return
+        policy = msgspec.convert(ctl.body, Policy)
+        async with self._lock:
+            if ctl.policy_version > self.policy_version:
+                await self._apply(policy, ctl.policy_version)
 
     async def _retire(self, models: list[str]) -> None:
         for model in models:
@@ -155,6 +270,9 @@ class DeploymentRuntime:
     async def stop(self) -> None:
         # Order matters: stop intake (the proxy already did), let workers and the rendezvous
         # finish, flush the decoy, then the monitor.
+        control = self._tasks.get("control")
+        if control is not None:
+            control.cancel()
         for w in self.workers.values():
             await w.stop()
         if self.rendezvous is not None:
@@ -173,21 +291,35 @@ class DeploymentRuntime:
 
 
 class Server:
-    """Stream engine + registry + runtimes for the served deployments."""
+    """Stream engine + registry + runtimes for the served deployments.
+
+    ``roles`` picks what this process runs (default: everything); running only some of them
+    needs an engine shared between processes (NATS). ``registry_url``: a SQL URL for a
+    registry shared by machines (PostgreSQL); default the SQLite file under ``home``.
+    """
 
     def __init__(self, home: Path | str | None = None, deployments: list[str] | None = None, *,
-                 streams: str | None = None, late_grace_ms: float | None = None) -> None:
+                 streams: str | None = None, late_grace_ms: float | None = None,
+                 roles: Roles | None = None, registry_url: str | None = None) -> None:
         self.home = config.home(home)
         self.deployment_names = list(deployments or [])
         self.streams_url = config.STREAMS.get(streams)
         self.late_grace_ms = config.LATE_GRACE_MS.get(late_grace_ms)
-        self.registry = Registry(self.home)
+        self.roles = roles or Roles()
+        self.registry = Registry(self.home, url=registry_url)
         self.returns = LocalReturns()
-        self.process_id = f"p{id(self):x}"
+        # Names the scoring process in every Score: host and pid find it among many.
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}"
         self.runtimes: dict[str, DeploymentRuntime] = {}
         self.stream: Stream
-        self.ready = False
+        self.shared = False  # True when other processes may share the engine (NATS)
         self.started_at = 0.0
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        """Started, and (on a shared engine) connected to it: what readiness reports."""
+        return self._started and self.returns.connected
 
     async def start(self) -> None:
         if not self.deployment_names:
@@ -195,22 +327,40 @@ class Server:
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
         self.stream = await open_stream(self.streams_url, home=self.home)
+        remote = remote_returns(self.stream)
+        if remote is None and not self.roles.everything:
+            await self.stream.close()
+            raise ConfigError(
+                f"--role {self.roles.label} runs one role per process, which needs a stream "
+                f"engine shared between processes, not {self.streams_url!r}: use --streams "
+                "nats://HOST:4222, or `serve --streams local-nats` to start every role as its "
+                "own process on this machine"
+            )
+        if remote is not None:
+            await self.returns.attach(remote)
+            self.shared = True
         for name in self.deployment_names:
             rt = DeploymentRuntime(self, name)
             await rt.start()
             self.runtimes[name] = rt
-        self.ready = True
+        self._started = True
         self.started_at = time.time()
 
     async def stop(self) -> None:
-        self.ready = False
+        self._started = False
         for rt in self.runtimes.values():
             await rt.stop()
+        await self.returns.close()
         await self.stream.close()
         self.registry.close()
 
     def status(self, deployment: str) -> dict[str, Any]:
         rt = self.runtimes[deployment]
-        assert rt.monitor is not None
+        if rt.monitor is None:
+            raise NotFoundError(
+                "monitor of deployment", deployment,
+                f"this process runs only {self.roles.label}; ask the `serve --role monitor` "
+                f"process: GET /v1/deployments/{deployment}/status on its --port")
+        live = rt.workers if ProcessRole.WORKER in self.roles else rt.policy.model_names()
         return {**rt.monitor.stats.to_dict(), "policy_version": rt.policy_version,
-                "models_live": sorted(rt.workers)}
+                "models_live": sorted(live)}

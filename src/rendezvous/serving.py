@@ -2,6 +2,10 @@
 
 While serving, ``<home>/run/<deployment>.json`` (mode 0600) tells local commands where the
 server is and holds its admin token, so ``rendezvous promote`` reaches the running process.
+
+``running`` serves the proxy (and, by default, every other role in the same process);
+``running_roles`` runs roles without the proxy, one process each on a shared engine: the
+monitor then answers on its own port (``<home>/run/<deployment>.monitor.json`` says where).
 """
 
 from __future__ import annotations
@@ -20,11 +24,16 @@ import uvicorn
 
 from rendezvous import config
 from rendezvous.proxy import Proxy
+from rendezvous.roles import ProcessRole, Roles
 from rendezvous.runtime import Server
 
 
 def run_file(home: Path, deployment: str) -> Path:
     return home / "run" / f"{deployment}.json"
+
+
+def monitor_run_file(home: Path, deployment: str) -> Path:
+    return home / "run" / f"{deployment}.monitor.json"
 
 
 def read_run_file(home: Path, deployment: str) -> dict[str, Any] | None:
@@ -35,10 +44,11 @@ def read_run_file(home: Path, deployment: str) -> dict[str, Any] | None:
     return info
 
 
-def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any]) -> list[Path]:
+def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
+                     kind: str = "") -> list[Path]:
     paths = []
     for name in deployments:
-        path = run_file(home, name)
+        path = monitor_run_file(home, name) if kind == "monitor" else run_file(home, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -49,9 +59,9 @@ def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any]) -
     return paths
 
 
-def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                          lifespan="on", access_log=False, log_level="warning",
+                          lifespan=lifespan, access_log=False, log_level="warning",
                           timeout_keep_alive=30)
 
 
@@ -59,14 +69,20 @@ def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
 async def running(
     deployments: list[str] | None = None, *, home: Path | str | None = None,
     host: str | None = None, port: int | None = None, streams: str | None = None,
-    admin_token: str | None = None,
+    admin_token: str | None = None, roles: Roles | None = None,
+    registry_url: str | None = None,
 ) -> AsyncIterator[tuple[Proxy, str]]:
     """Serve in the current event loop; yields (proxy, base URL) once ready.
+
+    ``roles``: what this process runs besides the HTTP edge, default everything;
+    ``Roles.only("proxy")`` for a proxy on a shared engine (``streams="nats://…"``).
 
     >>> # async with running(["demo"], port=0) as (proxy, url): ...
     """
     home = config.home(home)
-    server = Server(home, deployments, streams=streams)
+    if roles is not None and ProcessRole.PROXY not in roles:
+        raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
     uv = uvicorn.Server(uvicorn_config(proxy, config.HOST.get(host), config.PORT.get(port)))
@@ -92,6 +108,53 @@ async def running(
         await task
         for f in files:
             f.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def running_roles(
+    roles: Roles, deployments: list[str] | None = None, *, home: Path | str | None = None,
+    host: str | None = None, port: int | None = None, streams: str | None = None,
+    registry_url: str | None = None,
+) -> AsyncIterator[tuple[Server, str | None]]:
+    """Run roles other than the proxy in the current event loop; yields (server, URL of the
+    monitor's status endpoint or None) once started, and stops them cleanly on exit.
+
+    >>> # async with running_roles(Roles.only("worker", ["fraud@3"]),
+    >>> #                          ["demo"], streams="nats://10.0.0.5:4222") as (server, _): ...
+    """
+    if ProcessRole.PROXY in roles:
+        raise ValueError("running_roles() runs no proxy; use running() to serve HTTP")
+    home = config.home(home)
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
+    await server.start()
+    try:
+        if ProcessRole.MONITOR not in roles:
+            yield server, None
+            return
+        from rendezvous.monitor.app import MonitorApp
+
+        uv = uvicorn.Server(uvicorn_config(MonitorApp(server), config.HOST.get(host),
+                                           config.PORT.get(port), lifespan="off"))
+        uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.ensure_future(uv.serve())
+        while not uv.started:
+            if task.done():
+                await task
+                raise RuntimeError("the monitor's HTTP server stopped during startup")
+            await asyncio.sleep(0.02)
+        sock = uv.servers[0].sockets[0].getsockname()
+        url = f"http://{sock[0]}:{sock[1]}"
+        files = _write_run_files(home, server.deployment_names, {"url": url, "pid": os.getpid()},
+                                 kind="monitor")
+        try:
+            yield server, url
+        finally:
+            uv.should_exit = True
+            await task
+            for f in files:
+                f.unlink(missing_ok=True)
+    finally:
+        await server.stop()
 
 
 async def serve_forever(deployments: list[str] | None = None, **kwargs: Any) -> None:

@@ -33,6 +33,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
+from rendezvous import config
 from rendezvous.errors import ConfigError, RendezvousError, StreamError, UnavailableError
 from rendezvous.streams.base import Record, Retention, Start, register_engine
 from rendezvous.streams.nats_consumer import NatsConsumer
@@ -415,7 +416,7 @@ class NatsStream:
 
 async def _open_nats(url: str, *, home: Path) -> NatsStream:
     """``nats://host:port``: an existing server or cluster with JetStream enabled."""
-    return await NatsStream.connect(url)
+    return await NatsStream.connect(url, ack_wait_s=config.NATS_ACK_WAIT_S.get())
 
 
 async def _open_local_nats(url: str, *, home: Path) -> NatsStream:
@@ -423,7 +424,8 @@ async def _open_local_nats(url: str, *, home: Path) -> NatsStream:
     server = LocalNatsServer(home / "nats")
     await asyncio.to_thread(server.start)
     try:
-        return await NatsStream.connect(server.url, server=server)
+        return await NatsStream.connect(server.url, server=server,
+                                        ack_wait_s=config.NATS_ACK_WAIT_S.get())
     except BaseException:
         await asyncio.to_thread(server.stop)
         raise

@@ -74,7 +74,8 @@ class LocalNatsServer:
 
     ``port=None`` picks a free port on first start and keeps it, so ``stop()`` then ``start()``
     brings the same server back (same URL, same JetStream data): fault tests rely on that.
-    The server's output goes to ``store_dir / "nats-server.log"``.
+    The server's output goes to ``store_dir / "nats-server.log"``. ``new_session=True`` keeps
+    it out of the terminal's process group (no Ctrl-C of its own).
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class LocalNatsServer:
         binary: Path | str | None = None,
         ready_timeout_s: float = 10.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        new_session: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self._port = port
@@ -92,6 +94,9 @@ class LocalNatsServer:
         self._binary = Path(binary) if binary is not None else None
         self._ready_timeout_s = ready_timeout_s
         self._max_payload = max_payload
+        # In its own session a terminal's Ctrl-C reaches only the launcher, which stops the
+        # server last, after the processes that still need it.
+        self._new_session = new_session
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -197,7 +202,8 @@ class LocalNatsServer:
             log.write(f"--- rendezvous: starting {' '.join(args)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=self._new_session,
             )
         deadline = time.monotonic() + self._ready_timeout_s
         while time.monotonic() < deadline:

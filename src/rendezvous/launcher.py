@@ -1,0 +1,346 @@
+"""Every role as its own process on this machine: ``rendezvous serve DEP --streams local-nats``.
+
+The launcher starts a private ``nats-server`` (store under ``<home>/nats``), then one process
+per role, each an ordinary ``rendezvous serve DEP --role …`` command on that server, so ``ps``
+shows what each one is and an operator can stop and restart any of them:
+
+    rendezvous serve demo --role rendezvous --streams nats://127.0.0.1:PORT --home …
+    rendezvous serve demo --role worker --model fraud@3 --streams nats://127.0.0.1:PORT --home …
+
+Order: rendezvous server, decoy, monitor and workers first; the proxy opens to traffic only
+once every group they read exists on the server and is being pulled from, so that no request
+is appended before the roles that must see it are listening. One Ctrl-C (or SIGTERM) stops the
+proxy first (requests in flight get their answers), then the other roles, then the server.
+Children run in their own process groups, so the terminal's Ctrl-C reaches only the launcher,
+which stops them in that order. A child that dies is reported, not restarted.
+
+Policy changes are followed: workers are started for a model a new policy adds, and stopped
+once a policy no longer names theirs (after the deadline and the late-grace window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from rendezvous import config, messages
+from rendezvous.errors import RendezvousError, StreamError
+from rendezvous.messages import Control, ControlKind
+from rendezvous.policy import Policy
+from rendezvous.registry import Registry
+from rendezvous.roles import ProcessRole, groups_of
+from rendezvous.runtime import follow_control
+from rendezvous.streams.nats import NatsStream
+from rendezvous.streams.nats_mapping import durable_name, stream_name
+from rendezvous.streams.nats_server import LocalNatsServer
+
+__all__ = ["Child", "Launcher", "Supervisor", "role_command", "wait_for_groups"]
+
+Say = Callable[[str], None]
+START_TIMEOUT_S = 60.0  # loading models may take a while; a child that dies fails at once
+
+
+def role_command(
+    deployments: Iterable[str], role: ProcessRole | str, *, streams: str, home: Path,
+    models: Iterable[str] = (), host: str | None = None, port: int | None = None,
+    registry_url: str | None = None,
+) -> list[str]:
+    """The command line of one role process: ``python -m rendezvous.cli serve … --role …``."""
+    args = [sys.executable, "-m", "rendezvous.cli", "serve", *deployments,
+            "--role", str(role)]
+    for model in models:
+        args += ["--model", model]
+    args += ["--streams", streams, "--home", str(home)]
+    if host is not None:
+        args += ["--host", host]
+    if port is not None:
+        args += ["--port", str(port)]
+    if registry_url is not None:
+        args += ["--registry", registry_url]
+    return args
+
+
+@dataclass
+class Child:
+    """One role process."""
+
+    label: str  # e.g. "worker demo fraud@3 #2"
+    role: ProcessRole
+    args: list[str]
+    model: tuple[str, str] | None = None  # (deployment, model) of a worker
+    proc: subprocess.Popen[bytes] | None = None
+    reported: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own process groups, reports deaths, stops them gracefully."""
+
+    say: Say
+    env: dict[str, str] | None = None
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(self, child: Child) -> Child:
+        # Own process group: a terminal Ctrl-C reaches the supervisor only, which then stops
+        # the children in order instead of all of them at once.
+        child.proc = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, env=self.env,
+                                      process_group=0)
+        self.children.append(child)
+        self.say(f"started {child.label} (pid {child.pid})")
+        return child
+
+    def report_deaths(self) -> list[Child]:
+        """Children that exited since the last call (each reported once)."""
+        dead = [c for c in self.children if not c.alive and not c.reported]
+        for c in dead:
+            c.reported = True
+            code = c.proc.returncode if c.proc is not None else None
+            self.say(f"{c.label} (pid {c.pid}) exited with code {code}; restart it with: "
+                     f"{' '.join(c.args)}")
+        return dead
+
+    async def stop(self, children: list[Child], timeout_s: float = 15.0) -> None:
+        """SIGTERM (a clean stop), then SIGKILL whatever still runs after ``timeout_s``."""
+        alive = [c for c in children if c.alive]
+        for c in alive:
+            c.reported = True  # an exit we asked for is no news
+            with contextlib.suppress(ProcessLookupError):
+                c.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while any(c.alive for c in alive) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for c in alive:
+            if c.alive:
+                self.say(f"{c.label} (pid {c.pid}) did not stop within {timeout_s:g} s; killing")
+                c.proc.kill()  # type: ignore[union-attr]
+            if c.proc is not None:
+                await asyncio.to_thread(c.proc.wait)
+        for c in children:
+            if c in self.children:
+                self.children.remove(c)
+
+
+async def wait_for_groups(stream: NatsStream, pairs: Iterable[tuple[str, str]], *,
+                          timeout_s: float = START_TIMEOUT_S,
+                          children: Iterable[Child] = ()) -> None:
+    """Return once every (topic, group) exists and a member is pulling from it.
+
+    A member that pulls has bound the group, so whatever is appended from now on reaches it.
+    Raises if a child exits meanwhile or ``timeout_s`` passes.
+    """
+    waiting = list(pairs)
+    watched = list(children)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        dead = [c for c in watched if not c.alive]
+        if dead:
+            raise RendezvousError(
+                f"{dead[0].label} exited with code {dead[0].proc.returncode} while starting "  # type: ignore[union-attr]
+                "(its error is printed above); nothing was opened to traffic")
+        still = []
+        for topic, group in waiting:
+            try:
+                info = await stream.js.consumer_info(stream_name(topic), durable_name(group))
+                if not info.num_waiting:
+                    still.append((topic, group))
+            except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
+                still.append((topic, group))
+        waiting = still
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(f"{g} on {t}" for t, g in waiting)
+            raise RendezvousError(f"roles did not start reading within {timeout_s:g} s: {names}")
+        if waiting:
+            await asyncio.sleep(0.05)
+
+
+class Launcher:
+    """A private nats-server and every role of ``deployments`` as its own process.
+
+    >>> # await Launcher(["demo"], home=home, port=8000, replicas=2, say=print).run(stopped)
+    """
+
+    def __init__(self, deployments: list[str] | None = None, *, home: Path | str | None = None,
+                 host: str | None = None, port: int | None = None,
+                 monitor_port: int | None = None, replicas: int = 1,
+                 registry_url: str | None = None, say: Say = print) -> None:
+        if replicas < 1:
+            raise RendezvousError(f"--replicas {replicas}: run at least 1 worker per model")
+        self.home = config.home(home)
+        self.deployments = list(deployments or [])
+        self.host = config.HOST.get(host)
+        self.port = config.PORT.get(port)
+        self.monitor_port = monitor_port if monitor_port is not None else (
+            self.port + 1 if self.port else 0)
+        self.replicas = replicas
+        self.registry_url = registry_url
+        self.say = say
+        self.nats = LocalNatsServer(self.home / "nats", new_session=True)
+        self.sup = Supervisor(say)
+        self.proxy_url = ""
+        self._stream: NatsStream | None = None
+        self._policies: dict[str, Policy] = {}
+
+    async def run(self, stopped: Awaitable[object]) -> None:
+        """Start everything, watch until ``stopped`` completes, then stop everything."""
+        stop = asyncio.ensure_future(stopped)
+        main = asyncio.ensure_future(self._start_and_watch())
+        try:
+            done, _ = await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if main in done:
+                main.result()  # startup errors surface here
+        finally:
+            for task in (main, stop):
+                task.cancel()
+            await asyncio.gather(main, stop, return_exceptions=True)
+            await self._shutdown()
+
+    # -- startup --------------------------------------------------------------------------
+
+    async def _start_and_watch(self) -> None:
+        with Registry(self.home, url=self.registry_url) as reg:
+            names = self.deployments or await asyncio.to_thread(reg.deployments)
+            if not names:
+                raise RendezvousError("no deployments to serve; create one with "
+                                      "`rendezvous deploy apply FILE`")
+            self.deployments = names
+            for name in names:
+                self._policies[name] = (await asyncio.to_thread(reg.policy, name))[0]
+        await asyncio.to_thread(self.nats.start)
+        self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
+        self._stream = await NatsStream.connect(self.nats.url, name="rendezvous-launcher")
+        seen = {n: await self._stream.last_offset(messages.topic(n, "control")) for n in names}
+        backends = [self._spawn_role(ProcessRole.RENDEZVOUS)]
+        if any(p.decoy for p in self._policies.values()):
+            backends.append(self._spawn_role(ProcessRole.DECOY))
+        backends.append(self._spawn_role(ProcessRole.MONITOR, port=self.monitor_port))
+        for name, policy in self._policies.items():
+            for model in policy.model_names():
+                backends += self._spawn_workers(name, model)
+        pairs = [pair for name, policy in self._policies.items()
+                 for role in ProcessRole for pair in groups_of(name, policy, role)]
+        await wait_for_groups(self._stream, pairs, children=backends)
+        proxy = self._spawn_role(ProcessRole.PROXY, port=self.port)
+        self.proxy_url = await self._wait_for_proxy(proxy)
+        self.say(f"serving {', '.join(names)} at {self.proxy_url}: "
+                 f"{len(self.sup.children)} processes, {self.replicas} worker process(es) per "
+                 "model (Ctrl-C stops them all)")
+        followers = [asyncio.ensure_future(follow_control(
+            self._stream, name, seen[name], self._on_control_for(name))) for name in names]
+        try:
+            while True:
+                self.sup.report_deaths()
+                await asyncio.sleep(0.5)
+        finally:
+            for f in followers:
+                f.cancel()
+
+    def _spawn_role(self, role: ProcessRole, *, port: int | None = None) -> Child:
+        args = role_command(self.deployments, role, streams=self.nats.url, home=self.home,
+                            host=self.host if port is not None else None, port=port,
+                            registry_url=self.registry_url)
+        return self.sup.spawn(Child(role.value, role, args))
+
+    def _spawn_workers(self, deployment: str, model: str) -> list[Child]:
+        args = role_command([deployment], ProcessRole.WORKER, streams=self.nats.url,
+                            home=self.home, models=[model], registry_url=self.registry_url)
+        return [self.sup.spawn(Child(f"worker {deployment} {model} #{i + 1}",
+                                     ProcessRole.WORKER, args, (deployment, model)))
+                for i in range(self.replicas)]
+
+    async def _wait_for_proxy(self, proxy: Child) -> str:
+        """The proxy's URL once it answers ready (it writes it to its run file)."""
+        from rendezvous.serving import read_run_file
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if not proxy.alive:
+                    raise RendezvousError(f"the proxy exited with code "
+                                          f"{proxy.proc.returncode} while starting")  # type: ignore[union-attr]
+                info = read_run_file(self.home, self.deployments[0])
+                if info is not None and info.get("pid") == proxy.pid:
+                    with contextlib.suppress(httpx.HTTPError):
+                        r = await client.get(f"{info['url']}/v2/health/ready")
+                        if r.status_code == 200:
+                            return str(info["url"])
+                await asyncio.sleep(0.05)
+        raise RendezvousError(f"the proxy did not get ready within {START_TIMEOUT_S:g} s")
+
+    # -- policy changes -------------------------------------------------------------------
+
+    def _on_control_for(self, deployment: str) -> Callable[[Control], Awaitable[None]]:
+        async def apply(ctl: Control) -> None:
+            if ctl.kind is ControlKind.POLICY:
+                self._follow(deployment, msgspec.convert(ctl.body, Policy))
+        return apply
+
+    def _follow(self, deployment: str, policy: Policy) -> None:
+        """Workers for the models ``policy`` adds; stop, later, those of models it drops."""
+        self._policies[deployment] = policy
+        running = {c.model for c in self.sup.children if c.model and c.alive}
+        for model in policy.model_names():
+            if (deployment, model) not in running:
+                self._spawn_workers(deployment, model)
+        retired = [c for c in self.sup.children
+                   if c.model and c.model[0] == deployment and c.model[1] not in
+                   policy.model_names()]
+        if retired:
+            # Requests decided under the old policy may still wait for these models.
+            linger = (policy.deadline_ms + config.LATE_GRACE_MS.get()) / 1000
+            asyncio.get_running_loop().call_later(
+                linger, lambda: asyncio.ensure_future(self._retire(deployment, retired)))
+
+    async def _retire(self, deployment: str, children: list[Child]) -> None:
+        names = self._policies[deployment].model_names()
+        gone = [c for c in children if c.model is not None and c.model[1] not in names]
+        if gone:
+            await self.sup.stop(gone)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        proxies = [c for c in self.sup.children if c.role is ProcessRole.PROXY]
+        await self.sup.stop(proxies, timeout_s=10)
+        await self.sup.stop(list(self.sup.children))
+        if self._stream is not None:
+            with contextlib.suppress(RendezvousError, StreamError):
+                await self._stream.close()
+        await asyncio.to_thread(self.nats.stop)
+
+
+async def run_replicas(args: list[str], replicas: int, stopped: Awaitable[object], *,
+                       say: Say = print) -> None:
+    """``serve --role worker --replicas N``: N copies of this worker command, one process
+    each (``--replicas 1`` in their command lines), stopped together."""
+    sup = Supervisor(say, env=dict(os.environ))
+    for i in range(replicas):
+        sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, args))
+    stop = asyncio.ensure_future(stopped)
+    try:
+        while not stop.done():
+            sup.report_deaths()
+            await asyncio.wait({stop}, timeout=0.5)
+    finally:
+        stop.cancel()
+        await sup.stop(list(sup.children))

@@ -1,0 +1,120 @@
+"""Which roles one process runs: all of them (the default), or one, for scale-out.
+
+A deployment has five roles (DESIGN.md §1): the proxy (HTTP edge), the workers (one consumer
+group per model version), the rendezvous server, the decoy and the monitor. One process can
+run them all on the embedded engine; on NATS each can run as its own process, on any machine:
+
+    rendezvous serve demo --streams nats://10.0.0.5:4222 --role worker --model fraud@3
+
+How many of each may run at once, on one deployment:
+
+- proxy: any number (each has its own return address);
+- worker: any number per model version (they share the version's group, so the work);
+- decoy: any number (they share the ``decoy`` group; each writes its own Parquet files);
+- rendezvous, monitor: exactly one. The rendezvous server must see a request and all of its
+  scores, and the monitor's statistics must see every result; a second member of their group
+  would receive only part of the stream.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rendezvous import messages
+from rendezvous.errors import ConfigError
+from rendezvous.ids import ModelRef
+from rendezvous.policy import Policy
+
+__all__ = ["ProcessRole", "Roles", "groups_of"]
+
+
+class ProcessRole(enum.StrEnum):
+    """One role of a deployment, as ``serve --role`` names it."""
+
+    PROXY = "proxy"
+    WORKER = "worker"
+    RENDEZVOUS = "rendezvous"
+    DECOY = "decoy"
+    MONITOR = "monitor"
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    """The roles this process runs, and for workers which model versions.
+
+    ``models`` empty means every model of the deployment's policy, following policy changes
+    (workers start for added models and stop for retired ones); given, exactly those.
+
+    >>> Roles().everything
+    True
+    >>> Roles.only("worker", ["fraud@3"]).label
+    'worker (fraud@3)'
+    """
+
+    run: frozenset[ProcessRole] = frozenset(ProcessRole)
+    models: tuple[str, ...] = ()
+
+    @classmethod
+    def only(cls, role: ProcessRole | str, models: Iterable[str] = ()) -> Roles:
+        """One role; ``models`` (``NAME@VERSION``) only for the worker role."""
+        try:
+            parsed = ProcessRole(role)
+        except ValueError:
+            known = ", ".join(r.value for r in ProcessRole)
+            raise ConfigError(f"unknown role {role!r}; use one of: {known}") from None
+        models = tuple(models)
+        if models and parsed is not ProcessRole.WORKER:
+            raise ConfigError(
+                f"--model applies to workers only, not to --role {parsed.value}; drop --model "
+                "or use --role worker"
+            )
+        for m in models:
+            ref = ModelRef.parse(m)
+            if not ref.resolved:
+                raise ConfigError(
+                    f"--model {m!r} names an alias; give the version a worker scores as "
+                    f"NAME@VERSION (see `rendezvous models show {m}`)"
+                )
+        return cls(frozenset({parsed}), models)
+
+    @property
+    def everything(self) -> bool:
+        return self.run == frozenset(ProcessRole)
+
+    def __contains__(self, role: object) -> bool:
+        return role in self.run
+
+    @property
+    def label(self) -> str:
+        """How logs and banners name this process's share, e.g. ``worker (fraud@3)``."""
+        if self.everything:
+            return "all roles"
+        names = ", ".join(sorted(r.value for r in self.run))
+        return f"{names} ({', '.join(self.models)})" if self.models else names
+
+
+def groups_of(deployment: str, policy: Policy, role: ProcessRole,
+              models: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The (topic, consumer group) pairs a role of ``deployment`` reads.
+
+    Once all of them exist on the engine, nothing appended afterwards is missed by that role,
+    whenever its process actually gets to it: the launcher waits for them before it opens the
+    proxy to traffic.
+    """
+    # Imported here: the CLI imports this module, and these pull in numpy and pyarrow.
+    from rendezvous import decoy, monitor, rendezvous, worker
+
+    topic = messages.topic
+    if role is ProcessRole.WORKER:
+        return [(topic(deployment, "input"), worker.group_name(m))
+                for m in (list(models) or policy.model_names())]
+    if role is ProcessRole.RENDEZVOUS:
+        return [(topic(deployment, "input"), rendezvous.GROUP),
+                (topic(deployment, "scores"), rendezvous.GROUP)]
+    if role is ProcessRole.DECOY:
+        return [(topic(deployment, "input"), decoy.GROUP)] if policy.decoy else []
+    if role is ProcessRole.MONITOR:
+        return [(topic(deployment, "results"), monitor.GROUP)]
+    return []  # the proxy only appends
