@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from rendezvous import config, decoy, deploy
 from rendezvous.errors import ConfigError, RendezvousError
+from rendezvous.ids import check_name
 from rendezvous.registry import Registry
 from rendezvous.roles import ProcessRole
 
@@ -31,7 +33,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(archive_app, name="archive")
 
-out = Console()
+# Tables are wide; when output is not a terminal, do not squeeze them to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 Home = Annotated[Path | None, typer.Option("--home", help="Data directory "
@@ -65,6 +68,7 @@ def models_register(
     from rendezvous.flavors.python import CallableModel
     from rendezvous.schema import Column, Datatype, Signature
 
+    check_name(name, "model name")
     with _registry(home) as reg:
         if callable_ref:
             if not columns:
@@ -101,7 +105,9 @@ def models_show(ref: Annotated[str, typer.Argument(help="NAME@VERSION or NAME@AL
     """Show one version: signature, metrics, lineage, aliases and alias history."""
     with _registry(home) as reg:
         mv = reg.get(ref)
-        doc = {k: v for k, v in mv.__dict__.items() if k != "flavor_meta"}
+        doc = {k: v for k, v in mv.__dict__.items() if k not in ("flavor_meta", "signature")}
+        doc["inputs"] = ", ".join(f"{c['name']}:{c['datatype']}"
+                                  for c in mv.signature["inputs"])
         doc["aliases"] = {a: v for a, v in reg.store.aliases_of(mv.name).items()}
         doc["alias_history"] = [c.__dict__ for c in reg.alias_history(mv.name)]
     out.print_json(json.dumps(doc, default=str))
