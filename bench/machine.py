@@ -9,7 +9,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from bench.venv import VirtualEnv, project_bin
+from bench.venv import ROOT, VirtualEnv, project_bin
 
 #: Distributions whose versions go into the results, from each environment that has them.
 PACKAGES = ["rendezvous-ml", "mlflow", "mlserver", "mlserver-sklearn", "fastapi", "starlette",
@@ -68,7 +68,7 @@ def machine_info(venvs: list[VirtualEnv]) -> dict[str, object]:
     """The ``machine`` section of serving.json, with package versions from each of ``venvs``."""
     versions = {"project": package_versions(project_bin("python"), PACKAGES)}
     for env in venvs:
-        versions[env.dir.name.lstrip(".")] = package_versions(env.python, PACKAGES)
+        versions[str(env.dir.relative_to(ROOT))] = package_versions(env.python, PACKAGES)
     return {
         "cpu_model": _cpu_model(),
         "cores": os.cpu_count(),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 #: Bump when the data, the model or the artifact layout changes, to invalidate caches.
-RECIPE = 1
+RECIPE = 2
 N_FEATURES = 20
 N_REQUEST_ROWS = 256
 FEATURE_NAMES = [f"f{i}" for i in range(N_FEATURES)]
@@ -47,12 +47,24 @@ def reference_split() -> Split:
     return Split(x_train, x_test, y_train, y_test)
 
 
-def train_reference(split: Split | None = None) -> Any:
-    """The reference model: HistGradientBoostingClassifier(max_iter=100)."""
+def train_reference(split: Split | None = None, *, named_columns: bool = False) -> Any:
+    """The reference model: HistGradientBoostingClassifier(max_iter=100).
+
+    ``random_state=0`` because with 16,000 training rows early stopping is on and draws its
+    validation split at random: without it every environment would train a different model.
+    ``named_columns`` fits on a DataFrame with ``FEATURE_NAMES`` (same trees, same
+    predictions) for servers that pass named columns, so scikit-learn does not warn on
+    every request that the names were not seen in training.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     split = split or reference_split()
-    return HistGradientBoostingClassifier(max_iter=100).fit(split.x_train, split.y_train)
+    x = split.x_train
+    if named_columns:
+        import pandas as pd
+
+        x = pd.DataFrame(x, columns=FEATURE_NAMES)
+    return HistGradientBoostingClassifier(max_iter=100, random_state=0).fit(x, split.y_train)
 
 
 def request_rows(n: int = N_REQUEST_ROWS) -> list[list[float]]:
@@ -99,7 +111,7 @@ def _build_mlflow(out: Path) -> None:
     from mlflow.models import infer_signature
 
     split = reference_split()
-    model = train_reference(split)
+    model = train_reference(split, named_columns=True)
     frame = pd.DataFrame(split.x_test[:5], columns=FEATURE_NAMES)
     target = out / "model"
     staging = out / "model.tmp"
@@ -107,7 +119,7 @@ def _build_mlflow(out: Path) -> None:
     mlflow.sklearn.save_model(
         model,
         str(staging),
-        signature=infer_signature(frame, model.predict(split.x_test[:5])),
+        signature=infer_signature(frame, model.predict(frame)),
         # Stated, not inferred: inference imports the model in a subprocess and takes seconds.
         pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"],
         # MLflow's default format is skops, which refuses HGB's tree nodes unless trusted.

@@ -41,17 +41,17 @@ def ratios(results: Sequence[Row]) -> list[str]:
     if r4 and others:
         best = max(others, key=lambda r: r["rps"])
         lines.append(
-            f"- **{RENDEZVOUS_4} throughput / best other at c={RATIO_LEVEL}**: "
+            f"- **{RENDEZVOUS_4} throughput / best non-Rendezvous at c={RATIO_LEVEL}**: "
             f"{r4['rps'] / best['rps']:.2f}x ({r4['rps']:.0f} vs {best['contender']} "
             f"{best['rps']:.0f} req/s)")
         low = min(others, key=lambda r: r["p99_ms"])
         lines.append(
-            f"- **{RENDEZVOUS_4} p99 vs lowest other p99 at c={RATIO_LEVEL}**: "
+            f"- **{RENDEZVOUS_4} p99 / lowest non-Rendezvous p99 at c={RATIO_LEVEL}**: "
             f"{r4['p99_ms'] / low['p99_ms']:.2f}x ({r4['p99_ms']:.1f} ms vs {low['contender']} "
             f"{low['p99_ms']:.1f} ms, {r4['p99_ms'] - low['p99_ms']:+.1f} ms)")
     else:
-        lines.append(f"- {RENDEZVOUS_4} vs others at c={RATIO_LEVEL}: n/a "
-                     f"(needs {RENDEZVOUS_4} and at least one other contender at c={RATIO_LEVEL})")
+        lines.append(f"- {RENDEZVOUS_4} vs others at c={RATIO_LEVEL}: n/a (needs {RENDEZVOUS_4} "
+                     f"and at least one non-Rendezvous contender at c={RATIO_LEVEL})")
     r1, fa = _at(results, RENDEZVOUS_1, 1), _at(results, FASTAPI, 1)
     if r1 and fa:
         lines.append(
@@ -63,8 +63,11 @@ def ratios(results: Sequence[Row]) -> list[str]:
     return lines
 
 
-def findings(results: Sequence[Row]) -> list[str]:
-    """Things in the numbers a reader should not misread, one Markdown bullet each."""
+def findings(results: Sequence[Row], runs: Sequence[Row] = ()) -> list[str]:
+    """Things in the numbers a reader should not misread, one Markdown bullet each.
+
+    ``runs`` (serving.json's detail rows) adds the kinds of errors where there were any.
+    """
     out = []
     low, high = DELAYED_ACK_BAND_MS
     for row in results:
@@ -72,16 +75,21 @@ def findings(results: Sequence[Row]) -> list[str]:
             out.append(
                 f"- **{row['contender']}: TCP delayed-ACK artifact at c=1.** p50 is "
                 f"{row['p50_ms']:.1f} ms ({row['rps']:.0f} req/s), in the {low:.0f}-{high:.0f} ms "
-                "band of Linux's 40 ms delayed ACK: the server writes its response in more "
-                "than one segment and waits for an ACK the client delays, so one connection "
-                "stalls ~40 ms per request whatever the model costs. It is a transport "
-                "artifact (seen with `uvicorn --workers 2`), not scoring time; the c≥8 rows "
-                "show the server's real capacity.")
+                "band of Linux's 40 ms delayed ACK: the response leaves in two writes and "
+                "the second waits for the client's ACK of the first, which the client delays, "
+                "so one connection stalls ~40 ms per request whatever the model costs. It is "
+                "a transport artifact (seen with `uvicorn --workers 2`), not scoring time; "
+                "the higher-concurrency rows show the server's real capacity.")
+    kinds = {(r["contender"], r["concurrency"]): r.get("errors_by_kind", {}) for r in runs}
     for row in results:
-        if row["errors"]:
-            out.append(f"- **{row['contender']} at c={row['concurrency']}: "
-                       f"{row['errors']} errors** (non-2xx, socket errors or timeouts); its "
-                       "throughput counts successful responses only.")
+        n = row["errors"]
+        if n:
+            by_kind = kinds.get((row["contender"], row["concurrency"])) or {}
+            detail = ", ".join(f"{k} {v}" for k, v in by_kind.items()) or (
+                "non-2xx, socket errors or timeouts")
+            out.append(f"- **{row['contender']} at c={row['concurrency']}: {n} "
+                       f"error{'s' if n != 1 else ''}** ({detail}; wrk's `status` counts "
+                       "answers >= 400); its throughput counts successful responses only.")
     return out
 
 
@@ -109,8 +117,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
         f"{m['os']}. Load: {m['load_generator']}, {s['wrk_threads']} thread, "
         f"{s['duration_s']:g} s per level after a {s['warmup_s']:g} s warm-up; "
-        "every server on 127.0.0.1 with OMP_NUM_THREADS=1. req/s counts successful "
-        "responses; peak RSS sums the server's whole process tree during each level.",
+        "every server on 127.0.0.1 with OMP_NUM_THREADS=1, sharing the cores with wrk. "
+        "req/s counts successful responses; errors are non-2xx answers, socket errors and "
+        "timeouts; peak RSS sums the server's whole process tree during each level.",
         "",
         table(doc["results"]),
         "",
@@ -120,7 +129,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "## Findings",
         "",
-        *(findings(doc["results"]) or ["- Nothing unusual detected."]),
+        *(findings(doc["results"], doc.get("runs", ())) or ["- Nothing unusual detected."]),
     ]
     if doc.get("failures"):
         parts += ["", "## Did not run", ""]

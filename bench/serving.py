@@ -39,6 +39,7 @@ from bench.machine import machine_info
 from bench.server import PeakRss, Server, ServerError, Workspace, free_port
 
 RESULTS_DIR = venv.BENCH_DIR / "results"
+Row = dict[str, Any]
 SETTLE_S = 0.5
 
 
@@ -52,7 +53,7 @@ class Plan:
 
 
 FULL = Plan(levels=[1, 8, 32, 64], duration_s=20, warmup_s=5)
-QUICK = Plan(levels=[1, 32], duration_s=4, warmup_s=2)
+QUICK = Plan(levels=[1, 32], duration_s=3, warmup_s=2)
 
 
 def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[str, Any]:
@@ -68,6 +69,20 @@ def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[
     }
 
 
+def _detail(contender: str, level: int, result: LoadResult) -> dict[str, Any]:
+    """What the result row leaves out, for diagnosis: counts, error kinds, p90, mean, max."""
+    return {
+        "contender": contender,
+        "concurrency": level,
+        "requests": result.requests,
+        "duration_s": round(result.duration_s, 3),
+        "errors_by_kind": {k: v for k, v in result.errors_by_kind.items() if v},
+        "p90_ms": round(result.p90_ms, 3),
+        "mean_ms": round(result.mean_ms, 3),
+        "max_ms": round(result.max_ms, 3),
+    }
+
+
 def _smoke(server: Server, body: bytes) -> None:
     """One request before any load: the contender must answer it with a 2xx."""
     status, answer = server.post(body)
@@ -77,8 +92,8 @@ def _smoke(server: Server, body: bytes) -> None:
 
 
 def _measure(contender: Contender, levels: Sequence[int], duration_s: float, warmup_s: float,
-             rows: list[list[float]], progress: Progress) -> list[dict[str, Any]]:
-    """Prepare, start, warm up and load one contender; its rows, one per level."""
+             rows: list[list[float]], progress: Progress) -> list[tuple[Row, Row]]:
+    """Prepare, start, warm up and load one contender; (row, detail) for each level."""
     name = contender.name
     task = progress.add_task(f"{name}: preparing", total=len(levels) + 2)
     ws = Workspace(name=name, dir=venv.WORK / name, port=free_port())
@@ -102,11 +117,12 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
             progress.update(task, description=f"{name}: c={level} for {duration_s:g}s")
             result = loadgen.run_wrk(spec.infer_url, bodies_file, connections=level,
                                      duration_s=duration_s)
-            row = _row(name, level, result, rss.take_window())
-            out.append(row)
+            row, detail = _row(name, level, result, rss.take_window()), _detail(name, level, result)
+            out.append((row, detail))
             progress.console.print(
                 f"{name:<12} c={level:<2} {row['rps']:>6.0f} req/s  p50 {row['p50_ms']:6.2f}"
-                f"  p99 {row['p99_ms']:6.2f} ms  err {row['errors']}  {row['peak_rss_mb']:.0f} MB",
+                f"  p99 {row['p99_ms']:6.2f} ms  err {row['errors']}  {row['peak_rss_mb']:.0f} MB"
+                + (f"  {detail['errors_by_kind']}" if row["errors"] else ""),
                 highlight=False)
             progress.update(task, advance=1)
     progress.update(task, description=f"{name}: done")
@@ -131,13 +147,16 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
         env.ensure(log=console.print)
     loadgen.ensure_wrk()
     rows = models.request_rows()
-    results: list[dict[str, Any]] = []
+    results: list[Row] = []
+    runs: list[Row] = []
     failures: list[dict[str, str]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         for contender in chosen:
             try:
-                results += _measure(contender, levels, duration_s, warmup_s, rows, progress)
+                measured = _measure(contender, levels, duration_s, warmup_s, rows, progress)
+                results += [row for row, _ in measured]
+                runs += [detail for _, detail in measured]
             except (ServerError, LoadError, OSError) as exc:
                 if not keep_going:
                     raise
@@ -152,6 +171,7 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "results": results,
+        "runs": runs,
         "failures": failures,
     }
     report.write_json(doc, out_dir / "serving.json")
@@ -185,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     try:
         select(names)
+        if args.levels is not None and (not args.levels or min(args.levels) < 1):
+            raise ValueError(f"--levels must be positive integers, got {args.levels}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
