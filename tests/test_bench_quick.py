@@ -1,0 +1,24 @@
+"""The quick benchmark's Rendezvous part, on a small load: it must finish with zero errors.
+
+Speed is not checked here (that is the benchmark's job, bench/results); this proves the
+harness, the CLI path it drives and the served deployments work end to end under wrk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_benchmark_rendezvous_contenders_have_no_errors(tmp_path: Path) -> None:
+    from bench.serving import run
+
+    rows = run(["rendezvous-1", "rendezvous-4"], [4], duration_s=2.0, warmup_s=0.5,
+               out_dir=tmp_path)
+    assert {r["contender"] for r in rows} == {"rendezvous-1", "rendezvous-4"}
+    for row in rows:
+        assert row["errors"] == 0, row
+        assert row["rps"] > 0 and row["p99_ms"] is not None
+    assert (tmp_path / "serving.json").exists() and (tmp_path / "serving.md").exists()
