@@ -346,24 +346,38 @@ def _serve_role(roles: Any, deployments: list[str] | None, home: Path | None,
             args = role_command(deployments or [], ProcessRole.WORKER, streams=url,
                                 home=config.home(home), models=roles.models,
                                 registry_url=registry)
-            await run_replicas(args, replicas, _until_signal(),
+            await run_replicas(args, replicas, _until_stopped(),
                                say=lambda line: out.print(f"[dim]replicas:[/] {line}"))
         elif ProcessRole.PROXY in roles:
             async with running(deployments, home=home, host=host, port=port, streams=url,
                                roles=roles, registry_url=registry) as (proxy, http):
                 out.print(f"proxy of [bold]{', '.join(proxy.server.runtimes)}[/] at {http} on "
                           f"{url} (Ctrl-C stops)")
-                await _until_signal()
+                await _until_stopped()
         else:
             async with running_roles(roles, deployments, home=home, host=host, port=port,
                                      streams=url, registry_url=registry) as (server, http):
                 where = f" (status at {http})" if http else ""
                 out.print(f"{roles.label} of [bold]{', '.join(server.runtimes)}[/] on {url}"
                           f"{where} (Ctrl-C stops)")
-                await _until_signal()
+                await _until_stopped()
         out.print(f"{roles.label}: stopped")
 
     asyncio.run(main())
+
+
+async def _until_stopped() -> None:
+    """Until SIGINT or SIGTERM, or, in a role process a launcher started, until that launcher
+    is gone (killed with -9, it cannot stop us itself)."""
+    from rendezvous.launcher import parent_gone
+
+    waits = [asyncio.ensure_future(_until_signal()), asyncio.ensure_future(parent_gone())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 async def _until_signal() -> None:

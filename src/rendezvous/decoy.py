@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rendezvous import messages
-from rendezvous.errors import NotFoundError
+from rendezvous.errors import NotFoundError, RendezvousError
 from rendezvous.ids import check_name
 from rendezvous.messages import Request
 from rendezvous.schema import Datatype, Signature
@@ -130,7 +130,12 @@ class Decoy:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.flush_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except RendezvousError as exc:
+                # E.g. the stream engine is down: batches not acknowledged come back and are
+                # archived again (export drops the duplicates). Keep ticking meanwhile.
+                log.warning("decoy %s: flush failed (%s); retrying", self.deployment, exc)
 
     async def flush(self) -> None:
         async with self._lock:

@@ -12,7 +12,9 @@ once every group they read exists on the server and is being pulled from, so tha
 is appended before the roles that must see it are listening. One Ctrl-C (or SIGTERM) stops the
 proxy first (requests in flight get their answers), then the other roles, then the server.
 Children run in their own process groups, so the terminal's Ctrl-C reaches only the launcher,
-which stops them in that order. A child that dies is reported, not restarted.
+which stops them in that order; they also stop by themselves if the launcher dies (killed with
+-9), and the next launcher on the same data directory stops a nats-server such a death left
+behind. A child that dies is reported, not restarted.
 
 Policy changes are followed: workers are started for a model a new policy adds, and stopped
 once a policy no longer names theirs (after the deadline and the late-grace window).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -30,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import msgspec
@@ -37,7 +41,7 @@ import nats.errors
 import nats.js.errors
 
 from rendezvous import config, messages
-from rendezvous.errors import RendezvousError, StreamError
+from rendezvous.errors import ConfigError, RendezvousError, StreamError
 from rendezvous.messages import Control, ControlKind
 from rendezvous.policy import Policy
 from rendezvous.registry import Registry
@@ -47,10 +51,24 @@ from rendezvous.streams.nats import NatsStream
 from rendezvous.streams.nats_mapping import durable_name, stream_name
 from rendezvous.streams.nats_server import LocalNatsServer
 
-__all__ = ["Child", "Launcher", "Supervisor", "role_command", "wait_for_groups"]
+__all__ = ["Child", "Launcher", "Supervisor", "parent_gone", "role_command", "wait_for_groups"]
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 60.0  # loading models may take a while; a child that dies fails at once
+PARENT_ENV = "RENDEZVOUS_PARENT_PID"  # set in the environment of the processes we start
+
+
+async def parent_gone() -> None:
+    """Return once the launcher that started this process has died; never, if none did.
+
+    Children live in their own process groups (for an ordered Ctrl-C), so a launcher killed
+    with -9 would otherwise leave them running with nobody to stop them.
+    """
+    raw = os.environ.get(PARENT_ENV, "")
+    if not raw.isdigit():
+        await asyncio.Event().wait()
+    while os.getppid() == int(raw):
+        await asyncio.sleep(0.5)
 
 
 def role_command(
@@ -98,13 +116,13 @@ class Supervisor:
     """Starts children in their own process groups, reports deaths, stops them gracefully."""
 
     say: Say
-    env: dict[str, str] | None = None
     children: list[Child] = field(default_factory=list)
 
     def spawn(self, child: Child) -> Child:
         # Own process group: a terminal Ctrl-C reaches the supervisor only, which then stops
         # the children in order instead of all of them at once.
-        child.proc = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, env=self.env,
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        child.proc = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, env=env,
                                       process_group=0)
         self.children.append(child)
         self.say(f"started {child.label} (pid {child.pid})")
@@ -198,6 +216,7 @@ class Launcher:
         self.nats = LocalNatsServer(self.home / "nats", new_session=True)
         self.sup = Supervisor(say)
         self.proxy_url = ""
+        self._lock_file: IO[str] | None = None
         self._stream: NatsStream | None = None
         self._policies: dict[str, Policy] = {}
 
@@ -218,6 +237,8 @@ class Launcher:
     # -- startup --------------------------------------------------------------------------
 
     async def _start_and_watch(self) -> None:
+        """Start the server and the roles in order, then report deaths and follow policy
+        changes until cancelled. One long sequence on purpose: it reads as the startup order."""
         with Registry(self.home, url=self.registry_url) as reg:
             names = self.deployments or await asyncio.to_thread(reg.deployments)
             if not names:
@@ -226,6 +247,7 @@ class Launcher:
             self.deployments = names
             for name in names:
                 self._policies[name] = (await asyncio.to_thread(reg.policy, name))[0]
+        await self._take_home()
         await asyncio.to_thread(self.nats.start)
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
         self._stream = await NatsStream.connect(self.nats.url, name="rendezvous-launcher")
@@ -254,6 +276,29 @@ class Launcher:
         finally:
             for f in followers:
                 f.cancel()
+
+    async def _take_home(self) -> None:
+        """Make sure this launcher is the only one using the server's store: two nats-servers
+        on one store directory would corrupt it."""
+        store = self.nats.store_dir
+        store.mkdir(parents=True, exist_ok=True)
+        lock = (store / "launcher.lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ConfigError(
+                f"another `rendezvous serve --streams local-nats` is running on {self.home}; "
+                "stop it first, or give this one another --home") from None
+        self._lock_file = lock  # held until shutdown (or until this process dies)
+        for pid in _servers_using(store):
+            self.say(f"stopping nats-server pid {pid}, left running on {store} by a launcher "
+                     "that was killed")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
 
     def _spawn_role(self, role: ProcessRole, *, port: int | None = None) -> Child:
         args = role_command(self.deployments, role, streams=self.nats.url, home=self.home,
@@ -327,16 +372,51 @@ class Launcher:
             with contextlib.suppress(RendezvousError, StreamError):
                 await self._stream.close()
         await asyncio.to_thread(self.nats.stop)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
+            self._lock_file = None
+
+
+def _servers_using(store: Path) -> list[int]:
+    """Pids of nats-server processes storing under ``store`` (found through /proc, so only
+    on Linux; elsewhere the lock file alone guards the store)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"nats-server") and b"-sd" in args \
+                and str(store).encode() in args:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie); Linux only, like ``_servers_using``."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
 
 
 async def run_replicas(args: list[str], replicas: int, stopped: Awaitable[object], *,
                        say: Say = print) -> None:
     """``serve --role worker --replicas N``: N copies of this worker command, one process
     each (``--replicas 1`` in their command lines), stopped together."""
-    sup = Supervisor(say, env=dict(os.environ))
+    sup = Supervisor(say)
+    stop = asyncio.ensure_future(stopped)
+    # Let ``stopped`` get going (install its signal handlers) before there are children that
+    # a signal arriving in between would orphan.
+    await asyncio.sleep(0.05)
     for i in range(replicas):
         sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, args))
-    stop = asyncio.ensure_future(stopped)
     try:
         while not stop.done():
             sup.report_deaths()

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TOPICS = ("input", "scores", "results", "feedback", "control")
 CONTROL_POLL_S = 0.2  # how often a process looks for policy changes made by another one
+RESTART_S = 1.0  # pause before restarting a role that failed (e.g. its engine went away)
 
 
 class LocalReturns:
@@ -147,10 +148,37 @@ class DeploymentRuntime:
         self.input_topic = messages.topic(name, "input")
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        self._stopping = False
+        self._retired: set[str] = set()  # models whose workers stopped for good
 
     @property
     def stream(self) -> Stream:
         return self.server.stream
+
+    def _spawn_role(self, key: object, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a role until it stops; if it fails, start it again after ``RESTART_S``.
+
+        A role fails when its engine goes away in the middle of a batch (an append or an ack
+        that cannot be confirmed). Whatever it had not acknowledged comes back to its group,
+        so starting it again loses nothing; letting it die would leave this process up but
+        idle.
+        """
+
+        async def supervise() -> None:
+            while True:
+                try:
+                    await run()
+                    return
+                except (RendezvousError, OSError) as exc:
+                    if self._stopping:
+                        raise
+                    log.warning("%s: role %s failed (%s); restarting it in %g s", self.name,
+                                key, exc, RESTART_S)
+                await asyncio.sleep(RESTART_S)
+                if self._stopping:
+                    return
+
+        self._spawn(key, supervise())
 
     def _spawn(self, key: object, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -176,23 +204,23 @@ class DeploymentRuntime:
         self.signature = await asyncio.to_thread(registry.deployment_signature, self.name)
         schedule = policy.schedule(self.name, rec.version)
         if ProcessRole.WORKER in roles:
-            await self._start_workers(await self._worker_models(policy, rec.version))
+            await self._start_workers(self._worker_models(policy, rec.version))
         if ProcessRole.RENDEZVOUS in roles:
             self.rendezvous = RendezvousServer(
                 self.stream, self.name, schedule, self.server.returns,
                 late_grace_ms=self.server.late_grace_ms)
-            self._spawn("rendezvous", self.rendezvous.run())
+            self._spawn_role("rendezvous", self.rendezvous.run)
         if ProcessRole.DECOY in roles and policy.decoy:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
-            self._spawn("decoy", self.decoy.run())
+            self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
             self.monitor = Monitor(self.stream, self.name)
-            self._spawn("monitor", self.monitor.run())
+            self._spawn_role("monitor", self.monitor.run)
         self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
         if self.server.shared:
             self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))
 
-    async def _worker_models(self, policy: Policy, version: int) -> list[str]:
+    def _worker_models(self, policy: Policy, version: int) -> list[str]:
         """The model versions this process scores: ``--model`` ones, else the policy's."""
         fixed = self.server.roles.models
         for model in fixed:
@@ -212,12 +240,22 @@ class DeploymentRuntime:
         # is scored, and the schedule that expects these models is switched on only after.
         # (A group that already has a committed position resumes from there instead.)
         start = await self.stream.last_offset(self.input_topic) + 1
-        assert self.signature is not None
         for model, predictor in zip(new, predictors, strict=True):
+            self._retired.discard(model)
+            self._spawn_role(("worker", model), self._worker_run(model, predictor, start))
+
+    def _worker_run(self, model: str, predictor: Any, start: int) -> Callable[[], Awaitable[None]]:
+        # A fresh Worker on every (re)start: a stopped one has shut its model thread down.
+        def run() -> Awaitable[None]:
+            if model in self._retired:  # retired while it waited to restart
+                return asyncio.sleep(0)
+            assert self.signature is not None
             worker = Worker(self.stream, self.name, model, predictor, self.signature,
                             worker_id=f"{self.server.process_id}/{model}", start=start)
             self.workers[model] = worker
-            self._spawn(("worker", model), worker.run())
+            return worker.run()
+
+        return run
 
     async def _apply(self, policy: Policy, version: int) -> None:
         """Switch this process's roles to ``policy`` (call with the lock held)."""
@@ -244,10 +282,18 @@ class DeploymentRuntime:
             policy, rec = await asyncio.to_thread(self.server.registry.policy, self.name)
             if rec.version == self.policy_version:
                 return rec.version
+            # Announce first: if that fails, no process (this one included) has switched, and
+            # a retry of the reload switches them all.
+            try:
+                await self.stream.append(messages.topic(self.name, "control"), [
+                    messages.encode(Control(deployment=self.name, kind=ControlKind.POLICY,
+                                            policy_version=rec.version, body=rec.body))])
+            except RendezvousError as exc:
+                raise UnavailableError(
+                    f"policy {rec.version} of {self.name} is recorded but could not be "
+                    f"announced ({exc}); retry with POST "
+                    f"/v1/admin/deployments/{self.name}/reload") from exc
             await self._apply(policy, rec.version)
-            await self.stream.append(messages.topic(self.name, "control"), [messages.encode(
-                Control(deployment=self.name, kind=ControlKind.POLICY,
-                        policy_version=rec.version, body=rec.body))])
             return rec.version
 
     async def _follow(self, ctl: Control) -> None:
@@ -263,6 +309,7 @@ class DeploymentRuntime:
         for model in models:
             if model in self.policy.model_names():  # came back meanwhile
                 continue
+            self._retired.add(model)
             worker = self.workers.pop(model, None)
             if worker is not None:
                 await worker.stop()
@@ -270,6 +317,7 @@ class DeploymentRuntime:
     async def stop(self) -> None:
         # Order matters: stop intake (the proxy already did), let workers and the rendezvous
         # finish, flush the decoy, then the monitor.
+        self._stopping = True
         control = self._tasks.get("control")
         if control is not None:
             control.cancel()
@@ -336,13 +384,19 @@ class Server:
                 "nats://HOST:4222, or `serve --streams local-nats` to start every role as its "
                 "own process on this machine"
             )
-        if remote is not None:
-            await self.returns.attach(remote)
-            self.shared = True
-        for name in self.deployment_names:
-            rt = DeploymentRuntime(self, name)
-            await rt.start()
-            self.runtimes[name] = rt
+        try:
+            if remote is not None:
+                await self.returns.attach(remote)
+                self.shared = True
+            for name in self.deployment_names:
+                rt = DeploymentRuntime(self, name)
+                self.runtimes[name] = rt
+                await rt.start()
+        except BaseException:
+            # E.g. a model that does not load: stop what did start, so nothing is left
+            # holding the engine's groups.
+            await self.stop()
+            raise
         self._started = True
         self.started_at = time.time()
 

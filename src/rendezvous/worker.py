@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,33 @@ log = logging.getLogger(__name__)
 def input_digest(data: bytes) -> str:
     """Digest of the exact request bytes a model scored (the decoy archives the same)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class DecodedRequests:
+    """Decoded requests shared by the workers of one process.
+
+    With in-process fan-out every worker is handed the very same ``bytes`` object for a
+    record, so the first worker decodes and digests it and the others reuse the result. A hit
+    requires the identical bytes object (not just the same offset), so sharing can never mix up
+    inputs; with engines that hand each consumer its own copy it simply never hits. Workers
+    read the same records within milliseconds of each other, so a small capacity suffices
+    (and keeps the objects the garbage collector must scan few).
+    """
+
+    def __init__(self, capacity: int = 512) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[int, tuple[bytes, Request, str]] = OrderedDict()
+
+    def get(self, offset: int, data: bytes) -> tuple[Request, str]:
+        hit = self._items.get(offset)
+        if hit is not None and hit[0] is data:
+            return hit[1], hit[2]
+        req = messages.request_decoder.decode(data)
+        digest = input_digest(data)
+        self._items[offset] = (data, req, digest)
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return req, digest
 
 
 def group_name(model: str) -> str:
@@ -68,7 +96,7 @@ class Worker:
     def __init__(
         self, stream: Stream, deployment: str, model: str, predictor: Predictor,
         signature: Signature, *, worker_id: str = "", max_batch: int = 256,
-        start: Start = "latest",
+        start: Start = "latest", decoded: DecodedRequests | None = None,
     ) -> None:
         self.stream = stream
         self.deployment = deployment
@@ -78,6 +106,7 @@ class Worker:
         self.worker_id = worker_id or f"{model}/{id(self):x}"
         self.max_batch = max_batch
         self.start = start
+        self.decoded = decoded or DecodedRequests(capacity=1)
         self.scored = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model}")
         self._consumer: Any = None
@@ -103,12 +132,14 @@ class Worker:
         digests: list[str] = []
         for rec in batch.records:
             try:
-                requests.append(messages.request_decoder.decode(rec.data))
-                digests.append(input_digest(rec.data))
+                req, digest = self.decoded.get(rec.offset, rec.data)
             except msgspec.DecodeError:
                 # Not a request we can even name; nothing to score. The proxy only appends
                 # valid requests, so this is a foreign writer: log and move on.
                 log.error("worker %s: skipping undecodable record %s", self.model, rec.offset)
+                continue
+            requests.append(req)
+            digests.append(digest)
         scores = await self._score(requests, digests) if requests else []
         if scores:
             await self.stream.append(
