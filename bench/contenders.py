@@ -127,9 +127,10 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("fastapi", prepare_fastapi, BENCH,
               "plain FastAPI app, gunicorn with 2 uvicorn workers"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
-              "Rendezvous, champion only"),
+              "Rendezvous, champion only, decoy archive; serve --processes 2"),
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
-              "Rendezvous, champion + fallback + challenger + canary, decoy archive"),
+              "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
+              "serve --processes 2"),
 ]}
 
 

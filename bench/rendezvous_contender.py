@@ -80,8 +80,10 @@ DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
     "bench4": (list(MODELS), f'name = "bench4"\ndeadline_ms = 200\n\n{_CHAMPION}{_OTHERS}'),
 }
 
-#: Added to ``rendezvous serve``; e.g. flags that turn the decoy archive on or off.
-SERVE_EXTRA_ARGS: list[str] = []
+#: Added to ``rendezvous serve``. Two serving processes, one per core of the reference
+#: machine, as the FastAPI baseline and MLflow get two workers (each process is a whole
+#: Rendezvous on its own partition of the embedded streams).
+SERVE_EXTRA_ARGS: list[str] = ["--processes", "2"]
 
 
 def _build_skops(out: Path) -> None:

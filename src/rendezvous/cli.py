@@ -265,6 +265,9 @@ def serve(
     registry: Annotated[str | None, typer.Option(
         help="Registry SQL URL shared by every process, e.g. postgresql://… "
              "[default: SQLite under --home]")] = None,
+    processes: Annotated[int, typer.Option(
+        min=1, help="Serving processes, each a whole Rendezvous on its own partition of the "
+                    "embedded streams (use one per core)")] = 1,
 ) -> None:
     """Serve deployments over HTTP until Ctrl-C.
 
@@ -277,7 +280,16 @@ def serve(
     launch = config.STREAMS.get(streams) == "local-nats"
     roles = Roles.only(role, model or ()) if role is not None else None
     _check_serve_options(launch, roles, model, replicas, monitor_port)
-    if launch:
+    if processes > 1:
+        if launch or roles is not None or config.STREAMS.get(streams) != "embedded" or registry:
+            raise ConfigError("--processes partitions the embedded engine; on NATS run "
+                              "several proxies or --replicas workers instead")
+        from rendezvous.processes import serve_processes
+
+        serve_processes(deployments, processes=processes, home=home, host=host, port=port,
+                        say=out.print)
+        out.print("stopped")
+    elif launch:
         _serve_launcher(deployments, home, host, port, monitor_port, replicas, registry)
     elif roles is None:
         _serve_all(deployments, home, host, port, streams, registry)

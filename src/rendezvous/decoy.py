@@ -147,7 +147,7 @@ class Decoy:
             if pending:
                 day = dt.datetime.fromtimestamp(pending.received[0] / 1e9, dt.UTC)
                 path = (self.dir / f"date={day:%Y-%m-%d}" /
-                        f"part-{lo:012d}-{hi:012d}-{time.time_ns()}.parquet")
+                        f"part-{lo:012d}-{hi:012d}-{os.getpid()}-{time.time_ns()}.parquet")
                 await asyncio.to_thread(write_atomic, pending.table(), path)
                 self.archived += len(pending)
             for b in batches:

@@ -36,11 +36,12 @@ from rendezvous.rendezvous import RendezvousServer
 from rendezvous.roles import ProcessRole, Roles
 from rendezvous.schema import Signature
 from rendezvous.streams.base import Retention, Stream, open_stream
-from rendezvous.worker import Worker
+from rendezvous.worker import DecodedRequests, Worker
 
 log = logging.getLogger(__name__)
 
 TOPICS = ("input", "scores", "results", "feedback", "control")
+REGISTRY_WATCH_S = 0.5
 CONTROL_POLL_S = 0.2  # how often a process looks for policy changes made by another one
 RESTART_S = 1.0  # pause before restarting a role that failed (e.g. its engine went away)
 
@@ -150,6 +151,7 @@ class DeploymentRuntime:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._retired: set[str] = set()  # models whose workers stopped for good
+        self._decoded = DecodedRequests()  # workers in this process decode each request once
 
     @property
     def stream(self) -> Stream:
@@ -219,6 +221,8 @@ class DeploymentRuntime:
         self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
         if self.server.shared:
             self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))
+        if self.server.watch_registry:
+            self._spawn("registry", self._watch_registry())
 
     def _worker_models(self, policy: Policy, version: int) -> list[str]:
         """The model versions this process scores: ``--model`` ones, else the policy's."""
@@ -251,7 +255,8 @@ class DeploymentRuntime:
                 return asyncio.sleep(0)
             assert self.signature is not None
             worker = Worker(self.stream, self.name, model, predictor, self.signature,
-                            worker_id=f"{self.server.process_id}/{model}", start=start)
+                            worker_id=f"{self.server.process_id}/{model}", start=start,
+                            decoded=self._decoded)
             self.workers[model] = worker
             return worker.run()
 
@@ -295,6 +300,19 @@ class DeploymentRuntime:
                     f"/v1/admin/deployments/{self.name}/reload") from exc
             await self._apply(policy, rec.version)
             return rec.version
+
+    async def _watch_registry(self) -> None:
+        """Follow policy changes recorded in the registry by other processes that share it but
+        not this process's stream (partitions of ``serve --processes N``)."""
+        while True:
+            await asyncio.sleep(REGISTRY_WATCH_S)
+            try:
+                rec = await asyncio.to_thread(self.server.registry.store.policy, self.name)
+            except RendezvousError as exc:
+                log.warning("%s: cannot read the registry (%s); retrying", self.name, exc)
+                continue
+            if rec.version > self.policy_version:
+                await self.reload()
 
     async def _follow(self, ctl: Control) -> None:
         """Apply a policy another process announced (its own announcements come back too)."""
@@ -348,7 +366,8 @@ class Server:
 
     def __init__(self, home: Path | str | None = None, deployments: list[str] | None = None, *,
                  streams: str | None = None, late_grace_ms: float | None = None,
-                 roles: Roles | None = None, registry_url: str | None = None) -> None:
+                 roles: Roles | None = None, registry_url: str | None = None,
+                 watch_registry: bool = False) -> None:
         self.home = config.home(home)
         self.deployment_names = list(deployments or [])
         self.streams_url = config.STREAMS.get(streams)
@@ -361,6 +380,8 @@ class Server:
         self.runtimes: dict[str, DeploymentRuntime] = {}
         self.stream: Stream
         self.shared = False  # True when other processes may share the engine (NATS)
+        # Follow policy versions in the registry (processes that share it, not a stream).
+        self.watch_registry = watch_registry
         self.started_at = 0.0
         self._started = False
 

@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,10 @@ def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *
 def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                           lifespan=lifespan, access_log=False, log_level="warning",
-                          timeout_keep_alive=30)
+                          timeout_keep_alive=30,
+                          # We bind to loopback by default and read no X-Forwarded-* headers;
+                          # the proxy-headers middleware would only add work per request.
+                          proxy_headers=False)
 
 
 @contextlib.asynccontextmanager
@@ -70,24 +74,28 @@ async def running(
     deployments: list[str] | None = None, *, home: Path | str | None = None,
     host: str | None = None, port: int | None = None, streams: str | None = None,
     admin_token: str | None = None, roles: Roles | None = None,
-    registry_url: str | None = None,
+    registry_url: str | None = None, sock: socket.socket | None = None,
+    watch_registry: bool = False, run_files: bool = True,
 ) -> AsyncIterator[tuple[Proxy, str]]:
     """Serve in the current event loop; yields (proxy, base URL) once ready.
 
     ``roles``: what this process runs besides the HTTP edge, default everything;
     ``Roles.only("proxy")`` for a proxy on a shared engine (``streams="nats://…"``).
+    ``sock``: serve on this listening socket (shared by the processes of
+    ``serve --processes N``) instead of binding ``host:port``.
 
     >>> # async with running(["demo"], port=0) as (proxy, url): ...
     """
     home = config.home(home)
     if roles is not None and ProcessRole.PROXY not in roles:
         raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
-    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
+                    watch_registry=watch_registry)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
     uv = uvicorn.Server(uvicorn_config(proxy, config.HOST.get(host), config.PORT.get(port)))
     uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.ensure_future(uv.serve())
+    task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
     while not uv.started:
         if task.done():
             await task  # surfaces the startup error
@@ -97,10 +105,11 @@ async def running(
     # of the collector's sight so full collections stay short while serving.
     gc.collect()
     gc.freeze()
-    sock = uv.servers[0].sockets[0].getsockname()
-    url = f"http://{sock[0]}:{sock[1]}"
+    addr = uv.servers[0].sockets[0].getsockname()
+    url = f"http://{addr[0]}:{addr[1]}"
     files = _write_run_files(home, server.deployment_names,
-                             {"url": url, "pid": os.getpid(), "token": token})
+                             {"url": url, "pid": os.getpid(), "token": token}) \
+        if run_files else []
     try:
         yield proxy, url
     finally:

@@ -47,17 +47,23 @@ class Monitor:
 async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedded",
                          since_ns: int | None = None) -> DeploymentStats:
     """Statistics over every recorded result of a deployment (or those since ``since_ns``),
-    read straight from the results stream; works whether or not a server is running."""
-    stream = await open_stream(streams, home=home)
+    read straight from the results stream; works whether or not a server is running. With
+    the embedded engine, the logs of every partition (``serve --processes N``) are merged."""
+    from rendezvous.streams.embedded import partition_urls
+
     stats = DeploymentStats(deployment)
-    try:
-        topic = messages.topic(deployment, "results")
-        records = await stream.read(topic, from_time_ns=since_ns, limit=50_000) if since_ns \
-            else await stream.read(topic, from_offset=1, limit=50_000)
-        while records:
-            for rec in records:
-                stats.add(messages.result_decoder.decode(rec.data))
-            records = await stream.read(topic, from_offset=records[-1].offset + 1, limit=50_000)
-    finally:
-        await stream.close()
+    urls = partition_urls(home) if streams == "embedded" else [streams]
+    topic = messages.topic(deployment, "results")
+    for url in urls:
+        stream = await open_stream(url, home=home)
+        try:
+            records = await stream.read(topic, from_time_ns=since_ns, limit=50_000) \
+                if since_ns else await stream.read(topic, from_offset=1, limit=50_000)
+            while records:
+                for rec in records:
+                    stats.add(messages.result_decoder.decode(rec.data))
+                records = await stream.read(topic, from_offset=records[-1].offset + 1,
+                                            limit=50_000)
+        finally:
+            await stream.close()
     return stats

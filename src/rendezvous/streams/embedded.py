@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rendezvous.errors import StreamError
+from rendezvous.errors import ConfigError, StreamError
 from rendezvous.streams.base import (
     Record,
     Retention,
@@ -530,8 +531,35 @@ class EmbeddedStream:
             self._read_conn.close()
 
 
+DEFAULT_LOG = "streams.db"
+_LOG_NAME = re.compile(r"^streams[A-Za-z0-9_.-]*\.db$")
+
+
+def log_path(url: str, home: Path) -> Path:
+    """The log file for ``embedded`` (``<home>/streams.db``) or ``embedded://NAME`` (another
+    log under ``home``, e.g. one per partition when several processes serve).
+
+    >>> log_path("embedded://streams-p1.db", Path("/h")).as_posix()
+    '/h/streams-p1.db'
+    """
+    name = url.split("://", 1)[1] if "://" in url else DEFAULT_LOG
+    if not _LOG_NAME.match(name):
+        raise ConfigError(
+            f"invalid embedded log name {name!r} in {url!r}: use embedded://streams<suffix>.db "
+            "(letters, digits, '_', '-', '.'; a file directly under the data directory)"
+        )
+    return home / name
+
+
+def partition_urls(home: Path) -> list[str]:
+    """Every embedded log under ``home`` as an engine URL: the default one first, then the
+    logs of further partitions (``serve --processes N``)."""
+    extra = sorted(p.name for p in home.glob("streams?*.db") if p.name != DEFAULT_LOG)
+    return ["embedded", *(f"embedded://{name}" for name in extra)]
+
+
 async def _factory(url: str, *, home: Path) -> EmbeddedStream:
-    return await EmbeddedStream.open(home / "streams.db")
+    return await EmbeddedStream.open(log_path(url, home))
 
 
 register_engine("embedded", _factory)
