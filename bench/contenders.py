@@ -104,18 +104,22 @@ def prepare_mlserver(ws: Workspace) -> ServerSpec:
     )
 
 
-def prepare_fastapi(ws: Workspace) -> ServerSpec:
-    """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app``."""
-    model_path = _artifact(BENCH, "joblib", ws.dir / "artifact") / "model.joblib"
-    return ServerSpec(
-        argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-              "-b", f"127.0.0.1:{ws.port}", "bench.fastapi_app:app"],
-        ready_url=f"{ws.base_url}/health",
-        infer_url=f"{ws.base_url}/predict",
-        wire=Wire.FASTAPI,
-        cwd=ROOT,
-        env={**_env(BENCH), "BENCH_MODEL_PATH": str(model_path)},
-    )
+def prepare_fastapi(endpoint: str) -> Callable[[Workspace], ServerSpec]:
+    """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app`` at ``endpoint``."""
+
+    def prepare(ws: Workspace) -> ServerSpec:
+        model_path = _artifact(BENCH, "joblib", ws.dir / "artifact") / "model.joblib"
+        return ServerSpec(
+            argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
+                  "-b", f"127.0.0.1:{ws.port}", "bench.fastapi_app:app"],
+            ready_url=f"{ws.base_url}/health",
+            infer_url=f"{ws.base_url}{endpoint}",
+            wire=Wire.FASTAPI,
+            cwd=ROOT,
+            env={**_env(BENCH), "BENCH_MODEL_PATH": str(model_path)},
+        )
+
+    return prepare
 
 
 #: Every contender, in the order they run and appear in the results.
@@ -124,14 +128,27 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "mlflow models serve --env-manager local, 2 uvicorn workers"),
     Contender("mlserver", prepare_mlserver, MLSERVER,
               "MLServer + mlserver-sklearn, adaptive batching 64 / 2 ms"),
-    Contender("fastapi", prepare_fastapi, BENCH,
-              "plain FastAPI app, gunicorn with 2 uvicorn workers"),
+    Contender("fastapi", prepare_fastapi("/predict"), BENCH,
+              "plain FastAPI app (sync endpoint, as FastAPI's docs advise for blocking work), "
+              "gunicorn with 2 uvicorn workers"),
+    Contender("fastapi-async", prepare_fastapi("/predict-async"), BENCH,
+              "the same app's async endpoint, predicting on the event loop; gunicorn with 2 "
+              "uvicorn workers"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
               "Rendezvous, champion only, decoy archive; serve --processes 2"),
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
               "serve --processes 2"),
+    *(Contender(f"rendezvous-nats-w{n}", rendezvous_contender.prepare_nats(n), None,
+                f"Rendezvous, the 4-model deployment with every role its own process on "
+                f"NATS JetStream (serve --streams local-nats), {n} worker process(es) per model")
+      for n in (1, 2, 4)),
 ]}
+
+#: What a plain run measures; the NATS scale-out contenders are asked for by name
+#: (see bench/README.md).
+DEFAULT_CONTENDERS = ["mlflow", "mlserver", "fastapi", "fastapi-async", "rendezvous-1",
+                      "rendezvous-4"]
 
 
 def select(names: list[str]) -> list[Contender]:

@@ -17,6 +17,7 @@ Each contender gets a fresh home, so model versions always start at 1.
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +97,8 @@ def _build_skops(out: Path) -> None:
         tmp.replace(out / f"{name}.skops")
 
 
-def _prepare(ws: Workspace, deployment: str) -> ServerSpec:
+def _prepare(ws: Workspace, deployment: str,
+             serve_args: list[str] | None = None) -> ServerSpec:
     python, cli = project_bin("python"), project_bin("rendezvous")
     if not cli.exists():
         raise ServerError(f"{cli} not found; install the project first (make test)")
@@ -116,7 +118,7 @@ def _prepare(ws: Workspace, deployment: str) -> ServerSpec:
 
     return ServerSpec(
         argv=[str(cli), "serve", deployment, "--home", str(home), "--port", str(ws.port),
-              *SERVE_EXTRA_ARGS],
+              *(SERVE_EXTRA_ARGS if serve_args is None else serve_args)],
         ready_url=f"{ws.base_url}/v2/health/ready",
         infer_url=f"{ws.base_url}/v2/models/{deployment}/infer",
         wire=Wire.OIP_V2,
@@ -133,6 +135,20 @@ def prepare_one(ws: Workspace) -> ServerSpec:
 def prepare_four(ws: Workspace) -> ServerSpec:
     """``rendezvous-4``: champion, fallback, challenger and canary score every request."""
     return _prepare(ws, "bench4")
+
+
+def prepare_nats(replicas: int) -> Callable[[Workspace], ServerSpec]:
+    """``rendezvous-nats-wN``: the four-model deployment with every role as its own process
+    on a private nats-server (``serve --streams local-nats``), N worker processes per model."""
+
+    def prepare(ws: Workspace) -> ServerSpec:
+        with socket.socket() as probe:  # the monitor's status port
+            probe.bind(("127.0.0.1", 0))
+            monitor_port = probe.getsockname()[1]
+        return _prepare(ws, "bench4", ["--streams", "local-nats", "--replicas", str(replicas),
+                                       "--monitor-port", str(monitor_port)])
+
+    return prepare
 
 
 def main(argv: list[str]) -> int:

@@ -28,28 +28,42 @@ def _at(results: Sequence[Row], contender: str, level: int) -> Row | None:
     return None
 
 
-def _others(results: Sequence[Row], level: int) -> list[Row]:
-    """The third-party contenders' rows at ``level`` (Rendezvous is compared against them)."""
+#: The three contenders the issue's targets name; others (fastapi-async) are reported too.
+TARGET_OTHERS = ("mlflow", "mlserver", "fastapi")
+
+
+def _others(results: Sequence[Row], level: int, names: Sequence[str] | None = None) -> list[Row]:
+    """The third-party contenders' rows at ``level`` (Rendezvous is compared against them),
+    all of them or those in ``names``."""
     return [r for r in results
-            if r["concurrency"] == level and not r["contender"].startswith("rendezvous")]
+            if r["concurrency"] == level and not r["contender"].startswith("rendezvous")
+            and (names is None or r["contender"] in names)]
+
+
+def _versus(r4: Row, others: list[Row], label: str) -> list[str]:
+    best = max(others, key=lambda r: r["rps"])
+    low = min(others, key=lambda r: r["p99_ms"])
+    return [
+        f"- **{RENDEZVOUS_4} throughput / best of {label} at c={RATIO_LEVEL}**: "
+        f"{r4['rps'] / best['rps']:.2f}x ({r4['rps']:.0f} vs {best['contender']} "
+        f"{best['rps']:.0f} req/s)",
+        f"- **{RENDEZVOUS_4} p99 / lowest p99 of {label} at c={RATIO_LEVEL}**: "
+        f"{r4['p99_ms'] / low['p99_ms']:.2f}x ({r4['p99_ms']:.1f} ms vs {low['contender']} "
+        f"{low['p99_ms']:.1f} ms, {r4['p99_ms'] - low['p99_ms']:+.1f} ms)",
+    ]
 
 
 def ratios(results: Sequence[Row]) -> list[str]:
     """The headline comparisons, one Markdown bullet each; 'n/a' where a row is missing."""
     lines = []
-    r4, others = _at(results, RENDEZVOUS_4, RATIO_LEVEL), _others(results, RATIO_LEVEL)
-    if r4 and others:
-        best = max(others, key=lambda r: r["rps"])
-        lines.append(
-            f"- **{RENDEZVOUS_4} throughput / best non-Rendezvous at c={RATIO_LEVEL}**: "
-            f"{r4['rps'] / best['rps']:.2f}x ({r4['rps']:.0f} vs {best['contender']} "
-            f"{best['rps']:.0f} req/s)")
-        low = min(others, key=lambda r: r["p99_ms"])
-        lines.append(
-            f"- **{RENDEZVOUS_4} p99 / lowest non-Rendezvous p99 at c={RATIO_LEVEL}**: "
-            f"{r4['p99_ms'] / low['p99_ms']:.2f}x ({r4['p99_ms']:.1f} ms vs {low['contender']} "
-            f"{low['p99_ms']:.1f} ms, {r4['p99_ms'] - low['p99_ms']:+.1f} ms)")
-    else:
+    r4 = _at(results, RENDEZVOUS_4, RATIO_LEVEL)
+    named = _others(results, RATIO_LEVEL, TARGET_OTHERS)
+    every = _others(results, RATIO_LEVEL)
+    if r4 and named:
+        lines += _versus(r4, named, "mlflow, mlserver, fastapi")
+    if r4 and every and len(every) > len(named):
+        lines += _versus(r4, every, "every non-Rendezvous contender")
+    if not (r4 and every):
         lines.append(f"- {RENDEZVOUS_4} vs others at c={RATIO_LEVEL}: n/a (needs {RENDEZVOUS_4} "
                      f"and at least one non-Rendezvous contender at c={RATIO_LEVEL})")
     r1, fa = _at(results, RENDEZVOUS_1, 1), _at(results, FASTAPI, 1)
@@ -60,7 +74,21 @@ def ratios(results: Sequence[Row]) -> list[str]:
     else:
         lines.append(f"- {RENDEZVOUS_1} p50 - {FASTAPI} p50 at c=1: n/a "
                      f"(needs both at c=1)")
+    lines += scaleout(results)
     return lines
+
+
+def scaleout(results: Sequence[Row]) -> list[str]:
+    """The NATS scale-out curve: throughput per worker-process count, relative to one."""
+    curve = sorted(((int(r["contender"].rsplit("-w", 1)[1]), r) for r in results
+                    if r["contender"].startswith("rendezvous-nats-w")
+                    and r["concurrency"] == RATIO_LEVEL), key=lambda t: t[0])
+    if not curve:
+        return []
+    base = curve[0][1]["rps"] or 1.0
+    points = ", ".join(f"{n} worker process(es) per model {r['rps']:.0f} req/s "
+                       f"({r['rps'] / base:.2f}x, p99 {r['p99_ms']:.1f} ms)" for n, r in curve)
+    return [f"- **NATS scale-out at c={RATIO_LEVEL}**: {points}"]
 
 
 def findings(results: Sequence[Row], runs: Sequence[Row] = ()) -> list[str]:

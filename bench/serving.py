@@ -6,7 +6,7 @@ Writes ``serving.json``, ``serving.md`` and ``serving.png`` to ``bench/results``
 
 Usage::
 
-    python -m bench.serving                      # all contenders, c = 1, 8, 32, 64
+    python -m bench.serving                      # the five contenders, c = 1, 8, 32, 64
     python -m bench.serving --quick              # c = 1, 32, short runs (under 2 minutes)
     python -m bench.serving --contenders fastapi,rendezvous-1 --levels 1,8
 
@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import loadgen, models, payloads, report, venv
-from bench.contenders import CONTENDERS, Contender, select
+from bench.contenders import CONTENDERS, DEFAULT_CONTENDERS, Contender, select
 from bench.loadgen import LoadError, LoadResult
 from bench.machine import machine_info
 from bench.server import PeakRss, Server, ServerError, Workspace, free_port
@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"levels {QUICK.levels}, {QUICK.duration_s:g}s each (under 2 minutes)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS),
+    p.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                    help=f"comma-separated subset of: {', '.join(CONTENDERS)}")
     p.add_argument("--levels", type=_int_list, help="comma-separated concurrency levels")
     p.add_argument("--duration", type=float, help="seconds per level")

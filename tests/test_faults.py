@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from rendezvous import Registry, messages
+from rendezvous.monitor import stats_from_log
 from rendezvous.policy import Policy
 from rendezvous.roles import ProcessRole
 from rendezvous.streams.nats_server import LocalNatsServer
@@ -217,3 +218,6 @@ async def test_the_same_request_twice_gives_one_result_and_one_archive_row(
                                    limit=1_000_000)
     copies = [r.msg_id for r in inputs if r.msg_id in rids]
     assert sorted(copies) == sorted(rids), "a duplicate reached the input stream"
+    # `rendezvous status --streams nats://…` reads the same results stream.
+    stats = await stats_from_log(c.home, DEP, streams=c.nats.url)
+    assert stats.requests == sum((await c.result_ids()).values()) and stats.requests >= len(rids)

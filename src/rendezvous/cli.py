@@ -408,13 +408,17 @@ async def _until_signal() -> None:
 
 @app.command()
 def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = False,
+           streams: Annotated[str, typer.Option(
+               help="Where the results stream is: embedded (every partition under --home) "
+                    "or nats://HOST:PORT")] = "embedded",
            home: Home = None) -> None:
     """Per-model request counts, on-time/late/error counts, chosen counts, latency quantiles."""
     from rendezvous.monitor import stats_from_log
 
     with _registry(home) as reg:
         pol, rec = reg.policy(deployment)
-    stats = asyncio.run(stats_from_log(config.home(home), deployment)).to_dict()
+    stats = asyncio.run(stats_from_log(config.home(home), deployment,
+                                       streams=streams)).to_dict()
     stats["policy_version"] = rec.version
     stats["roles"] = {m.model: m.role.value for m in pol.models}
     if json_out:

@@ -87,6 +87,26 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     error: str | None = None
 
 
+class ResultOut(Result, kw_only=True, omit_defaults=True, gc=False):
+    """A ``Result`` as the rendezvous server writes it: the chosen score's outputs are spliced
+    in as the worker encoded them (never decoded and re-encoded). Same bytes on the wire;
+    read it back as a ``Result``."""
+
+    outputs: msgspec.Raw = msgspec.Raw(b"\x80")  # msgpack for {}
+
+
+class ResultSummary(msgspec.Struct, kw_only=True, gc=False):
+    """What statistics need of a ``Result`` (decoding skips the outputs)."""
+
+    request_id: str
+    model: str | None
+    reason: Reason
+    policy_version: int = 0
+    received_ns: int = 0
+    responded_ns: int = 0
+    models: dict[str, ModelOutcome] = {}
+
+
 class Feedback(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
@@ -133,8 +153,8 @@ request_decoder = msgspec.msgpack.Decoder(Request)
 scores_decoder = msgspec.msgpack.Decoder(list[Score])
 request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
 score_heads_decoder = msgspec.msgpack.Decoder(list[ScoreHead])
-outputs_decoder = msgspec.msgpack.Decoder(dict[str, list[Any]])
 result_decoder = msgspec.msgpack.Decoder(Result)
+result_summary_decoder = msgspec.msgpack.Decoder(ResultSummary)
 feedback_decoder = msgspec.msgpack.Decoder(Feedback)
 control_decoder = msgspec.msgpack.Decoder(Control)
 

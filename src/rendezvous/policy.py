@@ -166,9 +166,12 @@ class Schedule:
     split: tuple[tuple[str, float], ...] = ()
     split_key: str = ""
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(c.model for c in self.candidates) + self.shadows
+    models: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Asked for every score the rendezvous server files: computed once.
+        object.__setattr__(self, "models",
+                           tuple(c.model for c in self.candidates) + self.shadows)
 
     def ordered(self, key: str) -> tuple[Candidate, ...]:
         """Candidates in the order they are preferred for a request whose split key is ``key``."""

@@ -22,7 +22,15 @@ from typing import Any
 import msgspec
 
 from rendezvous import messages
-from rendezvous.messages import ModelOutcome, Reason, RequestHead, Result, ScoreHead, Status
+from rendezvous.messages import (
+    ModelOutcome,
+    Reason,
+    RequestHead,
+    Result,
+    ResultOut,
+    ScoreHead,
+    Status,
+)
 from rendezvous.policy import Decision, Mailbox, Schedule, ScoreState, decide
 from rendezvous.streams.base import Batch, ReturnChannel, Stream
 
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 GROUP = "rendezvous"
 ORPHAN_TTL_S = 60.0  # scores whose request never shows up are dropped after this
 SWEEP_S = 0.05  # how often requests past their late-grace window are finalized
+_NO_OUTPUTS = msgspec.Raw(messages.encode({}))
 
 
 _background: set[asyncio.Future[None]] = set()
@@ -76,7 +85,6 @@ class _Entry:
     scores: dict[str, ScoreHead] = field(default_factory=dict)
     decision: Decision | None = None
     responded_ns: int = 0
-    timer: asyncio.TimerHandle | None = None
     acks: list[_Acks] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
 
@@ -86,7 +94,7 @@ class RendezvousServer:
 
     def __init__(
         self, stream: Stream, deployment: str, schedule: Schedule, returns: ReturnChannel, *,
-        late_grace_ms: float = 2000.0, on_result: Callable[[Result], None] | None = None,
+        late_grace_ms: float = 2000.0,
     ) -> None:
         self.stream = stream
         self.deployment = deployment
@@ -94,7 +102,6 @@ class RendezvousServer:
         self.current = schedule
         self.returns = returns
         self.late_grace_ns = int(late_grace_ms * 1e6)
-        self.on_result = on_result
         self.mailboxes: dict[str, _Entry] = {}
         self.decided = 0
         self.recorded = 0
@@ -108,6 +115,7 @@ class RendezvousServer:
         # (final_at_ns, request id) in arrival order; swept every SWEEP_S instead of one
         # timer per request.
         self._finals: deque[tuple[int, str]] = deque()
+        self._wakeups: dict[int, list[str]] = {}  # millisecond -> requests to decide again
         self._results_topic = messages.topic(deployment, "results")
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -193,23 +201,27 @@ class RendezvousServer:
         now = time.time_ns()
         outcome = decide(entry.box, entry.schedule, now)
         if isinstance(outcome, Decision):
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
             self._respond(rid, entry, outcome, now)
-            return
-        if outcome.until_ns is not None:
-            if entry.timer is not None:
-                entry.timer.cancel()
-            loop = self._loop or asyncio.get_running_loop()
-            delay = max(0.0, (outcome.until_ns - now) / 1e9)
-            entry.timer = loop.call_later(delay, self._evaluate_later, rid)
+        elif outcome.until_ns is not None:
+            self._wake_at(outcome.until_ns, now, rid)
 
-    def _evaluate_later(self, rid: str) -> None:
-        entry = self.mailboxes.get(rid)
-        if entry is not None and entry.decision is None:
-            entry.timer = None
-            self._evaluate(rid, entry)
+    def _wake_at(self, until_ns: int, now: int, rid: str) -> None:
+        """Decide ``rid`` again at ``until_ns`` (rounded up to the millisecond). Requests that
+        wait for the same millisecond share one timer; a request decided meanwhile is skipped
+        when it fires, so nothing is ever cancelled."""
+        ms = -(-until_ns // 1_000_000)
+        due = self._wakeups.get(ms)
+        if due is None:
+            due = self._wakeups[ms] = []
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_later(max(0.0, (ms * 1_000_000 - now) / 1e9), self._wake, ms)
+        due.append(rid)
+
+    def _wake(self, ms: int) -> None:
+        for rid in self._wakeups.pop(ms, ()):
+            entry = self.mailboxes.get(rid)
+            if entry is not None and entry.decision is None and entry.request is not None:
+                self._evaluate(rid, entry)
 
     def _respond(self, rid: str, entry: _Entry, decision: Decision, now: int) -> None:
         entry.decision = decision
@@ -274,10 +286,9 @@ class RendezvousServer:
             error = "; ".join(f"{m}: {o.error}" for m, o in outcomes.items() if o.error)
         elif decision.reason is Reason.SLA_MISS:
             error = f"no model answered within the {sched.deadline_ms:g} ms deadline"
-        return Result(
+        return ResultOut(
             request_id=rid, deployment=self.deployment, model=decision.model,
-            reason=decision.reason,
-            outputs=messages.outputs_decoder.decode(chosen.outputs) if chosen else {},
+            reason=decision.reason, outputs=chosen.outputs if chosen else _NO_OUTPUTS,
             policy_version=sched.version, received_ns=req.received_ns,
             responded_ns=entry.responded_ns, models=outcomes, error=error,
         )
@@ -286,11 +297,7 @@ class RendezvousServer:
         entry = self.mailboxes.pop(rid, None)
         if entry is None:
             return
-        if entry.timer is not None:
-            entry.timer.cancel()
         result = self._result(rid, entry)
-        if self.on_result is not None:
-            self.on_result(result)
         self._to_record.append((rid, result, entry.acks))
         self._schedule_flush()
 

@@ -34,7 +34,7 @@ class Monitor:
         async for batch in self._consumer:
             for rec in batch.records:
                 try:
-                    self.stats.add(messages.result_decoder.decode(rec.data))
+                    self.stats.add(messages.result_summary_decoder.decode(rec.data))
                 except msgspec.DecodeError:
                     log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
             await batch.ack()
@@ -61,7 +61,7 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
                 if since_ns else await stream.read(topic, from_offset=1, limit=50_000)
             while records:
                 for rec in records:
-                    stats.add(messages.result_decoder.decode(rec.data))
+                    stats.add(messages.result_summary_decoder.decode(rec.data))
                 records = await stream.read(topic, from_offset=records[-1].offset + 1,
                                             limit=50_000)
         finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastdigest import TDigest
 
-from rendezvous.messages import Result, Status
+from rendezvous.messages import Result, ResultSummary, Status
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -45,7 +45,7 @@ class DeploymentStats:
     response: TDigest = field(default_factory=lambda: TDigest(max_centroids=200))
     policy_version: int = 0
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Result | ResultSummary) -> None:
         self.requests += 1
         self.reasons[result.reason.value] += 1
         self.policy_version = max(self.policy_version, result.policy_version)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -59,12 +59,21 @@ class ProxyMetrics:
                                  "Time from arrival to answer", ["deployment"],
                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_MonitorCollector(server))  # type: ignore[arg-type]
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     def observe(self, deployment: str, result: Result) -> None:
-        self.responses.labels(deployment, result.reason.value).inc()
+        # Label lookups are the costly part of an update; keep the children once made.
+        key = (deployment, result.reason.value)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.responses.labels(*key)
+        counter.inc()
         if result.responded_ns and result.received_ns:
-            self.latency.labels(deployment).observe(
-                (result.responded_ns - result.received_ns) / 1e9)
+            hist = self._histograms.get(deployment)
+            if hist is None:
+                hist = self._histograms[deployment] = self.latency.labels(deployment)
+            hist.observe((result.responded_ns - result.received_ns) / 1e9)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
