@@ -58,6 +58,9 @@ NATS_ACK_WAIT_S = Setting("RENDEZVOUS_NATS_ACK_WAIT_S", float, 30.0,
                           "seconds before records a crashed process held unacknowledged go to "
                           "another member of its group (NATS engine; fixed when a group is "
                           "created)")
+RETENTION_HOURS = Setting("RENDEZVOUS_RETENTION_HOURS", float, 24.0,
+                          "how long the stream log keeps records (the decoy's archive keeps "
+                          "inputs for good)")
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
 

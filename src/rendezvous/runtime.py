@@ -195,9 +195,9 @@ class DeploymentRuntime:
 
     async def start(self) -> None:
         registry, roles = self.server.registry, self.server.roles
+        retention = Retention(max_age_s=config.RETENTION_HOURS.get() * 3600)
         for kind in TOPICS:
-            await self.stream.ensure_topic(messages.topic(self.name, kind),
-                                           retention=Retention())
+            await self.stream.ensure_topic(messages.topic(self.name, kind), retention=retention)
         # Note the control topic's end before reading the policy: a change announced in
         # between is then applied by the follower rather than missed.
         seen = await self.stream.last_offset(messages.topic(self.name, "control")) \
