@@ -70,6 +70,28 @@ def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> u
 
 
 @contextlib.asynccontextmanager
+async def _http(app: Any, host: str | None, port: int | None, *, lifespan: str = "on",
+                sock: socket.socket | None = None) -> AsyncIterator[tuple[uvicorn.Server, str]]:
+    """Run uvicorn in this event loop; yields (server, base URL) once it listens, and shuts it
+    down (letting requests in flight finish) on exit."""
+    uv = uvicorn.Server(uvicorn_config(app, config.HOST.get(host), config.PORT.get(port),
+                                       lifespan=lifespan))
+    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
+    while not uv.started:
+        if task.done():
+            await task  # surfaces the startup error
+            raise RuntimeError("the HTTP server stopped during startup")
+        await asyncio.sleep(0.02)
+    addr = uv.servers[0].sockets[0].getsockname()
+    try:
+        yield uv, f"http://{addr[0]}:{addr[1]}"
+    finally:
+        uv.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
 async def running(
     deployments: list[str] | None = None, *, home: Path | str | None = None,
     host: str | None = None, port: int | None = None, streams: str | None = None,
@@ -93,30 +115,19 @@ async def running(
                     watch_registry=watch_registry)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
-    uv = uvicorn.Server(uvicorn_config(proxy, config.HOST.get(host), config.PORT.get(port)))
-    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
-    while not uv.started:
-        if task.done():
-            await task  # surfaces the startup error
-            raise RuntimeError("the HTTP server stopped during startup")
-        await asyncio.sleep(0.02)
-    # Everything loaded so far (libraries, models) lives as long as the process: move it out
-    # of the collector's sight so full collections stay short while serving.
-    gc.collect()
-    gc.freeze()
-    addr = uv.servers[0].sockets[0].getsockname()
-    url = f"http://{addr[0]}:{addr[1]}"
-    files = _write_run_files(home, server.deployment_names,
-                             {"url": url, "pid": os.getpid(), "token": token}) \
-        if run_files else []
-    try:
-        yield proxy, url
-    finally:
-        uv.should_exit = True
-        await task
-        for f in files:
-            f.unlink(missing_ok=True)
+    async with _http(proxy, host, port, sock=sock) as (_, url):
+        # Everything loaded so far (libraries, models) lives as long as the process: move it
+        # out of the collector's sight so full collections stay short while serving.
+        gc.collect()
+        gc.freeze()
+        files = _write_run_files(home, server.deployment_names,
+                                 {"url": url, "pid": os.getpid(), "token": token}) \
+            if run_files else []
+        try:
+            yield proxy, url
+        finally:
+            for f in files:
+                f.unlink(missing_ok=True)
 
 
 @contextlib.asynccontextmanager
@@ -142,26 +153,14 @@ async def running_roles(
             return
         from rendezvous.monitor.app import MonitorApp
 
-        uv = uvicorn.Server(uvicorn_config(MonitorApp(server), config.HOST.get(host),
-                                           config.PORT.get(port), lifespan="off"))
-        uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.ensure_future(uv.serve())
-        while not uv.started:
-            if task.done():
-                await task
-                raise RuntimeError("the monitor's HTTP server stopped during startup")
-            await asyncio.sleep(0.02)
-        sock = uv.servers[0].sockets[0].getsockname()
-        url = f"http://{sock[0]}:{sock[1]}"
-        files = _write_run_files(home, server.deployment_names, {"url": url, "pid": os.getpid()},
-                                 kind="monitor")
-        try:
-            yield server, url
-        finally:
-            uv.should_exit = True
-            await task
-            for f in files:
-                f.unlink(missing_ok=True)
+        async with _http(MonitorApp(server), host, port, lifespan="off") as (_, url):
+            files = _write_run_files(home, server.deployment_names,
+                                     {"url": url, "pid": os.getpid()}, kind="monitor")
+            try:
+                yield server, url
+            finally:
+                for f in files:
+                    f.unlink(missing_ok=True)
     finally:
         await server.stop()
 
