@@ -220,7 +220,8 @@ class Proxy:
     async def _submit(self, rt: DeploymentRuntime, inputs: dict[str, list[Any]], n_rows: int,
                       client_id: str | None, meta: dict[str, str]) -> Result:
         if not self.server.ready:
-            raise UnavailableError("the server is starting or stopping; retry shortly")
+            raise UnavailableError("the server is starting, stopping or cannot reach its "
+                                   "stream engine; retry shortly")
         if client_id is not None:
             if not _CLIENT_ID.match(client_id):
                 raise BadRequestError(
