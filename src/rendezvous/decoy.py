@@ -97,7 +97,6 @@ class Decoy:
         self.signature = signature
         self.flush_rows = flush_rows
         self.flush_s = flush_s
-        self.archived = 0
         self._pending = Rows(signature)
         self._batches: list[Batch] = []
         self._first_offset = 0
@@ -149,7 +148,6 @@ class Decoy:
                 path = (self.dir / f"date={day:%Y-%m-%d}" /
                         f"part-{lo:012d}-{hi:012d}-{os.getpid()}-{time.time_ns()}.parquet")
                 await asyncio.to_thread(write_atomic, pending.table(), path)
-                self.archived += len(pending)
             for b in batches:
                 await b.ack()
 

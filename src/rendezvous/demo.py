@@ -13,7 +13,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -106,6 +105,3 @@ async def traffic(url: str, duration: float | None, *, concurrency: int = 8,
         await asyncio.gather(*(one(client) for _ in range(concurrency)))
     return outcomes
 
-
-def demo_home(home: Path | None) -> Path:
-    return Path(home) if home is not None else Path(".rendezvous")

@@ -42,23 +42,14 @@ SWEEP_S = 0.05  # how often requests past their late-grace window are finalized
 _NO_OUTPUTS = msgspec.Raw(messages.encode({}))
 
 
-_background: set[asyncio.Future[None]] = set()
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` in the background, holding a reference until it is done."""
-    fut = asyncio.ensure_future(coro)
-    _background.add(fut)
-    fut.add_done_callback(_background.discard)
-
-
 class _Acks:
     """Acknowledges a stream batch once every item it carried has been recorded."""
 
-    __slots__ = ("batch", "pending", "sealed")
+    __slots__ = ("batch", "pending", "sealed", "spawn")
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.batch = batch
+        self.spawn = spawn
         self.pending = 0
         self.sealed = False  # all records of the batch have been filed
 
@@ -69,12 +60,12 @@ class _Acks:
     def done(self) -> None:
         self.pending -= 1
         if self.sealed and self.pending == 0:
-            _spawn(self.batch.ack())
+            self.spawn(self.batch.ack())
 
     def seal(self) -> None:
         self.sealed = True
         if self.pending == 0:
-            _spawn(self.batch.ack())
+            self.spawn(self.batch.ack())
 
 
 @dataclass(slots=True)
@@ -103,8 +94,7 @@ class RendezvousServer:
         self.returns = returns
         self.late_grace_ns = int(late_grace_ms * 1e6)
         self.mailboxes: dict[str, _Entry] = {}
-        self.decided = 0
-        self.recorded = 0
+        self._background: set[asyncio.Future[None]] = set()  # held until done
         self._consumers: list[Any] = []
         # Work for the end of this loop iteration: results to hand to proxies and results to
         # record. Batching them per iteration keeps tasks and stream appends off the
@@ -118,6 +108,12 @@ class RendezvousServer:
         self._wakeups: dict[int, list[str]] = {}  # millisecond -> requests to decide again
         self._results_topic = messages.topic(deployment, "results")
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a reference until it is done."""
+        fut = asyncio.ensure_future(coro)
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
 
     def set_schedule(self, schedule: Schedule) -> None:
         """Requests stamped with this policy version (and unstamped ones) use it from now on."""
@@ -150,7 +146,7 @@ class RendezvousServer:
 
     async def _pump(self, consumer: Any, handle: Callable[[bytes, _Acks], None]) -> None:
         async for batch in consumer:
-            acks = _Acks(batch)
+            acks = _Acks(batch, self._spawn)
             for rec in batch.records:
                 try:
                     handle(rec.data, acks)
@@ -226,7 +222,6 @@ class RendezvousServer:
     def _respond(self, rid: str, entry: _Entry, decision: Decision, now: int) -> None:
         entry.decision = decision
         entry.responded_ns = now
-        self.decided += 1
         req = entry.request
         assert req is not None
         if req.return_to:
@@ -246,10 +241,10 @@ class RendezvousServer:
         self._flush_scheduled = False
         if self._outbox:
             outbox, self._outbox = self._outbox, []
-            _spawn(self._send(outbox))
+            self._spawn(self._send(outbox))
         if self._to_record:
             batch, self._to_record = self._to_record, []
-            _spawn(self._record(batch))
+            self._spawn(self._record(batch))
 
     async def _send(self, outbox: list[tuple[str, bytes]]) -> None:
         for return_to, data in outbox:
@@ -311,7 +306,6 @@ class RendezvousServer:
             log.error("rendezvous %s: could not record %d results: %s", self.deployment,
                       len(batch), exc)
             return
-        self.recorded += len(batch)
         for _, _, acks in batch:
             for a in acks:
                 a.done()

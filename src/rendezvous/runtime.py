@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -382,7 +381,6 @@ class Server:
         self.shared = False  # True when other processes may share the engine (NATS)
         # Follow policy versions in the registry (processes that share it, not a stream).
         self.watch_registry = watch_registry
-        self.started_at = 0.0
         self._started = False
 
     @property
@@ -419,7 +417,6 @@ class Server:
             await self.stop()
             raise
         self._started = True
-        self.started_at = time.time()
 
     async def stop(self) -> None:
         self._started = False

@@ -164,7 +164,3 @@ async def running_roles(
     finally:
         await server.stop()
 
-
-async def serve_forever(deployments: list[str] | None = None, **kwargs: Any) -> None:
-    async with running(deployments, **kwargs):
-        await asyncio.Event().wait()

@@ -121,7 +121,6 @@ class Worker:
         self.max_batch = max_batch
         self.start = start
         self.decoded = decoded or DecodedRequests(capacity=1)
-        self.scored = 0
         # Each worker owns a model thread unless given one to share (tried: one thread for
         # every model of a process measured no better here, within noise).
         self._own_executor = executor is None
@@ -165,7 +164,6 @@ class Worker:
                 self._scores_topic, [messages.encode(scores)],
                 [f"{self.model}:{scores[0].request_id}:{len(scores)}"],
             )
-        self.scored += len(scores)
         await batch.ack()
 
     async def _score(self, requests: list[Request], digests: list[str]) -> list[Score]:

@@ -313,10 +313,7 @@ class EmbeddedConsumer:
         assert group is not None  # a batch exists only after _attach
         for rec in records:
             self._unacked.pop(rec.offset, None)
-        if group.ack([r.offset for r in records]):
-            await self._stream._writer.submit(
-                "position", (self._topic_name, group.name, group.committed)
-            )
+        await self._ack_offsets(group, [r.offset for r in records])
 
     async def _nak(self, records: list[Record], delay_s: float) -> None:
         group, topic = self._group, self._topic
