@@ -18,15 +18,16 @@ from typing import Any
 
 import httpx
 
-from rendezvous import ModelSpec, Policy, Registry, Role, messages
-from rendezvous.decoy import read_archive
+from rendezvous import ModelSpec, Policy, Registry, Role
+from rendezvous.core import messages
+from rendezvous.core.policy import Policy as PolicyT
 from rendezvous.errors import NotFoundError
-from rendezvous.launcher import role_command, wait_for_groups
-from rendezvous.policy import Policy as PolicyT
-from rendezvous.roles import ProcessRole, groups_of
-from rendezvous.streams.nats import NatsStream
-from rendezvous.streams.nats_mapping import durable_name, stream_name
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.hosting.launcher import role_command, wait_for_groups
+from rendezvous.hosting.topology import ProcessRole, groups_of
+from rendezvous.roles.decoy import read_archive
+from rendezvous.streams.nats.engine import NatsStream
+from rendezvous.streams.nats.mapping import durable_name, stream_name
+from rendezvous.streams.nats.server import LocalNatsServer
 from tests.conftest import register_callable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from rendezvous import CallableModel, Column, Datatype, Registry, Signature
-from rendezvous.serving import running
+from rendezvous.hosting.serving import running
 
 XY = Signature((Column("x", Datatype.FP64), Column("y", Datatype.FP64)))
 

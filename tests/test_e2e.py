@@ -12,8 +12,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from rendezvous import ModelSpec, Policy, Registry, Role, messages
-from rendezvous.decoy import export
+from rendezvous import ModelSpec, Policy, Registry, Role
+from rendezvous.core import messages
+from rendezvous.roles.decoy import export
 from rendezvous.streams import open_stream
 from tests.conftest import register_callable
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from rendezvous import Registry, messages
-from rendezvous.monitor import stats_from_log
-from rendezvous.policy import Policy
-from rendezvous.roles import ProcessRole
-from rendezvous.streams.nats_server import LocalNatsServer
-from rendezvous.worker import group_name
+from rendezvous import Registry
+from rendezvous.core import messages
+from rendezvous.core.policy import Policy
+from rendezvous.hosting.topology import ProcessRole
+from rendezvous.roles.monitor import stats_from_log
+from rendezvous.roles.worker import group_name
+from rendezvous.streams.nats.server import LocalNatsServer
 from tests.cluster import (
     DEP,
     HANG_LIMIT_S,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rendezvous.errors import ConfigError
-from rendezvous.messages import Reason
-from rendezvous.policy import (
+from rendezvous.core.messages import Reason
+from rendezvous.core.policy import (
     Decision,
     Mailbox,
     ModelSpec,
@@ -18,6 +17,7 @@ from rendezvous.policy import (
     pick_split,
     promote,
 )
+from rendezvous.errors import ConfigError
 
 MS = 1_000_000
 POLICY = Policy(deadline_ms=100, models=[

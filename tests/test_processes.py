@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from rendezvous import ModelSpec, Policy, Registry, Role
-from rendezvous.decoy import read_archive
-from rendezvous.monitor import stats_from_log
-from rendezvous.serving import read_run_file
+from rendezvous.hosting.serving import read_run_file
+from rendezvous.roles.decoy import read_archive
+from rendezvous.roles.monitor import stats_from_log
 from rendezvous.streams import open_stream
 from tests.cluster import ROOT, free_port
 from tests.conftest import register_callable

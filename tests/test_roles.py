@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from rendezvous import Registry
 from rendezvous.cli import app
 from rendezvous.errors import ConfigError
-from rendezvous.launcher import wait_for_groups
-from rendezvous.roles import ProcessRole, Roles, groups_of
-from rendezvous.serving import running, running_roles
-from rendezvous.streams.nats import NatsStream
-from rendezvous.streams.nats_returns import NatsReturns
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.hosting.launcher import wait_for_groups
+from rendezvous.hosting.serving import running, running_roles
+from rendezvous.hosting.topology import ProcessRole, Roles, groups_of
+from rendezvous.streams.nats.engine import NatsStream
+from rendezvous.streams.nats.returns import NatsReturns
+from rendezvous.streams.nats.server import LocalNatsServer
 from tests.cluster import DEP, ENV, ROOT, free_port, two_models
 from tests.conftest import register_callable
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rendezvous.errors import ValidationError
-from rendezvous.schema import (
+from rendezvous.core.schema import (
     Column,
     Datatype,
     InferInput,
@@ -17,6 +16,7 @@ from rendezvous.schema import (
     infer_signature,
     to_matrix,
 )
+from rendezvous.errors import ValidationError
 
 SIG = Signature((Column("a", Datatype.FP64), Column("b", Datatype.INT64)))
 

@@ -6,11 +6,11 @@ ready before the deadline is returned, and inputs, scores and decisions are kept
 >>> from rendezvous import Registry, Policy, ModelSpec, Role
 """
 
+from rendezvous.core.policy import ModelSpec, Policy, Role
+from rendezvous.core.schema import Column, Datatype, Signature
 from rendezvous.errors import RendezvousError
 from rendezvous.flavors.python import CallableModel
-from rendezvous.policy import ModelSpec, Policy, Role
 from rendezvous.registry import Registry
-from rendezvous.schema import Column, Datatype, Signature
 
 __all__ = [
     "CallableModel",

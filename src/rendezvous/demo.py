@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from rendezvous.policy import ModelSpec, Policy, Role
+from rendezvous.core.policy import ModelSpec, Policy, Role
 from rendezvous.registry import Registry
 
 DEPLOYMENT = "demo"

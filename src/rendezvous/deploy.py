@@ -23,9 +23,9 @@ from pathlib import Path
 
 import msgspec
 
+from rendezvous.core.policy import ModelSpec, Policy, Role
 from rendezvous.errors import ConfigError
 from rendezvous.ids import check_name
-from rendezvous.policy import ModelSpec, Policy, Role
 from rendezvous.registry import PolicyRecord, Registry
 
 

@@ -1,7 +1,7 @@
 """One root for every error Rendezvous raises, one subclass per distinct recovery.
 
 Messages name the offending value and say how to fix it. The HTTP edge maps these classes to
-status codes in one table (``rendezvous.proxy.errors``).
+status codes in one table (``rendezvous.http.errors``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rendezvous.streams.base import Stream
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.streams.nats.server import LocalNatsServer
 
 from .harness import Engines
 
@@ -35,7 +35,7 @@ async def engines(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     url = None
     if kind == "embedded":
         pytest.importorskip(
-            "rendezvous.streams.embedded", reason="the embedded engine is not written yet"
+            "rendezvous.streams.embedded.log", reason="the embedded engine is not written yet"
         )
     else:
         url = request.getfixturevalue("nats_server").url

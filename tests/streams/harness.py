@@ -68,7 +68,7 @@ class Engines:
         if self.kind == "embedded":
             engine = await open_stream("embedded", home=self.home)
         else:
-            from rendezvous.streams.nats import NatsStream
+            from rendezvous.streams.nats.engine import NatsStream
 
             assert self.nats_url is not None
             # Directly rather than via open_stream(url) so these tests do not depend on the

@@ -13,15 +13,15 @@ import pytest
 
 from rendezvous.errors import ConfigError, UnavailableError
 from rendezvous.streams.base import dead_letter_topic, open_stream
-from rendezvous.streams.nats import NatsStream
-from rendezvous.streams.nats_mapping import (
+from rendezvous.streams.nats.engine import NatsStream
+from rendezvous.streams.nats.mapping import (
     durable_name,
     parse_ack_reply,
     rfc3339_ns,
     stream_name,
     subject_for,
 )
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.streams.nats.server import LocalNatsServer
 
 from .harness import Reader
 
@@ -185,7 +185,7 @@ async def test_connecting_to_nothing_fails_fast() -> None:
 async def test_open_stream_knows_nats_and_local_nats(
     tmp_path: Path, own_server: LocalNatsServer
 ) -> None:
-    pytest.importorskip("rendezvous.streams.embedded", reason="open_stream imports it first")
+    pytest.importorskip("rendezvous.streams.embedded.log", reason="open_stream imports it first")
     remote = await open_stream(own_server.url, home=tmp_path)
     try:
         assert isinstance(remote, NatsStream)

@@ -10,7 +10,7 @@ import nats
 import pytest
 
 from rendezvous.errors import StreamError
-from rendezvous.streams.nats_server import LocalNatsServer, find_nats_server
+from rendezvous.streams.nats.server import LocalNatsServer, find_nats_server
 
 pytestmark = pytest.mark.nats
 

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rendezvous.core.schema import Signature
 from rendezvous.errors import FlavorError
-from rendezvous.schema import Signature
 
 Outputs = dict[str, np.ndarray]
 

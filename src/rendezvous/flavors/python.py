@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from rendezvous.core.schema import Signature
 from rendezvous.errors import FlavorError
 from rendezvous.flavors.base import Outputs, register
-from rendezvous.schema import Signature
 
 
 class CallableModel:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from rendezvous.core.schema import Signature, to_matrix
 from rendezvous.errors import FlavorError
 from rendezvous.flavors.base import Outputs, register
-from rendezvous.schema import Signature, to_matrix
 
 
 class SklearnPredictor:

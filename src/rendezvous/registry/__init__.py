@@ -24,14 +24,14 @@ import msgspec
 import numpy as np
 
 from rendezvous import config
+from rendezvous.core.policy import Policy, promote
+from rendezvous.core.schema import Signature, example_columns, infer_signature
 from rendezvous.errors import ConfigError, NotFoundError, UnsafeArtifactError
 from rendezvous.flavors import base as flavors
 from rendezvous.flavors.base import Predictor
 from rendezvous.ids import ModelRef, check_name
-from rendezvous.policy import Policy, promote
 from rendezvous.registry.artifacts import LocalArtifacts
 from rendezvous.registry.store import AliasChange, ModelVersion, PolicyRecord, SqlStore
-from rendezvous.schema import Signature, infer_signature
 
 __all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry"]
 
@@ -138,6 +138,9 @@ class Registry:
                 )
             signature = infer_signature(example)
         fingerprint, summary = _fingerprint(example)
+        if example is not None:
+            # A few training rows: model hosts warm the model up on them before it serves.
+            summary["example_rows"] = example_columns(example, signature)
         digest = self.artifacts.put(data)
         return self.store.add_version(
             name=name, flavor=flavor, digest=digest, flavor_meta=meta,

@@ -24,9 +24,9 @@ from typing import Any
 import uvicorn
 
 from rendezvous import config
-from rendezvous.proxy import Proxy
-from rendezvous.roles import ProcessRole, Roles
-from rendezvous.runtime import Server
+from rendezvous.hosting.runtime import Server
+from rendezvous.hosting.topology import ProcessRole, Roles
+from rendezvous.http import Proxy
 
 
 def run_file(home: Path, deployment: str) -> Path:
@@ -151,7 +151,7 @@ async def running_roles(
         if ProcessRole.MONITOR not in roles:
             yield server, None
             return
-        from rendezvous.monitor.app import MonitorApp
+        from rendezvous.http.monitor_app import MonitorApp
 
         async with _http(MonitorApp(server), host, port, lifespan="off") as (_, url):
             files = _write_run_files(home, server.deployment_names,

@@ -36,8 +36,8 @@ from nats.js import JetStreamContext, api
 from rendezvous import config
 from rendezvous.errors import ConfigError, RendezvousError, StreamError, UnavailableError
 from rendezvous.streams.base import Record, Retention, Start, register_engine
-from rendezvous.streams.nats_consumer import NatsConsumer
-from rendezvous.streams.nats_mapping import (
+from rendezvous.streams.nats.consumer import NatsConsumer
+from rendezvous.streams.nats.mapping import (
     CHUNK,
     MSG_ID_HEADER,
     check_topic,
@@ -49,7 +49,7 @@ from rendezvous.streams.nats_mapping import (
     subject_for,
     to_record,
 )
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.streams.nats.server import LocalNatsServer
 
 __all__ = ["NatsStream"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastdigest import TDigest
 
-from rendezvous.messages import Result, ResultSummary, Status
+from rendezvous.core.messages import Result, ResultSummary, Status
 
 QUANTILES = (0.5, 0.9, 0.99)
 

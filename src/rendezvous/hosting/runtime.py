@@ -24,18 +24,19 @@ from typing import Any
 
 import msgspec
 
-from rendezvous import config, messages
-from rendezvous.decoy import Decoy
+from rendezvous import config
+from rendezvous.core import messages
+from rendezvous.core.messages import Control, ControlKind
+from rendezvous.core.policy import Policy, Schedule
+from rendezvous.core.schema import Signature
 from rendezvous.errors import ConfigError, NotFoundError, RendezvousError, UnavailableError
-from rendezvous.messages import Control, ControlKind
-from rendezvous.monitor import Monitor
-from rendezvous.policy import Policy, Schedule
+from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.registry import Registry
-from rendezvous.rendezvous import RendezvousServer
-from rendezvous.roles import ProcessRole, Roles
-from rendezvous.schema import Signature
+from rendezvous.roles.decoy import Decoy
+from rendezvous.roles.monitor import Monitor
+from rendezvous.roles.rendezvous import RendezvousServer
+from rendezvous.roles.worker import DecodedRequests, Worker
 from rendezvous.streams.base import Retention, Stream, open_stream
-from rendezvous.worker import DecodedRequests, Worker
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ def remote_returns(stream: Stream) -> Any:
     """The return transport between processes for ``stream``'s engine, or None when the
     engine lives inside one process (embedded)."""
     try:
-        from rendezvous.streams.nats import NatsStream
-        from rendezvous.streams.nats_returns import NatsReturns
+        from rendezvous.streams.nats.engine import NatsStream
+        from rendezvous.streams.nats.returns import NatsReturns
     except ImportError:  # nats-py missing: no NATS engine either
         return None
     return NatsReturns(stream.nc) if isinstance(stream, NatsStream) else None

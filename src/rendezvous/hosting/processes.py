@@ -66,7 +66,7 @@ async def _until_stopped() -> None:
 
 def _child(index: int, deployments: list[str] | None, home: Path, host: str, port: int,
            token: str) -> None:
-    from rendezvous.serving import running
+    from rendezvous.hosting.serving import running
 
     sock = _reuseport_socket(host, port)
     # Accepted connections inherit this. Without it, answers of one segment wait for the
@@ -148,7 +148,7 @@ def serve_processes(
 
 def _supervise(pids: list[int], names: list[str], home: Path, url: str, token: str,
                say: Callable[[str], None]) -> None:
-    from rendezvous.serving import _write_run_files
+    from rendezvous.hosting.serving import _write_run_files
 
     stopping = False
 

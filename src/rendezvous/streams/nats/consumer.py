@@ -27,7 +27,7 @@ from nats.js import JetStreamContext, api
 
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
 from rendezvous.streams.base import Batch, dead_letter_topic
-from rendezvous.streams.nats_mapping import (
+from rendezvous.streams.nats.mapping import (
     GROUP_KEY,
     chunks,
     durable_name,
@@ -38,7 +38,7 @@ from rendezvous.streams.nats_mapping import (
 )
 
 if TYPE_CHECKING:
-    from rendezvous.streams.nats import NatsStream
+    from rendezvous.streams.nats.engine import NatsStream
 
 __all__ = ["NatsBatch", "NatsConsumer"]
 

@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rendezvous import messages
+from rendezvous.core import messages
+from rendezvous.core.messages import Request
+from rendezvous.core.schema import Datatype, Signature
 from rendezvous.errors import NotFoundError, RendezvousError
 from rendezvous.ids import check_name
-from rendezvous.messages import Request
-from rendezvous.schema import Datatype, Signature
+from rendezvous.roles.worker import input_digest
 from rendezvous.streams.base import Batch, Stream
-from rendezvous.worker import input_digest
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The HTTP edge."""
 
-from rendezvous.proxy.app import Proxy
+from rendezvous.http.app import Proxy
 
 __all__ = ["Proxy"]

@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from rendezvous import messages
+from rendezvous.core import messages
+from rendezvous.core.messages import Request, Score
+from rendezvous.core.schema import Signature
 from rendezvous.flavors.base import Outputs, Predictor
-from rendezvous.messages import Request, Score
-from rendezvous.schema import Signature
 from rendezvous.streams.base import Batch, Start, Stream
 
 log = logging.getLogger(__name__)

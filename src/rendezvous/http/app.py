@@ -20,7 +20,10 @@ from typing import Any
 
 import msgspec
 
-from rendezvous import config, messages
+from rendezvous import config
+from rendezvous.core import messages
+from rendezvous.core.messages import Reason, Request, Result
+from rendezvous.core.schema import InferRequest, columns_from_oip, columns_from_records
 from rendezvous.errors import (
     AuthError,
     BadRequestError,
@@ -31,12 +34,10 @@ from rendezvous.errors import (
     StreamError,
     UnavailableError,
 )
+from rendezvous.hosting.runtime import DeploymentRuntime, Server
+from rendezvous.http.errors import error_body
+from rendezvous.http.metrics import ProxyMetrics
 from rendezvous.ids import new_request_id
-from rendezvous.messages import Reason, Request, Result
-from rendezvous.proxy.errors import error_body
-from rendezvous.proxy.metrics import ProxyMetrics
-from rendezvous.runtime import DeploymentRuntime, Server
-from rendezvous.schema import InferRequest, columns_from_oip, columns_from_records
 
 log = logging.getLogger(__name__)
 

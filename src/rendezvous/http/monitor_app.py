@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.errors import NotFoundError, RendezvousError
-from rendezvous.proxy.errors import error_body
-from rendezvous.proxy.metrics import ProxyMetrics
+from rendezvous.http.errors import error_body
+from rendezvous.http.metrics import ProxyMetrics
 
 if TYPE_CHECKING:
-    from rendezvous.runtime import Server
+    from rendezvous.hosting.runtime import Server
 
 __all__ = ["MonitorApp"]
 

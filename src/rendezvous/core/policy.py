@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from rendezvous.core.messages import Reason
 from rendezvous.errors import ConfigError
 from rendezvous.ids import ModelRef
-from rendezvous.messages import Reason
 
 MAX_DEADLINE_MS = 600_000.0
 

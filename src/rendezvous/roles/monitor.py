@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from rendezvous import messages
-from rendezvous.monitor.stats import DeploymentStats
+from rendezvous.core import messages
+from rendezvous.core.stats import DeploymentStats
 from rendezvous.streams.base import Stream, open_stream
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
     """Statistics over every recorded result of a deployment (or those since ``since_ns``),
     read straight from the results stream; works whether or not a server is running. With
     the embedded engine, the logs of every partition (``serve --processes N``) are merged."""
-    from rendezvous.streams.embedded import partition_urls
+    from rendezvous.streams.embedded.log import partition_urls
 
     stats = DeploymentStats(deployment)
     urls = partition_urls(home) if streams == "embedded" else [streams]

@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from rendezvous import messages
-from rendezvous.messages import (
+from rendezvous.core import messages
+from rendezvous.core.messages import (
     ModelOutcome,
     Reason,
     RequestHead,
@@ -31,7 +31,7 @@ from rendezvous.messages import (
     ScoreHead,
     Status,
 )
-from rendezvous.policy import Decision, Mailbox, Schedule, ScoreState, decide
+from rendezvous.core.policy import Decision, Mailbox, Schedule, ScoreState, decide
 from rendezvous.streams.base import Batch, ReturnChannel, Stream
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rendezvous import messages
+from rendezvous.core import messages
+from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError
 from rendezvous.ids import ModelRef
-from rendezvous.policy import Policy
 
 __all__ = ["ProcessRole", "Roles", "groups_of"]
 
@@ -104,7 +104,7 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     proxy to traffic.
     """
     # Imported here: the CLI imports this module, and these pull in numpy and pyarrow.
-    from rendezvous import decoy, monitor, rendezvous, worker
+    from rendezvous.roles import decoy, monitor, rendezvous, worker
 
     topic = messages.topic
     if role is ProcessRole.WORKER:

@@ -40,16 +40,17 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from rendezvous import config, messages
+from rendezvous import config
+from rendezvous.core import messages
+from rendezvous.core.messages import Control, ControlKind
+from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
-from rendezvous.messages import Control, ControlKind
-from rendezvous.policy import Policy
+from rendezvous.hosting.runtime import follow_control
+from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
-from rendezvous.roles import ProcessRole, groups_of
-from rendezvous.runtime import follow_control
-from rendezvous.streams.nats import NatsStream
-from rendezvous.streams.nats_mapping import durable_name, stream_name
-from rendezvous.streams.nats_server import LocalNatsServer
+from rendezvous.streams.nats.engine import NatsStream
+from rendezvous.streams.nats.mapping import durable_name, stream_name
+from rendezvous.streams.nats.server import LocalNatsServer
 
 __all__ = ["Child", "Launcher", "Supervisor", "parent_gone", "role_command", "wait_for_groups"]
 
@@ -315,7 +316,7 @@ class Launcher:
 
     async def _wait_for_proxy(self, proxy: Child) -> str:
         """The proxy's URL once it answers ready (it writes it to its run file)."""
-        from rendezvous.serving import read_run_file
+        from rendezvous.hosting.serving import read_run_file
 
         deadline = time.monotonic() + START_TIMEOUT_S
         async with httpx.AsyncClient(timeout=2) as client:

@@ -1,0 +1,42 @@
+"""What every command shares: the Typer apps, consoles and option types."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from rendezvous import config
+from rendezvous.registry import Registry
+
+app = typer.Typer(help="Rendezvous: every model scores every request; the best answer ready "
+                       "before the deadline wins.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Register, list, show and alias model versions.",
+                         no_args_is_help=True)
+deploy_app = typer.Typer(help="Create and inspect deployments.", no_args_is_help=True)
+archive_app = typer.Typer(help="The decoy's archive of inputs.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(archive_app, name="archive")
+
+# Tables are wide; when output is not a terminal, do not squeeze them to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+Home = Annotated[Path | None, typer.Option("--home", help="Data directory "
+                                           "[env RENDEZVOUS_HOME, default ./.rendezvous]")]
+
+
+def open_registry(home: Path | None) -> Registry:
+    return Registry(config.home(home))
+
+
+def ago(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+

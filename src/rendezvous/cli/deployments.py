@@ -1,0 +1,133 @@
+"""`rendezvous deploy …`, `promote`, `rollback`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from rendezvous import config, deploy
+from rendezvous.cli.common import (
+    Home,
+    ago,
+    app,
+    deploy_app,
+    err,
+    open_registry,
+    out,
+)
+from rendezvous.errors import RendezvousError
+
+# -- deployments ------------------------------------------------------------------------------
+
+
+@deploy_app.command("apply")
+def deploy_apply(file: Path, home: Home = None) -> None:
+    """Create or update a deployment from a TOML spec (see README)."""
+    with open_registry(home) as reg:
+        rec = deploy.apply(reg, file)
+    out.print(f"deployment [bold]{rec.deployment}[/] at policy version {rec.version}")
+    _notify(home, rec.deployment, "reload")
+
+
+@deploy_app.command("create")
+def deploy_create(
+    name: str,
+    champion: Annotated[str, typer.Option(help="NAME@VERSION answering first")],
+    fallback: Annotated[list[str] | None, typer.Option(help="Fallback model (repeatable)")]
+    = None,
+    challenger: Annotated[list[str] | None, typer.Option(help="Shadow model (repeatable)")]
+    = None,
+    canary: Annotated[str | None, typer.Option(help="Pinned reference model")] = None,
+    deadline_ms: float = 100.0,
+    wait_ms: Annotated[float | None, typer.Option(help="How long fallbacks wait for the "
+                                                   "champion [default: the deadline]")] = None,
+    no_decoy: bool = False,
+    home: Home = None,
+) -> None:
+    """Create or update a deployment from flags."""
+    policy = deploy.policy_from_flags(champion=champion, fallbacks=fallback,
+                                      challengers=challenger, canary=canary,
+                                      deadline_ms=deadline_ms, wait_ms=wait_ms,
+                                      decoy=not no_decoy)
+    with open_registry(home) as reg:
+        rec = reg.apply_policy(name, policy)
+    out.print(f"deployment [bold]{name}[/] at policy version {rec.version}")
+    _notify(home, name, "reload")
+
+
+@deploy_app.command("list")
+def deploy_list(home: Home = None) -> None:
+    """List deployments with their champion and policy version."""
+    with open_registry(home) as reg:
+        rows = [(n, *reg.policy(n)) for n in reg.deployments()]
+    table = Table("deployment", "policy", "champion", "models", "deadline")
+    for name, pol, rec in rows:
+        table.add_row(name, str(rec.version), pol.champion or "-",
+                      ", ".join(f"{m.model} ({m.role.value})" for m in pol.models),
+                      f"{pol.deadline_ms:g} ms")
+    out.print(table if rows else "no deployments yet: `rendezvous deploy apply FILE`")
+
+
+@deploy_app.command("history")
+def deploy_history(name: str, home: Home = None) -> None:
+    """Every policy version of a deployment: who, when, what."""
+    with open_registry(home) as reg:
+        hist = reg.policy_history(name)
+    table = Table("version", "action", "at", "by", "champion", "note")
+    for rec in hist:
+        champ = next((m["model"] for m in rec.body["models"] if m["role"] == "champion"), "-")
+        table.add_row(str(rec.version), rec.action, ago(rec.at), rec.by, champ, rec.note)
+    out.print(table)
+
+
+def _notify(home: Path | None, deployment: str, op: str,
+            body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Tell a running server (if any) to apply the change now; returns its answer."""
+    from rendezvous.hosting.serving import read_run_file
+
+    info = read_run_file(config.home(home), deployment)
+    if info is None:
+        return None
+    try:
+        r = httpx.post(f"{info['url']}/v1/admin/deployments/{deployment}/{op}", json=body or {},
+                       headers={"authorization": f"Bearer {info['token']}"}, timeout=30)
+    except httpx.HTTPError:
+        err.print(f"[yellow]note:[/] no server answered at {info['url']}; the change applies "
+                  "when the deployment is served next")
+        return None
+    if r.status_code != 200:
+        raise RendezvousError(f"the running server refused {op}: {r.text}")
+    answer: dict[str, Any] = r.json()
+    out.print(f"running server at {info['url']} switched to policy {answer['policy_version']}")
+    return answer
+
+
+@app.command()
+def promote(deployment: str,
+            model: Annotated[str, typer.Argument(help="NAME@VERSION to become champion")],
+            home: Home = None) -> None:
+    """Make MODEL the champion (the old champion keeps scoring as a challenger)."""
+    from rendezvous.hosting.serving import read_run_file
+
+    if read_run_file(config.home(home), deployment) and _notify(
+            home, deployment, "promote", {"model": model}):
+        return
+    with open_registry(home) as reg:
+        rec = reg.promote(deployment, model)
+    out.print(f"{deployment}: {model} is champion (policy version {rec.version})")
+
+
+@app.command()
+def rollback(deployment: str, home: Home = None) -> None:
+    """Restore the policy the current one replaced."""
+    from rendezvous.hosting.serving import read_run_file
+
+    if read_run_file(config.home(home), deployment) and _notify(home, deployment, "rollback"):
+        return
+    with open_registry(home) as reg:
+        rec = reg.rollback(deployment)
+    out.print(f"{deployment}: rolled back ({rec.note}); policy version {rec.version}")

@@ -1,0 +1,118 @@
+"""`rendezvous status`, `archive export` and `demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rendezvous import config
+from rendezvous.cli.common import (
+    Home,
+    app,
+    archive_app,
+    open_registry,
+    out,
+)
+from rendezvous.registry import Registry
+from rendezvous.roles import decoy
+
+
+@app.command()
+def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = False,
+           streams: Annotated[str, typer.Option(
+               help="Where the results stream is: embedded (every partition under --home) "
+                    "or nats://HOST:PORT")] = "embedded",
+           home: Home = None) -> None:
+    """Per-model request counts, on-time/late/error counts, chosen counts, latency quantiles."""
+    from rendezvous.roles.monitor import stats_from_log
+
+    with open_registry(home) as reg:
+        pol, rec = reg.policy(deployment)
+    stats = asyncio.run(stats_from_log(config.home(home), deployment,
+                                       streams=streams)).to_dict()
+    stats["policy_version"] = rec.version
+    stats["roles"] = {m.model: m.role.value for m in pol.models}
+    if json_out:
+        print(json.dumps(stats))
+        return
+    print_status(stats)
+
+
+def print_status(stats: dict[str, Any]) -> None:
+    roles = stats.get("roles", {})
+    out.print(f"[bold]{stats['deployment']}[/]: {stats['requests']} requests, policy "
+              f"{stats['policy_version']}, reasons {stats['reasons']}, response "
+              f"{stats.get('response_ms', {})} ms")
+    table = Table("model", "role", "requests", "on time", "late", "missing", "error", "chosen",
+                  "p50 ms", "p90 ms", "p99 ms")
+    for model, m in stats["models"].items():
+        lat = m["latency_ms"]
+        table.add_row(model, roles.get(model, "(retired)"), str(m["requests"]),
+                      str(m["on_time"]), str(m["late"]), str(m["missing"]), str(m["error"]),
+                      str(m["chosen"]), *(f"{lat[q]:.2f}" if lat[q] is not None else "-"
+                                          for q in ("p50", "p90", "p99")))
+    out.print(table)
+
+
+@archive_app.command("export")
+def archive_export(deployment: str,
+                   out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
+                   home: Home = None) -> None:
+    """Write every archived input row of DEPLOYMENT to one Parquet file."""
+    n = decoy.export(config.home(home), deployment, out_file)
+    out.print(f"wrote {n} rows to {out_file}")
+
+
+@app.command()
+def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic "
+                                                        "[default: until Ctrl-C]")] = None,
+         port: Annotated[int, typer.Option(help="Port [0 = any free port]")] = 0,
+         home: Home = None) -> None:
+    """Train four models, deploy them as 'demo', serve, send traffic, print a summary."""
+    from rendezvous import demo as d
+    from rendezvous.hosting.serving import running
+
+    root = config.home(home)
+    with out.status("training and registering the demo models…"), Registry(root) as reg:
+        models = d.setup(reg)
+    out.print(f"deployment [bold]demo[/]: {', '.join(models)}")
+
+    async def main() -> None:
+        async with running(["demo"], home=root, port=port) as (proxy, url):
+            out.print(f"serving at {url}; sending traffic"
+                      + (f" for {duration:g} s" if duration else " (Ctrl-C stops)"))
+            with Progress(TextColumn("{task.description}"), BarColumn(),
+                          TextColumn("{task.fields[n]} replies"), TimeRemainingColumn(),
+                          console=out, transient=True) as bar:
+                task = bar.add_task("traffic", total=duration or None, n=0)
+                start = time.monotonic()
+                count = 0
+
+                def tick(_status: int, _model: str) -> None:
+                    nonlocal count
+                    count += 1
+                    bar.update(task, completed=time.monotonic() - start, n=count)
+
+                try:
+                    replies = await d.traffic(url, duration, on_reply=tick)
+                except asyncio.CancelledError:
+                    replies = None
+            await asyncio.sleep(0.3)  # let the last results reach the monitor
+            stats = proxy.server.status("demo")
+            rt = proxy.server.runtimes["demo"]
+            stats["roles"] = {m.model: m.role.value for m in rt.policy.models}
+            out.print(f"HTTP replies: {dict(replies) if replies else 'interrupted'}")
+            print_status(stats)
+            out.print(f"serve it again with: rendezvous serve demo --home {root}")
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        out.print("stopped")

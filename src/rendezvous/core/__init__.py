@@ -1,0 +1,1 @@
+"""The pure core: messages, input schemas, the rendezvous decision and statistics. No I/O."""
