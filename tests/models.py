@@ -26,8 +26,12 @@ def make_constant(value: float, sleep_ms: float = 0.0) -> Fn:
     return predict
 
 
-def make_failing(message: str) -> Fn:
+def make_failing(message: str, above: float | None = None) -> Fn:
+    """Raises ``ValueError(message)``: always, or for batches with an ``x`` over ``above``."""
+
     def predict(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
-        raise ValueError(message)
+        if above is None or bool((columns["x"] > above).any()):
+            raise ValueError(message)
+        return {"predictions": np.zeros(n_rows)}
 
     return predict

@@ -211,14 +211,15 @@ async def test_sla_miss_is_a_504_with_request_id(registry: Registry, serve: Serv
 
 
 async def test_failing_models_are_errors_not_crashes(registry: Registry, serve: Serve) -> None:
-    bad = register_callable(registry, "bad", "tests.models:make_failing", message="boom")
+    bad = register_callable(registry, "bad", "tests.models:make_failing", message="boom",
+                            above=100.0)
     good = register_callable(registry, "good", "tests.models:doubler")
     registry.apply_policy("dep", Policy(deadline_ms=300, models=[
         ModelSpec(bad, Role.CHAMPION, wait_ms=100), ModelSpec(good, Role.FALLBACK)]))
     async with serve("dep") as client:
-        r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1.0, "y": 2.0}])
+        r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1000.0, "y": 2.0}])
         assert r.status_code == 200 and r.json()["model"] == good
-        assert r.json()["predictions"] == [4.0]
+        assert r.json()["predictions"] == [2002.0]
         status = (await client.get("/v1/deployments/dep/status")).json()
         for _ in range(50):
             if status["requests"]:
@@ -227,6 +228,21 @@ async def test_failing_models_are_errors_not_crashes(registry: Registry, serve: 
             status = (await client.get("/v1/deployments/dep/status")).json()
         assert status["models"][bad]["error"] == 1
         assert status["models"][good]["chosen"] == 1
+        assert status["model_states"][bad]["state"] == "ready"  # an error is not a crash
+
+
+async def test_a_model_that_cannot_predict_its_examples_is_failed(registry: Registry,
+                                                                  serve: Serve) -> None:
+    bad = register_callable(registry, "bad", "tests.models:make_failing", message="boom")
+    good = register_callable(registry, "good", "tests.models:doubler")
+    registry.apply_policy("dep", Policy(deadline_ms=300, models=[
+        ModelSpec(bad, Role.CHAMPION, wait_ms=50), ModelSpec(good, Role.FALLBACK)]))
+    async with serve("dep") as client:
+        states = (await client.get("/v2/models/dep")).json()["parameters"]["model_states"]
+        assert states[bad]["state"] == "failed" and "boom" in states[bad]["detail"]
+        assert (await client.get("/v2/health/ready")).status_code == 200  # a fallback is up
+        r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1.0, "y": 2.0}])
+        assert r.status_code == 200 and r.json()["model"] == good
 
 
 async def test_oip_metadata_and_health(registry: Registry, serve: Serve) -> None:

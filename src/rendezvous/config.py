@@ -64,6 +64,10 @@ RETENTION_HOURS = Setting("RENDEZVOUS_RETENTION_HOURS", float, 24.0,
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
 
+READY_TIMEOUT_S = Setting("RENDEZVOUS_READY_TIMEOUT_S", float, 120.0,
+                          "how long start-up waits for every candidate model to load and warm "
+                          "up before serving with those that did")
+
 
 def home(explicit: Path | str | None = None) -> Path:
     """The data directory, created if missing."""

@@ -97,3 +97,16 @@ class AuthError(RendezvousError):
 
 class StreamError(RendezvousError):
     """A stream engine operation failed."""
+
+
+class ModelLoadError(RendezvousError):
+    """Models of a policy could not be loaded or warmed up; the policy was not recorded."""
+
+    def __init__(self, deployment: str, failures: dict[str, str]) -> None:
+        self.deployment = deployment
+        self.failures = dict(failures)
+        lines = "; ".join(f"{m}: {why}" for m, why in sorted(failures.items()))
+        super().__init__(
+            f"deployment {deployment!r}: {len(failures)} model(s) cannot be served ({lines}); "
+            "the policy was not recorded. Register a working version (rendezvous models "
+            "register) or leave the model out of the policy, then apply it again")

@@ -41,10 +41,27 @@ class Role(enum.StrEnum):
     CANARY = "canary"
 
 
-class ModelSpec(msgspec.Struct, omit_defaults=True):
+class Isolation(enum.StrEnum):
+    """Where a model computes. ``process`` (the default): its own supervised OS process, so a
+    slow, leaking or crashing model cannot slow or stop the others. ``thread``: a thread of
+    the serving process, for trusted, light models (no hop between processes, but a model
+    that holds the GIL slows every other role, and one that crashes takes the server down)."""
+
+    PROCESS = "process"
+    THREAD = "thread"
+
+
+class ModelSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     model: str
     role: Role
     wait_ms: float | None = None  # candidates only; defaults to the deadline
+    isolation: Isolation = Isolation.PROCESS
+    max_memory_mb: float | None = None  # a model host over this is restarted; None: no limit
+    max_predict_ms: float | None = None  # one predict call longer: restarted; 10 x deadline
+
+    def predict_limit_ms(self, deadline_ms: float) -> float:
+        """How long one predict call may take before its host is killed and restarted."""
+        return self.max_predict_ms if self.max_predict_ms is not None else 10 * deadline_ms
 
 
 class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -74,6 +91,12 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
             if spec.model in seen:
                 raise ConfigError(f"model {spec.model!r} appears twice; list each version once")
             seen.add(spec.model)
+            for field_name in ("max_memory_mb", "max_predict_ms"):
+                limit = getattr(spec, field_name)
+                if limit is not None and limit <= 0:
+                    raise ConfigError(
+                        f"{field_name}={limit} for {spec.model} must be positive; leave it out "
+                        "for the default")
             if spec.wait_ms is not None and not 0 <= spec.wait_ms <= self.deadline_ms:
                 raise ConfigError(
                     f"wait_ms={spec.wait_ms} for {spec.model} must be between 0 and the "
@@ -139,9 +162,12 @@ def promote(policy: Policy, model: str) -> Policy:
         raise ConfigError(f"{model} is already the champion; nothing to promote")
     rest = [m for m in policy.models if m.model != model and m.role is not Role.CHAMPION]
     wait = old.wait_ms if old is not None else None
-    models = [ModelSpec(model, Role.CHAMPION, wait)]
+    # Each model keeps its hosting settings (isolation, limits) across the swap.
+    spec = next((m for m in policy.models if m.model == model), None) \
+        or ModelSpec(model, Role.CHAMPION)
+    models = [msgspec.structs.replace(spec, role=Role.CHAMPION, wait_ms=wait)]
     if old is not None:
-        models.append(ModelSpec(old.model, Role.CHALLENGER))
+        models.append(msgspec.structs.replace(old, role=Role.CHALLENGER, wait_ms=None))
     models.extend(rest)
     split = {k: v for k, v in policy.split.items() if k in {m.model for m in models}}
     return msgspec.structs.replace(policy, models=models, split=split).validate()

@@ -14,7 +14,8 @@ proxy first (requests in flight get their answers), then the other roles, then t
 Children run in their own process groups, so the terminal's Ctrl-C reaches only the launcher,
 which stops them in that order; they also stop by themselves if the launcher dies (killed with
 -9), and the next launcher on the same data directory stops a nats-server such a death left
-behind. A child that dies is reported, not restarted.
+behind. A child that dies is started again after a capped backoff
+(``supervisor.Backoff``), like every supervised process.
 
 Policy changes are followed: workers are started for a model a new policy adds, and stopped
 once a policy no longer names theirs (after the deadline and the late-grace window).
@@ -27,36 +28,30 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
-import msgspec
 import nats.errors
 import nats.js.errors
 
 from rendezvous import config
-from rendezvous.core import messages
-from rendezvous.core.messages import Control, ControlKind
 from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
-from rendezvous.hosting.runtime import follow_control
+from rendezvous.hosting.supervisor import PARENT_ENV, Child, Supervisor
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
 from rendezvous.streams.nats.engine import NatsStream
 from rendezvous.streams.nats.mapping import durable_name, stream_name
 from rendezvous.streams.nats.server import LocalNatsServer
 
-__all__ = ["Child", "Launcher", "Supervisor", "parent_gone", "role_command", "wait_for_groups"]
+__all__ = ["Launcher", "parent_gone", "role_command", "run_replicas", "wait_for_groups"]
 
 Say = Callable[[str], None]
 START_TIMEOUT_S = 60.0  # loading models may take a while; a child that dies fails at once
-PARENT_ENV = "RENDEZVOUS_PARENT_PID"  # set in the environment of the processes we start
 
 
 async def parent_gone() -> None:
@@ -90,74 +85,6 @@ def role_command(
     if registry_url is not None:
         args += ["--registry", registry_url]
     return args
-
-
-@dataclass
-class Child:
-    """One role process."""
-
-    label: str  # e.g. "worker demo fraud@3 #2"
-    role: ProcessRole
-    args: list[str]
-    model: tuple[str, str] | None = None  # (deployment, model) of a worker
-    proc: subprocess.Popen[bytes] | None = None
-    reported: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-@dataclass
-class Supervisor:
-    """Starts children in their own process groups, reports deaths, stops them gracefully."""
-
-    say: Say
-    children: list[Child] = field(default_factory=list)
-
-    def spawn(self, child: Child) -> Child:
-        # Own process group: a terminal Ctrl-C reaches the supervisor only, which then stops
-        # the children in order instead of all of them at once.
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
-        child.proc = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, env=env,
-                                      process_group=0)
-        self.children.append(child)
-        self.say(f"started {child.label} (pid {child.pid})")
-        return child
-
-    def report_deaths(self) -> list[Child]:
-        """Children that exited since the last call (each reported once)."""
-        dead = [c for c in self.children if not c.alive and not c.reported]
-        for c in dead:
-            c.reported = True
-            code = c.proc.returncode if c.proc is not None else None
-            self.say(f"{c.label} (pid {c.pid}) exited with code {code}; restart it with: "
-                     f"{' '.join(c.args)}")
-        return dead
-
-    async def stop(self, children: list[Child], timeout_s: float = 15.0) -> None:
-        """SIGTERM (a clean stop), then SIGKILL whatever still runs after ``timeout_s``."""
-        alive = [c for c in children if c.alive]
-        for c in alive:
-            c.reported = True  # an exit we asked for is no news
-            with contextlib.suppress(ProcessLookupError):
-                c.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout_s
-        while any(c.alive for c in alive) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for c in alive:
-            if c.alive:
-                self.say(f"{c.label} (pid {c.pid}) did not stop within {timeout_s:g} s; killing")
-                c.proc.kill()  # type: ignore[union-attr]
-            if c.proc is not None:
-                await asyncio.to_thread(c.proc.wait)
-        for c in children:
-            if c in self.children:
-                self.children.remove(c)
 
 
 async def wait_for_groups(stream: NatsStream, pairs: Iterable[tuple[str, str]], *,
@@ -252,7 +179,6 @@ class Launcher:
         await asyncio.to_thread(self.nats.start)
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
         self._stream = await NatsStream.connect(self.nats.url, name="rendezvous-launcher")
-        seen = {n: await self._stream.last_offset(messages.topic(n, "control")) for n in names}
         backends = [self._spawn_role(ProcessRole.RENDEZVOUS)]
         if any(p.decoy for p in self._policies.values()):
             backends.append(self._spawn_role(ProcessRole.DECOY))
@@ -268,15 +194,24 @@ class Launcher:
         self.say(f"serving {', '.join(names)} at {self.proxy_url}: "
                  f"{len(self.sup.children)} processes, {self.replicas} worker process(es) per "
                  "model (Ctrl-C stops them all)")
-        followers = [asyncio.ensure_future(follow_control(
-            self._stream, name, seen[name], self._on_control_for(name))) for name in names]
-        try:
+        versions = {name: 0 for name in names}
+        with Registry(self.home, url=self.registry_url) as reg:
             while True:
-                self.sup.report_deaths()
+                self.sup.restart_dead()
+                await self._follow_registry(reg, versions)
                 await asyncio.sleep(0.5)
-        finally:
-            for f in followers:
-                f.cancel()
+
+    async def _follow_registry(self, reg: Registry, versions: dict[str, int]) -> None:
+        """Policy changes reach the launcher as they reach every process: from the registry."""
+        for name in versions:
+            try:
+                policy, rec = await asyncio.to_thread(reg.policy, name)
+            except RendezvousError as exc:
+                self.say(f"cannot read the policy of {name} ({exc}); retrying")
+                continue
+            if rec.version != versions[name]:
+                versions[name] = rec.version
+                self._follow(name, policy)
 
     async def _take_home(self) -> None:
         """Make sure this launcher is the only one using the server's store: two nats-servers
@@ -335,12 +270,6 @@ class Launcher:
 
     # -- policy changes -------------------------------------------------------------------
 
-    def _on_control_for(self, deployment: str) -> Callable[[Control], Awaitable[None]]:
-        async def apply(ctl: Control) -> None:
-            if ctl.kind is ControlKind.POLICY:
-                self._follow(deployment, msgspec.convert(ctl.body, Policy))
-        return apply
-
     def _follow(self, deployment: str, policy: Policy) -> None:
         """Workers for the models ``policy`` adds; stop, later, those of models it drops."""
         self._policies[deployment] = policy
@@ -366,7 +295,7 @@ class Launcher:
     # -- shutdown -------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        proxies = [c for c in self.sup.children if c.role is ProcessRole.PROXY]
+        proxies = [c for c in self.sup.children if c.role == ProcessRole.PROXY]
         await self.sup.stop(proxies, timeout_s=10)
         await self.sup.stop(list(self.sup.children))
         if self._stream is not None:
@@ -420,7 +349,7 @@ async def run_replicas(args: list[str], replicas: int, stopped: Awaitable[object
         sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, args))
     try:
         while not stop.done():
-            sup.report_deaths()
+            sup.restart_dead()
             await asyncio.wait({stop}, timeout=0.5)
     finally:
         stop.cancel()

@@ -29,6 +29,7 @@ import httpx
 
 from rendezvous import config
 from rendezvous.errors import ConfigError, UnavailableError
+from rendezvous.hosting.supervisor import Backoff, describe_exit
 from rendezvous.registry import Registry
 
 MAX_PROCESSES = 64
@@ -73,13 +74,14 @@ def _child(index: int, deployments: list[str] | None, home: Path, host: str, por
     # client's delayed ACK: ~40 ms per request (what `uvicorn --workers N` shows, since its
     # event loop only sets TCP_NODELAY on sockets it binds itself).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.listen(2048)
+    # Not listening yet: the kernel hands this process connections only once it listens,
+    # which the HTTP server does when every candidate model is warm.
     # Ctrl-C reaches the whole process group; the parent turns it into one SIGTERM each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def main() -> None:
         async with running(deployments, home=home, sock=sock, streams=partition_streams(index),
-                           admin_token=token, watch_registry=True, run_files=False):
+                           admin_token=token, run_files=False):
             await _until_stopped()
 
     asyncio.run(main())
@@ -125,13 +127,13 @@ def serve_processes(
     addr = probe.getsockname()
     url = f"http://{'127.0.0.1' if addr[0] in ('0.0.0.0', '::') else addr[0]}:{addr[1]}"
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
-    pids: list[int] = []
-    for index in range(processes):
+
+    def fork(index: int) -> int:
         pid = os.fork()
         if pid == 0:  # the child never returns into the caller's code
             code = 0
             try:
-                _child(index, list(names), root, bind_host, addr[1], token)
+                _child(index, deployments, root, bind_host, addr[1], token)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -139,17 +141,24 @@ def serve_processes(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        pids.append(pid)
+        return pid
+
     try:
-        _supervise(pids, names, root, url, token, say)
+        _supervise(fork, processes, names, bool(deployments), root, url, token, say)
     finally:
         probe.close()
 
 
-def _supervise(pids: list[int], names: list[str], home: Path, url: str, token: str,
-               say: Callable[[str], None]) -> None:
-    from rendezvous.hosting.serving import _write_run_files
+def _supervise(fork: Callable[[int], int], processes: int, names: list[str], fixed: bool,
+               home: Path, url: str, token: str, say: Callable[[str], None]) -> None:
+    """Start the partitions, restart one that exits (capped backoff, like every supervised
+    child), stop them all on SIGINT or SIGTERM."""
+    from rendezvous.hosting.serving import ALL, write_run_files
 
+    backoff = Backoff()
+    pids = {fork(i): i for i in range(processes)}
+    attempts = dict.fromkeys(range(processes), 0)
+    started = dict.fromkeys(range(processes), time.monotonic())
     stopping = False
 
     def stop(*_: object) -> None:
@@ -162,19 +171,29 @@ def _supervise(pids: list[int], names: list[str], home: Path, url: str, token: s
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     files: list[Path] = []
     try:
-        _wait_ready(url, pids, READY_TIMEOUT_S)
-        files = _write_run_files(home, names, {"url": url, "pid": os.getpid(), "token": token})
-        say(f"serving {', '.join(names)} at {url} with {len(pids)} processes (Ctrl-C stops)")
-        alive = set(pids)
-        while alive:
+        _wait_ready(url, list(pids), READY_TIMEOUT_S)
+        files = write_run_files(home, names if fixed else [ALL],
+                                {"url": url, "pid": os.getpid(), "token": token})
+        say(f"serving {', '.join(names)} at {url} with {processes} processes (Ctrl-C stops)")
+        while pids:
             pid, status = os.wait()
-            alive.discard(pid)
+            index = pids.pop(pid, None)
+            if index is None or stopping:
+                continue
+            if time.monotonic() - started[index] > backoff.reset_after_s:
+                attempts[index] = 0
+            delay = backoff.delay(attempts[index])
+            attempts[index] += 1
+            cause = describe_exit(os.waitstatus_to_exitcode(status))
+            say(f"serving process {index} (pid {pid}) {cause}; starting it again in "
+                f"{delay:.2g} s")
+            time.sleep(delay)
             if not stopping:
-                say(f"serving process {pid} exited ({status}); stopping the others")
-                stop()
+                started[index] = time.monotonic()
+                pids[fork(index)] = index
     finally:
         stop()
-        for pid in pids:
+        for pid in list(pids):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         for f in files:

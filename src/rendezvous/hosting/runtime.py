@@ -1,14 +1,19 @@
-"""Wiring: the roles of one or more deployments, in this process, on one stream engine.
+"""Wiring: the roles of one or more deployments that this process runs, on one stream engine.
 
 ``Server`` owns the stream engine, the return channel and one ``DeploymentRuntime`` per served
-deployment; each runtime owns the roles this process runs (by default all of them: the workers,
-one per model version, the rendezvous server, the decoy and the monitor) as asyncio tasks.
+deployment; each runtime owns the roles this process runs (by default all of them) as asyncio
+tasks, and one *model host* per model version it scores: its own supervised OS process by
+default (``model_host``), a thread of this process for ``isolation = "thread"``.
 
-Policy changes are applied live. In one process: workers for new models start first (from the
-current end of the input stream), then the schedule switches, and workers of models that left
-keep scoring until every request that still needs them is done. Across processes (a shared
-engine, see ``roles``), the process that changes the policy appends a ``Control`` message to
-``<deployment>.control`` and every other process follows that topic and applies it.
+Start-up is warm: every candidate's host has loaded and predicted on the registration's example
+rows (or failed, with its reason) before ``start`` returns, so a server that answers is a server
+whose champion answers. Shadows may still be warming.
+
+Policy changes reach every process one way: the registry. Each process follows its
+deployments' current policy version there (``REGISTRY_WATCH_S``); the process that records a
+change (an admin call) applies it at once. Applying starts hosts for added models and waits
+for them to be warm, then switches the schedule; hosts of models that left keep scoring until
+every request that may still need them is done.
 """
 
 from __future__ import annotations
@@ -20,47 +25,74 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import msgspec
+from typing import Any, Protocol
 
 from rendezvous import config
 from rendezvous.core import messages
-from rendezvous.core.messages import Control, ControlKind
-from rendezvous.core.policy import Policy, Schedule
+from rendezvous.core.policy import Isolation, ModelSpec, Policy, Role, Schedule
 from rendezvous.core.schema import Signature
-from rendezvous.errors import ConfigError, NotFoundError, RendezvousError, UnavailableError
+from rendezvous.errors import (
+    ConfigError,
+    ModelLoadError,
+    NotFoundError,
+    RendezvousError,
+    UnavailableError,
+)
+from rendezvous.hosting.checks import check_loads
+from rendezvous.hosting.model_host import ModelHost
+from rendezvous.hosting.protocol import HostState
+from rendezvous.hosting.thread_host import ThreadHost
 from rendezvous.hosting.topology import ProcessRole, Roles
-from rendezvous.registry import Registry
+from rendezvous.registry import PolicyRecord, Registry
 from rendezvous.roles.decoy import Decoy
 from rendezvous.roles.monitor import Monitor
 from rendezvous.roles.rendezvous import RendezvousServer
-from rendezvous.roles.worker import DecodedRequests, Worker
-from rendezvous.streams.base import Retention, Stream, open_stream
+from rendezvous.roles.scoring import DecodedRequests
+from rendezvous.roles.worker import Worker
+from rendezvous.streams.base import Record, Retention, ReturnTransport, Stream, open_stream
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DeploymentRuntime", "Host", "LocalReturns", "Server"]
+
 TOPICS = ("input", "scores", "results", "feedback", "control")
-REGISTRY_WATCH_S = 0.5
-CONTROL_POLL_S = 0.2  # how often a process looks for policy changes made by another one
+REGISTRY_WATCH_S = 0.5  # how often a process looks for a policy recorded by another one
 RESTART_S = 1.0  # pause before restarting a role that failed (e.g. its engine went away)
+
+
+class Host(Protocol):
+    """Where one model version computes (``ModelHost`` or ``ThreadHost``)."""
+
+    model: str
+    state: HostState
+    detail: str
+
+    def info(self) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def settled(self, *, timeout_s: float) -> HostState: ...
+
+    async def score(self, records: list[Record]) -> bytes | None: ...
+
+    async def stop(self) -> None: ...
 
 
 class LocalReturns:
     """Return channel: return address -> callback, inside this process first.
 
-    With a ``remote`` transport attached (``NatsReturns``), results for addresses this process
-    does not own are sent there, and every address registered here is also listened for
-    there, so proxies and rendezvous servers may live in different processes.
+    With the engine's ``ReturnTransport`` attached (a shared engine), results for addresses
+    this process does not own are sent there, and every address registered here is also
+    listened for there, so proxies and rendezvous servers may live in different processes.
     """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Callable[[bytes], None]] = {}
-        self.remote: Any = None  # NatsReturns, imported only with the NATS engine
+        self.remote: ReturnTransport | None = None
 
     @property
     def connected(self) -> bool:
-        return self.remote is None or bool(self.remote.connected)
+        return self.remote is None or self.remote.connected
 
     def register(self, address: str, handler: Callable[[bytes], None]) -> None:
         self._handlers[address] = handler
@@ -72,7 +104,7 @@ class LocalReturns:
         if self.remote is not None:
             self.remote.forget(address)
 
-    async def attach(self, remote: Any) -> None:
+    async def attach(self, remote: ReturnTransport) -> None:
         """Listen on ``remote`` for every address registered so far (and later ones)."""
         self.remote = remote
         for address, handler in self._handlers.items():
@@ -93,55 +125,18 @@ class LocalReturns:
             await self.remote.close()
 
 
-def remote_returns(stream: Stream) -> Any:
-    """The return transport between processes for ``stream``'s engine, or None when the
-    engine lives inside one process (embedded)."""
-    try:
-        from rendezvous.streams.nats.engine import NatsStream
-        from rendezvous.streams.nats.returns import NatsReturns
-    except ImportError:  # nats-py missing: no NATS engine either
-        return None
-    return NatsReturns(stream.nc) if isinstance(stream, NatsStream) else None
-
-
-async def follow_control(stream: Stream, deployment: str, after: int,
-                         apply: Callable[[Control], Awaitable[None]], *,
-                         every_s: float = CONTROL_POLL_S) -> None:
-    """Call ``apply`` for every control message of ``deployment`` after offset ``after``.
-
-    Tails the topic with ``read`` rather than a consumer group: each process needs every
-    message, and a group per process would leave one durable group behind per process ever
-    started. Runs until cancelled; an engine outage only delays it.
-    """
-    topic = messages.topic(deployment, "control")
-    cursor = after
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            if await stream.last_offset(topic) <= cursor:
-                continue
-            records = await stream.read(topic, from_offset=cursor + 1, limit=100)
-        except RendezvousError as exc:
-            log.debug("%s: control topic unreachable (%s); retrying", deployment, exc)
-            continue
-        for rec in records:
-            cursor = rec.offset
-            try:
-                await apply(messages.control_decoder.decode(rec.data))
-            except (msgspec.DecodeError, msgspec.ValidationError, RendezvousError) as exc:
-                log.error("%s: ignoring control message %s: %s", deployment, rec.offset, exc)
-
-
 class DeploymentRuntime:
-    """The roles of one deployment that this process runs."""
+    """The roles of one deployment that this process runs, and its model hosts."""
 
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: Server, name: str, policy: Policy, version: int,
+                 signature: Signature) -> None:
         self.server = server
         self.name = name
-        self.policy: Policy = Policy()
-        self.policy_version = 0
-        self.schedule: Schedule | None = None
-        self.signature: Signature | None = None
+        self.policy = policy
+        self.policy_version = version
+        self.schedule: Schedule = policy.schedule(name, version)
+        self.signature = signature
+        self.hosts: dict[str, Host] = {}
         self.workers: dict[str, Worker] = {}
         self.rendezvous: RendezvousServer | None = None
         self.decoy: Decoy | None = None
@@ -150,12 +145,28 @@ class DeploymentRuntime:
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._stopping = False
-        self._retired: set[str] = set()  # models whose workers stopped for good
-        self._decoded = DecodedRequests()  # workers in this process decode each request once
+        self._decoded = DecodedRequests()  # thread-hosted models decode each request once
 
     @property
     def stream(self) -> Stream:
         return self.server.stream
+
+    @property
+    def ready(self) -> bool:
+        """Serving: some candidate's host is ready (processes without workers: always)."""
+        if ProcessRole.WORKER not in self.server.roles:
+            return True
+        return any(self.hosts[c.model].state is HostState.READY
+                   for c in self.schedule.candidates if c.model in self.hosts)
+
+    def model_states(self) -> dict[str, dict[str, Any]]:
+        """Each hosted model's state (``loading`` … ``failed``), restarts and last exit."""
+        return {m: {**h.info(), "role": self._role(m)} for m, h in sorted(self.hosts.items())}
+
+    def _role(self, model: str) -> str:
+        return next((s.role.value for s in self.policy.models if s.model == model), "retired")
+
+    # -- tasks ----------------------------------------------------------------------------
 
     def _spawn_role(self, key: object, run: Callable[[], Awaitable[None]]) -> None:
         """Run a role until it stops; if it fails, start it again after ``RESTART_S``.
@@ -188,89 +199,97 @@ class DeploymentRuntime:
         self._tasks[key] = task
 
     def _done(self, key: object, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(key, None)
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: role %s stopped with an error", self.name, key,
                       exc_info=task.exception())
 
+    # -- start ------------------------------------------------------------------------------
+
     async def start(self) -> None:
-        registry, roles = self.server.registry, self.server.roles
+        roles = self.server.roles
         retention = Retention(max_age_s=config.RETENTION_HOURS.get() * 3600)
         for kind in TOPICS:
             await self.stream.ensure_topic(messages.topic(self.name, kind), retention=retention)
-        # Note the control topic's end before reading the policy: a change announced in
-        # between is then applied by the follower rather than missed.
-        seen = await self.stream.last_offset(messages.topic(self.name, "control")) \
-            if self.server.shared else 0
-        policy, rec = await asyncio.to_thread(registry.policy, self.name)
-        self.signature = await asyncio.to_thread(registry.deployment_signature, self.name)
-        schedule = policy.schedule(self.name, rec.version)
         if ProcessRole.WORKER in roles:
-            await self._start_workers(self._worker_models(policy, rec.version))
+            await self._start_models(self._worker_models(self.policy))
         if ProcessRole.RENDEZVOUS in roles:
             self.rendezvous = RendezvousServer(
-                self.stream, self.name, schedule, self.server.returns,
+                self.stream, self.name, self.schedule, self.server.returns,
                 late_grace_ms=self.server.late_grace_ms)
             self._spawn_role("rendezvous", self.rendezvous.run)
-        if ProcessRole.DECOY in roles and policy.decoy:
+        if ProcessRole.DECOY in roles and self.policy.decoy:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
             self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
             self.monitor = Monitor(self.stream, self.name)
             self._spawn_role("monitor", self.monitor.run)
-        self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
-        if self.server.shared:
-            self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))
-        if self.server.watch_registry:
-            self._spawn("registry", self._watch_registry())
+        self._spawn("registry", self._watch_registry())
 
-    def _worker_models(self, policy: Policy, version: int) -> list[str]:
+    def _worker_models(self, policy: Policy) -> list[ModelSpec]:
         """The model versions this process scores: ``--model`` ones, else the policy's."""
         fixed = self.server.roles.models
+        specs = {s.model: s for s in policy.models}
         for model in fixed:
-            if model not in policy.model_names():
+            if model not in specs:
                 # Allowed on purpose: start a new version's workers, then add it to the policy.
                 log.warning("%s: %s is not in policy %s; its scores are recorded but not used "
-                            "until a policy names it", self.name, model, version)
-        return list(fixed) or policy.model_names()
+                            "until a policy names it", self.name, model, self.policy_version)
+        return [specs.get(m) or ModelSpec(m, Role.CHALLENGER) for m in fixed] \
+            if fixed else list(policy.models)
 
-    async def _start_workers(self, models: list[str]) -> None:
-        new = [m for m in models if m not in self.workers]
+    def _make_host(self, spec: ModelSpec) -> Host:
+        worker = f"{self.server.process_id}/{spec.model}"
+        if spec.isolation is Isolation.THREAD:
+            return ThreadHost(registry=self.server.registry, deployment=self.name,
+                              model=spec.model, worker=worker, decoded=self._decoded)
+        return ModelHost(home=self.server.home, deployment=self.name, model=spec.model,
+                         worker=worker, registry_url=self.server.registry_url,
+                         max_memory_mb=spec.max_memory_mb,
+                         max_predict_ms=spec.predict_limit_ms(self.policy.deadline_ms))
+
+    async def _start_models(self, specs: list[ModelSpec], *, wait_all: bool = False,
+                            schedule: Schedule | None = None) -> list[Host]:
+        """Start hosts for the models not hosted yet, wait until the candidates among them
+        (every one with ``wait_all``) are warm, failed, or ``READY_TIMEOUT_S`` passed, then
+        start their workers. Returns the new hosts."""
+        new = [self._make_host(s) for s in specs if s.model not in self.hosts]
         if not new:
-            return
-        registry = self.server.registry
-        predictors = await asyncio.gather(*(asyncio.to_thread(registry.load, m) for m in new))
+            return []
+        for host in new:
+            await host.start()
+            self.hosts[host.model] = host
+        candidates = {c.model for c in (schedule or self.schedule).candidates}
+        waited = [h for h in new if wait_all or h.model in candidates]
+        timeout = config.READY_TIMEOUT_S.get()
+        await asyncio.gather(*(h.settled(timeout_s=timeout) for h in waited))
         # Start from the current end of the input stream: every request appended from now on
-        # is scored, and the schedule that expects these models is switched on only after.
-        # (A group that already has a committed position resumes from there instead.)
+        # is scored, and a schedule that expects these models is switched on only after.
+        # (A group that already has a committed position resumes from there instead.) A
+        # shadow still warming takes no scores until it is ready: they are missing.
         start = await self.stream.last_offset(self.input_topic) + 1
-        for model, predictor in zip(new, predictors, strict=True):
-            self._retired.discard(model)
-            self._spawn_role(("worker", model), self._worker_run(model, predictor, start))
+        for host in new:
+            worker = Worker(self.stream, self.name, host.model, host, start=start)
+            self.workers[host.model] = worker
+            self._spawn_role(("worker", host.model), worker.run)
+        return new
 
-    def _worker_run(self, model: str, predictor: Any, start: int) -> Callable[[], Awaitable[None]]:
-        # A fresh Worker on every (re)start: a stopped one has shut its model thread down.
-        def run() -> Awaitable[None]:
-            if model in self._retired:  # retired while it waited to restart
-                return asyncio.sleep(0)
-            assert self.signature is not None
-            worker = Worker(self.stream, self.name, model, predictor, self.signature,
-                            worker_id=f"{self.server.process_id}/{model}", start=start,
-                            decoded=self._decoded)
-            self.workers[model] = worker
-            return worker.run()
+    def failed_models(self) -> dict[str, str]:
+        """Models whose host could not load them, with the reason."""
+        return {m: h.detail for m, h in self.hosts.items() if h.state is HostState.FAILED}
 
-        return run
+    # -- policy changes -------------------------------------------------------------------
 
     async def _apply(self, policy: Policy, version: int) -> None:
         """Switch this process's roles to ``policy`` (call with the lock held)."""
         schedule = policy.schedule(self.name, version)
         follows_policy = ProcessRole.WORKER in self.server.roles and not self.server.roles.models
         if follows_policy:
-            await self._start_workers(policy.model_names())
+            await self._start_models(policy.models, schedule=schedule)
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
-        retired = [m for m in self.workers if m not in policy.model_names()] \
+        retired = [m for m in self.hosts if m not in policy.model_names()] \
             if follows_policy else []
         self.policy, self.policy_version, self.schedule = policy, version, schedule
         if retired:
@@ -280,30 +299,30 @@ class DeploymentRuntime:
                 linger, lambda: self._spawn(("retire", version), self._retire(retired)))
         log.info("%s: now at policy %s", self.name, version)
 
+    async def check_models(self, policy: Policy) -> dict[str, str]:
+        """Start hosts for the models ``policy`` adds and wait until they are warm; returns
+        those that failed to load, with the reason (their hosts are stopped again)."""
+        if ProcessRole.WORKER not in self.server.roles:
+            return {}
+        async with self._lock:
+            new = await self._start_models(
+                [s for s in policy.models if s.model not in self.hosts], wait_all=True)
+        failed = {h.model: h.detail for h in new if h.state is HostState.FAILED}
+        if failed:
+            await self._retire(list(failed), force=True)
+        return failed
+
     async def reload(self) -> int:
-        """Apply the registry's current policy if it changed and announce it to the other
-        processes on the control topic; returns the policy version."""
+        """Apply the registry's current policy if it changed; returns the policy version."""
         async with self._lock:
             policy, rec = await asyncio.to_thread(self.server.registry.policy, self.name)
-            if rec.version == self.policy_version:
-                return rec.version
-            # Announce first: if that fails, no process (this one included) has switched, and
-            # a retry of the reload switches them all.
-            try:
-                await self.stream.append(messages.topic(self.name, "control"), [
-                    messages.encode(Control(deployment=self.name, kind=ControlKind.POLICY,
-                                            policy_version=rec.version, body=rec.body))])
-            except RendezvousError as exc:
-                raise UnavailableError(
-                    f"policy {rec.version} of {self.name} is recorded but could not be "
-                    f"announced ({exc}); retry with POST "
-                    f"/v1/admin/deployments/{self.name}/reload") from exc
-            await self._apply(policy, rec.version)
+            if rec.version != self.policy_version:
+                await self._apply(policy, rec.version)
             return rec.version
 
     async def _watch_registry(self) -> None:
-        """Follow policy changes recorded in the registry by other processes that share it but
-        not this process's stream (partitions of ``serve --processes N``)."""
+        """Follow policy changes recorded by other processes (the one path every process
+        learns of a change: promote, rollback or apply through any proxy or the CLI)."""
         while True:
             await asyncio.sleep(REGISTRY_WATCH_S)
             try:
@@ -311,34 +330,32 @@ class DeploymentRuntime:
             except RendezvousError as exc:
                 log.warning("%s: cannot read the registry (%s); retrying", self.name, exc)
                 continue
-            if rec.version > self.policy_version:
-                await self.reload()
+            if rec.version != self.policy_version:
+                try:
+                    await self.reload()
+                except RendezvousError as exc:
+                    log.error("%s: cannot apply policy %s: %s", self.name, rec.version, exc)
 
-    async def _follow(self, ctl: Control) -> None:
-        """Apply a policy another process announced (its own announcements come back too)."""
-        if ctl.kind is not ControlKind.POLICY or ctl.policy_version <= self.policy_version:
-            return
-        policy = msgspec.convert(ctl.body, Policy)
-        async with self._lock:
-            if ctl.policy_version > self.policy_version:
-                await self._apply(policy, ctl.policy_version)
-
-    async def _retire(self, models: list[str]) -> None:
+    async def _retire(self, models: list[str], *, force: bool = False) -> None:
         for model in models:
-            if model in self.policy.model_names():  # came back meanwhile
+            if model in self.policy.model_names() and not force:  # came back meanwhile
                 continue
-            self._retired.add(model)
             worker = self.workers.pop(model, None)
             if worker is not None:
                 await worker.stop()
+            host = self.hosts.pop(model, None)
+            if host is not None:
+                await host.stop()
+
+    # -- stop -------------------------------------------------------------------------------
 
     async def stop(self) -> None:
         # Order matters: stop intake (the proxy already did), let workers and the rendezvous
-        # finish, flush the decoy, then the monitor.
+        # finish, flush the decoy, then the monitor; model hosts last.
         self._stopping = True
-        control = self._tasks.get("control")
-        if control is not None:
-            control.cancel()
+        watch = self._tasks.get("registry")
+        if watch is not None:
+            watch.cancel()
         for w in self.workers.values():
             await w.stop()
         if self.rendezvous is not None:
@@ -354,6 +371,7 @@ class DeploymentRuntime:
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*(h.stop() for h in self.hosts.values()))
 
 
 class Server:
@@ -362,17 +380,20 @@ class Server:
     ``roles`` picks what this process runs (default: everything); running only some of them
     needs an engine shared between processes (NATS). ``registry_url``: a SQL URL for a
     registry shared by machines (PostgreSQL); default the SQLite file under ``home``.
+    ``deployments`` None or empty: every deployment of the registry, including those created
+    while serving.
     """
 
     def __init__(self, home: Path | str | None = None, deployments: list[str] | None = None, *,
                  streams: str | None = None, late_grace_ms: float | None = None,
-                 roles: Roles | None = None, registry_url: str | None = None,
-                 watch_registry: bool = False) -> None:
+                 roles: Roles | None = None, registry_url: str | None = None) -> None:
         self.home = config.home(home)
         self.deployment_names = list(deployments or [])
+        self.serves_all = not self.deployment_names
         self.streams_url = config.STREAMS.get(streams)
         self.late_grace_ms = config.LATE_GRACE_MS.get(late_grace_ms)
         self.roles = roles or Roles()
+        self.registry_url = registry_url
         self.registry = Registry(self.home, url=registry_url)
         self.returns = LocalReturns()
         # Names the scoring process in every Score: host and pid find it among many.
@@ -380,22 +401,22 @@ class Server:
         self.runtimes: dict[str, DeploymentRuntime] = {}
         self.stream: Stream
         self.shared = False  # True when other processes may share the engine (NATS)
-        # Follow policy versions in the registry (processes that share it, not a stream).
-        self.watch_registry = watch_registry
         self._started = False
+        self._adding = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
-        """Started, and (on a shared engine) connected to it: what readiness reports."""
-        return self._started and self.returns.connected
+        """Started, connected to its engine, and every deployment has a warm candidate."""
+        return self._started and self.returns.connected and all(
+            rt.ready for rt in self.runtimes.values())
 
     async def start(self) -> None:
-        if not self.deployment_names:
+        if self.serves_all:
             self.deployment_names = await asyncio.to_thread(self.registry.deployments)
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
         self.stream = await open_stream(self.streams_url, home=self.home)
-        remote = remote_returns(self.stream)
+        remote = self.stream.return_transport()
         if remote is None and not self.roles.everything:
             await self.stream.close()
             raise ConfigError(
@@ -408,23 +429,69 @@ class Server:
             if remote is not None:
                 await self.returns.attach(remote)
                 self.shared = True
-            for name in self.deployment_names:
-                rt = DeploymentRuntime(self, name)
-                self.runtimes[name] = rt
-                await rt.start()
+            await asyncio.gather(*(self.add(name) for name in self.deployment_names))
         except BaseException:
-            # E.g. a model that does not load: stop what did start, so nothing is left
-            # holding the engine's groups.
+            # Stop what did start, so nothing is left holding the engine's groups.
             await self.stop()
             raise
         self._started = True
+
+    async def add(self, name: str) -> DeploymentRuntime:
+        """Serve deployment ``name`` (already recorded in the registry) from now on."""
+        async with self._adding:
+            rt = self.runtimes.get(name)
+            if rt is not None:
+                return rt
+            policy, rec = await asyncio.to_thread(self.registry.policy, name)
+            signature = await asyncio.to_thread(self.registry.deployment_signature, name)
+            rt = DeploymentRuntime(self, name, policy, rec.version, signature)
+            self.runtimes[name] = rt
+            if name not in self.deployment_names:
+                self.deployment_names.append(name)
+        await rt.start()
+        return rt
+
+    async def runtime(self, name: str) -> DeploymentRuntime:
+        """The runtime of ``name``; a deployment created while serving every deployment is
+        started on first use."""
+        rt = self.runtimes.get(name)
+        if rt is not None:
+            return rt
+        if self.serves_all and self._started and \
+                name in await asyncio.to_thread(self.registry.deployments):
+            return await self.add(name)
+        known = ", ".join(sorted(self.runtimes)) or "none"
+        raise NotFoundError("deployment", name, f"this server serves: {known}")
+
+    async def apply_policy(self, name: str, policy: Policy, *, by: str,
+                           note: str = "") -> PolicyRecord:
+        """Record ``policy`` for deployment ``name`` once every model it adds has loaded and
+        warmed up, and switch to it; raises ``ModelLoadError`` (nothing recorded) otherwise.
+        A new deployment is served from then on when this server serves every deployment."""
+        resolved = await asyncio.to_thread(self.registry.resolve_policy, name, policy)
+        rt = self.runtimes.get(name)
+        if rt is not None and ProcessRole.WORKER in self.roles:
+            failed = await rt.check_models(resolved)
+        else:
+            failed = await check_loads(resolved, home=self.home, deployment=name,
+                                       registry_url=self.registry_url)
+        if failed:
+            raise ModelLoadError(name, failed)
+        rec = await asyncio.to_thread(self.registry.apply_policy, name, resolved, by=by,
+                                      note=note)
+        if rt is not None:
+            await rt.reload()
+        elif self.serves_all:
+            await self.add(name)
+        return rec
 
     async def stop(self) -> None:
         self._started = False
         for rt in self.runtimes.values():
             await rt.stop()
         await self.returns.close()
-        await self.stream.close()
+        with contextlib.suppress(AttributeError):  # the engine never opened
+            await self.stream.close()
         self.registry.close()
 
     def status(self, deployment: str) -> dict[str, Any]:
@@ -434,6 +501,6 @@ class Server:
                 "monitor of deployment", deployment,
                 f"this process runs only {self.roles.label}; ask the `serve --role monitor` "
                 f"process: GET /v1/deployments/{deployment}/status on its --port")
-        live = rt.workers if ProcessRole.WORKER in self.roles else rt.policy.model_names()
+        live = rt.hosts if ProcessRole.WORKER in self.roles else rt.policy.model_names()
         return {**rt.monitor.stats.to_dict(), "policy_version": rt.policy_version,
-                "models_live": sorted(live)}
+                "models_live": sorted(live), "model_states": rt.model_states()}

@@ -28,6 +28,8 @@ from rendezvous.hosting.runtime import Server
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.http import Proxy
 
+ALL = "_all"  # run file of a server serving every deployment (names start alphanumeric)
+
 
 def run_file(home: Path, deployment: str) -> Path:
     return home / "run" / f"{deployment}.json"
@@ -38,14 +40,18 @@ def monitor_run_file(home: Path, deployment: str) -> Path:
 
 
 def read_run_file(home: Path, deployment: str) -> dict[str, Any] | None:
-    try:
-        info: dict[str, Any] = json.loads(run_file(home, deployment).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return info
+    """Where the server serving ``deployment`` listens, and its admin token; a server that
+    serves every deployment also answers for one created after it started."""
+    for name in (deployment, ALL):
+        try:
+            info: dict[str, Any] = json.loads(run_file(home, name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        return info
+    return None
 
 
-def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
+def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
                      kind: str = "") -> list[Path]:
     paths = []
     for name in deployments:
@@ -97,37 +103,42 @@ async def running(
     host: str | None = None, port: int | None = None, streams: str | None = None,
     admin_token: str | None = None, roles: Roles | None = None,
     registry_url: str | None = None, sock: socket.socket | None = None,
-    watch_registry: bool = False, run_files: bool = True,
+    run_files: bool = True,
 ) -> AsyncIterator[tuple[Proxy, str]]:
     """Serve in the current event loop; yields (proxy, base URL) once ready.
 
-    ``roles``: what this process runs besides the HTTP edge, default everything;
-    ``Roles.only("proxy")`` for a proxy on a shared engine (``streams="nats://…"``).
-    ``sock``: serve on this listening socket (shared by the processes of
-    ``serve --processes N``) instead of binding ``host:port``.
+    The port opens only once every candidate model is warm (or has failed, with its reason:
+    see ``proxy.server.runtimes[d].failed_models()``), so the first request is answered like
+    the thousandth. ``roles``: what this process runs besides the HTTP edge, default
+    everything; ``Roles.only("proxy")`` for a proxy on a shared engine
+    (``streams="nats://…"``). ``sock``: serve on this socket (one of the ``SO_REUSEPORT``
+    group of ``serve --processes N``) instead of binding ``host:port``.
 
     >>> # async with running(["demo"], port=0) as (proxy, url): ...
     """
     home = config.home(home)
     if roles is not None and ProcessRole.PROXY not in roles:
         raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
-    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
-                    watch_registry=watch_registry)
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
-    async with _http(proxy, host, port, sock=sock) as (_, url):
-        # Everything loaded so far (libraries, models) lives as long as the process: move it
-        # out of the collector's sight so full collections stay short while serving.
-        gc.collect()
-        gc.freeze()
-        files = _write_run_files(home, server.deployment_names,
-                                 {"url": url, "pid": os.getpid(), "token": token}) \
-            if run_files else []
-        try:
-            yield proxy, url
-        finally:
-            for f in files:
-                f.unlink(missing_ok=True)
+    await proxy.start()
+    try:
+        async with _http(proxy, host, port, sock=sock, lifespan="off") as (_, url):
+            # Everything loaded so far (libraries) lives as long as the process: move it out
+            # of the collector's sight so full collections stay short while serving.
+            gc.collect()
+            gc.freeze()
+            names = [ALL] if server.serves_all else server.deployment_names
+            files = write_run_files(home, names, {"url": url, "pid": os.getpid(),
+                                                   "token": token}) if run_files else []
+            try:
+                yield proxy, url
+            finally:
+                for f in files:
+                    f.unlink(missing_ok=True)
+    finally:
+        await proxy.stop()
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +165,7 @@ async def running_roles(
         from rendezvous.http.monitor_app import MonitorApp
 
         async with _http(MonitorApp(server), host, port, lifespan="off") as (_, url):
-            files = _write_run_files(home, server.deployment_names,
+            files = write_run_files(home, server.deployment_names,
                                      {"url": url, "pid": os.getpid()}, kind="monitor")
             try:
                 yield server, url

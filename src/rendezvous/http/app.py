@@ -23,10 +23,12 @@ import msgspec
 from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.core.messages import Reason, Request, Result
+from rendezvous.core.policy import Policy
 from rendezvous.core.schema import InferRequest, columns_from_oip, columns_from_records
 from rendezvous.errors import (
     AuthError,
     BadRequestError,
+    ConfigError,
     NotFoundError,
     PayloadTooLargeError,
     RendezvousError,
@@ -116,6 +118,8 @@ class Proxy:
             ("GET", re.compile(r"^/v1/deployments$"), self._list),
             ("POST", re.compile(r"^/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
                                 r"rollback)$"), self._admin),
+            ("POST", re.compile(r"^/v1/admin/deployments/(?P<d>[^/]+)/apply$"),
+             self._apply_policy),
             ("GET", re.compile(r"^/metrics$"), self._metrics),
         ]
 
@@ -209,12 +213,8 @@ class Proxy:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _runtime(self, name: str) -> DeploymentRuntime:
-        rt = self.server.runtimes.get(name)
-        if rt is None:
-            known = ", ".join(sorted(self.server.runtimes)) or "none"
-            raise NotFoundError("deployment", name, f"this server serves: {known}")
-        return rt
+    async def _runtime(self, name: str) -> DeploymentRuntime:
+        return await self.server.runtime(name)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -298,7 +298,7 @@ class Proxy:
                 (b"x-rendezvous-reason", result.reason.value.encode())]
 
     async def _infer(self, params: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
-        rt = self._runtime(params["d"])
+        rt = await self._runtime(params["d"])
         try:
             req = _oip_decode.decode(body)
         except msgspec.ValidationError as exc:
@@ -321,7 +321,7 @@ class Proxy:
 
     async def _predict(self, params: dict[str, str], body: bytes,
                        headers: dict[str, str]) -> Reply:
-        rt = self._runtime(params["d"])
+        rt = await self._runtime(params["d"])
         try:
             doc = _json_decode.decode(body)
         except msgspec.DecodeError as exc:
@@ -356,12 +356,12 @@ class Proxy:
                                    "extensions": ["rendezvous"]}), list(_JSON))
 
     async def _model_ready(self, params: dict[str, str], *_: Any) -> Reply:
-        rt = self._runtime(params["d"])
-        return Reply(200 if self.server.ready else 503,
-                     _encode({"name": rt.name, "ready": self.server.ready}), list(_JSON))
+        rt = await self._runtime(params["d"])
+        ok = self.server.ready and rt.ready
+        return Reply(200 if ok else 503, _encode({"name": rt.name, "ready": ok}), list(_JSON))
 
     async def _model_meta(self, params: dict[str, str], *_: Any) -> Reply:
-        rt = self._runtime(params["d"])
+        rt = await self._runtime(params["d"])
         assert rt.signature is not None
         return Reply(200, _encode({
             "name": rt.name, "versions": rt.policy.model_names(), "platform": "rendezvous",
@@ -372,23 +372,49 @@ class Proxy:
             "parameters": {"policy_version": rt.policy_version,
                            "deadline_ms": rt.policy.deadline_ms,
                            "champion": rt.policy.champion,
-                           "models": {m.model: m.role.value for m in rt.policy.models}},
+                           "models": {m.model: m.role.value for m in rt.policy.models},
+                           # loading | warming | ready | restarting | failed (with detail);
+                           # shadows may still be warming while the deployment is ready.
+                           "model_states": rt.model_states()},
         }), list(_JSON))
 
     async def _list(self, *_: Any) -> Reply:
         return Reply(200, _encode({"deployments": sorted(self.server.runtimes)}), list(_JSON))
 
     async def _status(self, params: dict[str, str], *_: Any) -> Reply:
-        self._runtime(params["d"])
+        await self._runtime(params["d"])
         return Reply(200, _encode(self.server.status(params["d"])), list(_JSON))
 
-    async def _admin(self, params: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
+    def _authorize(self, headers: dict[str, str]) -> None:
         auth = headers.get("authorization", "")
         token = auth.removeprefix("Bearer ").strip()
         if not self.admin_token or not hmac.compare_digest(token, self.admin_token):
             raise AuthError("admin endpoints need 'Authorization: Bearer <token>'; the token is "
                             "in <home>/run/server.json or RENDEZVOUS_ADMIN_TOKEN")
-        rt = self._runtime(params["d"])
+
+    async def _apply_policy(self, params: dict[str, str], body: bytes,
+                            headers: dict[str, str]) -> Reply:
+        """Record a policy once its models load (the server keeps their hosts), then switch."""
+        self._authorize(headers)
+        try:
+            doc = _json_decode.decode(body or b"{}")
+        except msgspec.DecodeError as exc:
+            raise BadRequestError(f"malformed JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("policy"), dict):
+            raise BadRequestError('apply needs a JSON body {"policy": {...}, "note": "..."}')
+        try:
+            policy = msgspec.convert(doc["policy"], Policy)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid policy: {exc}") from None
+        rec = await self.server.apply_policy(params["d"], policy,
+                                             by=str(doc.get("by") or "admin-api"),
+                                             note=str(doc.get("note") or ""))
+        return Reply(200, _encode({"deployment": rec.deployment, "policy_version": rec.version,
+                                   "champion": policy.champion}), list(_JSON))
+
+    async def _admin(self, params: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
+        self._authorize(headers)
+        rt = await self._runtime(params["d"])
         registry = self.server.registry
         if params["op"] == "promote":
             try:

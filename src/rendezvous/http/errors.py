@@ -16,6 +16,7 @@ STATUS: list[tuple[type[e.RendezvousError], int, str]] = [
     (e.PayloadTooLargeError, 413, "payload_too_large"),
     (e.ValidationError, 422, "validation_error"),
     (e.ConfigError, 422, "invalid_config"),
+    (e.ModelLoadError, 422, "model_load_failed"),
     (e.UnavailableError, 503, "unavailable"),
     (e.SlaMissError, 504, "sla_miss"),
     (e.ArtifactIntegrityError, 500, "artifact_integrity"),
@@ -38,6 +39,8 @@ def error_body(exc: e.RendezvousError, request_id: str | None = None) -> tuple[i
     body: dict[str, Any] = {"error": str(exc), "code": code}
     if isinstance(exc, e.ValidationError) and exc.problems:
         body["problems"] = exc.problems
+    if isinstance(exc, e.ModelLoadError):
+        body["failures"] = exc.failures
     if request_id:
         body["request_id"] = request_id
     headers: list[Any] = []

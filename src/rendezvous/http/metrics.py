@@ -35,8 +35,17 @@ class _MonitorCollector:
                                     labels=["deployment", "model", "quantile"])
         policy = GaugeMetricFamily("rendezvous_policy_version", "Current policy version",
                                    labels=["deployment"])
+        up = GaugeMetricFamily("rendezvous_model_up",
+                               "1 while a model's host is ready to score, else 0",
+                               labels=["deployment", "model", "state"])
+        restarts = CounterMetricFamily("rendezvous_model_restarts",
+                                       "Times a model's host was restarted (exit, crash, memory "
+                                       "or predict-time limit)", labels=["deployment", "model"])
         for name, rt in self.server.runtimes.items():
             policy.add_metric([name], rt.policy_version)
+            for model, host in rt.model_states().items():
+                up.add_metric([name, model, host["state"]], host["state"] == "ready")
+                restarts.add_metric([name, model], host["restarts"])
             if rt.monitor is None:
                 continue
             for model, ms in rt.monitor.stats.models.items():
@@ -47,7 +56,7 @@ class _MonitorCollector:
                 for q, v in d["latency_ms"].items():
                     if v is not None:
                         latency.add_metric([name, model, q], v)
-        yield from (status, chosen, latency, policy)
+        yield from (status, chosen, latency, policy, up, restarts)
 
 
 class ProxyMetrics:

@@ -211,6 +211,12 @@ class Registry:
     def apply_policy(self, deployment: str, policy: Policy, *, by: str | None = None,
                      action: str = "apply", note: str = "") -> PolicyRecord:
         """Record ``policy`` as the deployment's new current version (all models must exist)."""
+        resolved = self.resolve_policy(deployment, policy)
+        return self.store.add_policy(deployment, msgspec.to_builtins(resolved), action=action,
+                                     by=by or _user(), note=note)
+
+    def resolve_policy(self, deployment: str, policy: Policy) -> Policy:
+        """``policy`` with aliases resolved to versions, validated, signatures checked."""
         check_name(deployment, "deployment name")
         models = []
         for spec in policy.models:
@@ -218,8 +224,7 @@ class Registry:
             models.append(msgspec.structs.replace(spec, model=str(r)))
         resolved = msgspec.structs.replace(policy, models=models).validate()
         self._check_signatures(deployment, resolved)
-        return self.store.add_policy(deployment, msgspec.to_builtins(resolved), action=action,
-                                     by=by or _user(), note=note)
+        return resolved
 
     def _check_signatures(self, deployment: str, policy: Policy) -> None:
         sigs = {m.model: self.signature(m.model) for m in policy.models}

@@ -111,11 +111,33 @@ class Stream(Protocol):
     async def close(self) -> None:
         """Flush pending appends and release resources."""
 
+    def return_transport(self) -> ReturnTransport | None:
+        """How results reach a proxy in another process on this engine; None when the engine
+        lives in one process (proxies and rendezvous servers then meet in memory). An engine
+        with a transport is shared: roles of one deployment may run in several processes."""
+
 
 class ReturnChannel(Protocol):
     """Delivers a ``Result`` (encoded) to the proxy that owns a return address."""
 
     async def send(self, return_to: str, data: bytes) -> None: ...
+
+
+class ReturnTransport(Protocol):
+    """Carries encoded ``Result``s between processes to the proxy owning a return address."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def listen(self, address: str, handler: Callable[[bytes], None]) -> None: ...
+
+    def forget(self, address: str) -> None: ...
+
+    async def ready(self) -> None: ...
+
+    async def send(self, return_to: str, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 EngineFactory = Callable[..., Awaitable[Stream]]

@@ -526,6 +526,10 @@ class EmbeddedStream:
     async def last_offset(self, topic: str) -> int:
         return self._load_topic(topic).durable
 
+    def return_transport(self) -> None:
+        """None: one process owns an embedded log, so results never leave it."""
+        return None
+
     async def close(self) -> None:
         if self._closed:
             return

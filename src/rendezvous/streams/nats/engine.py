@@ -49,6 +49,7 @@ from rendezvous.streams.nats.mapping import (
     subject_for,
     to_record,
 )
+from rendezvous.streams.nats.returns import NatsReturns
 from rendezvous.streams.nats.server import LocalNatsServer
 
 __all__ = ["NatsStream"]
@@ -275,6 +276,10 @@ class NatsStream:
             except nats.js.errors.NotFoundError:
                 return 0
         return int(info.state.last_seq)
+
+    def return_transport(self) -> NatsReturns:
+        """Results travel to proxies in other processes over core NATS on this connection."""
+        return NatsReturns(self.nc)
 
     async def close(self) -> None:
         """Close consumers (releasing unacknowledged batches), drain the connection, and

@@ -1,0 +1,276 @@
+"""A model version in its own OS process, supervised: the default hosting of every model.
+
+``ModelHost`` starts ``python -m rendezvous.hosting.host_main`` with one end of a socket pair,
+sends it the exact bytes of each input batch and gets back the encoded scores (see
+``protocol``). It keeps the process running:
+
+- an exit or crash (a native extension calling ``abort()``, an out-of-memory kill) is noticed
+  at once (the socket closes); the batch in flight gets error scores naming the cause, and the
+  host is started again after a capped exponential backoff (``supervisor.Backoff``);
+- a host whose resident memory exceeds ``max_memory_mb``, or that stays in one predict call
+  longer than ``max_predict_ms``, is killed and restarted the same way;
+- a model that cannot be loaded or warmed up (digest mismatch, import error, an exception in
+  load or in predicting its example rows) is ``failed`` with the reason and not restarted.
+
+While a host is not ``ready`` its worker takes no scores from it (they are ``missing``) and the
+schedule's fallbacks answer. Nothing a model does can block or crash the serving process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rendezvous.core import messages
+from rendezvous.hosting.protocol import HEADER, HostReport, HostState, ScoreBatch, frame, from_host
+from rendezvous.hosting.supervisor import Backoff, describe_exit
+from rendezvous.roles.scoring import error_scores
+from rendezvous.streams.base import Record
+
+__all__ = ["HostGone", "ModelHost"]
+
+log = logging.getLogger(__name__)
+
+MEMORY_CHECK_S = 0.2
+STOP_TIMEOUT_S = 5.0
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class HostGone(Exception):
+    """The host process ended while a batch was in flight."""
+
+
+def resident_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (Linux ``/proc``; None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class ModelHost:
+    """One model version of one deployment in a supervised child process.
+
+    >>> # host = ModelHost(home=home, deployment="demo", model="demo-hgb@1", worker="w1")
+    >>> # await host.start(); await host.settled(timeout_s=60); data = await host.score(records)
+    """
+
+    isolation = "process"
+
+    def __init__(self, *, home: Path, deployment: str, model: str, worker: str,
+                 registry_url: str | None = None, max_memory_mb: float | None = None,
+                 max_predict_ms: float = 1000.0, backoff: Backoff | None = None) -> None:
+        self.home = home
+        self.deployment = deployment
+        self.model = model
+        self.worker = worker
+        self.registry_url = registry_url
+        self.max_memory_mb = max_memory_mb
+        self.max_predict_ms = max_predict_ms
+        self.backoff = backoff or Backoff()
+        self.state = HostState.LOADING
+        self.detail = ""
+        self.restarts = 0
+        self.last_exit = ""
+        self.pid = 0
+        self.since = time.time()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._seq = 0
+        self._kill_cause = ""
+        self._stopping = False
+        self._ready_at = 0.0
+        self._settled = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what status reports --------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state.value, "detail": self.detail, "restarts": self.restarts,
+                "last_exit": self.last_exit, "pid": self.pid, "isolation": self.isolation,
+                "since": self.since}
+
+    def _set(self, state: HostState, detail: str = "") -> None:
+        if state is not self.state or detail != self.detail:
+            self.state, self.detail, self.since = state, detail, time.time()
+            level = logging.WARNING if state in (HostState.FAILED, HostState.RESTARTING) \
+                else logging.INFO
+            log.log(level, "%s %s: %s%s", self.deployment, self.model, state.value,
+                    f" ({detail})" if detail else "")
+        if state in (HostState.READY, HostState.FAILED):
+            self._settled.set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the process (and keep it running); returns at once."""
+        self._task = asyncio.ensure_future(self._supervise())
+
+    async def settled(self, *, timeout_s: float) -> HostState:
+        """Wait until the host is ready or failed for the first time (or ``timeout_s``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout_s)
+        return self.state
+
+    async def stop(self) -> None:
+        """Close the socket (the host exits), kill it if it does not within a few seconds."""
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                self._kill("did not stop in time")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._set(HostState.STOPPED)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                cause = await self._run_once()
+            except OSError as exc:  # could not even start the interpreter
+                cause = f"could not start: {exc}"
+            if self._stopping:
+                return
+            if self.state is HostState.FAILED:
+                return  # loading fails the same way every time: wait for a policy change
+            if self._ready_at and time.monotonic() - self._ready_at > self.backoff.reset_after_s:
+                attempt = 0
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            self.restarts += 1
+            self.last_exit = cause
+            self._set(HostState.RESTARTING, f"{cause}; starting again in {delay:.2g} s")
+            await asyncio.sleep(delay)
+
+    def _command(self, fd: int) -> list[str]:
+        args = [sys.executable, "-m", "rendezvous.hosting.host_main", "--deployment",
+                self.deployment, "--model", self.model, "--fd", str(fd), "--home",
+                str(self.home), "--worker", self.worker]
+        if self.registry_url:
+            args += ["--registry", self.registry_url]
+        return args
+
+    async def _run_once(self) -> str:
+        """Run one host process until it exits; returns how it ended."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        # Every model scores every request at once: one compute thread each, unless told.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self._command(theirs.fileno()), pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, env=env,
+                # Own session: a terminal's Ctrl-C reaches the serving process, which then
+                # stops its hosts in order, instead of every host dying at once.
+                start_new_session=True)
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self._ready_at = 0.0
+        self._set(HostState.LOADING)
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        watch = asyncio.ensure_future(self._watch_memory(self._proc.pid)) \
+            if self.max_memory_mb is not None else None
+        try:
+            await self._read(reader)
+        finally:
+            if watch is not None:
+                watch.cancel()
+            self._writer.close()
+            self._writer = None
+            rc = await self._proc.wait()
+        cause = self._kill_cause or describe_exit(rc)
+        if self.state is HostState.FAILED:
+            cause = self.detail
+        self._kill_cause = ""
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(HostGone(cause))
+        return cause
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                head = await reader.readexactly(HEADER.size)
+                msg = from_host.decode(await reader.readexactly(HEADER.unpack(head)[0]))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if isinstance(msg, HostReport):
+                if msg.state is HostState.READY:
+                    self._ready_at = time.monotonic()
+                self._set(msg.state, msg.detail)
+            else:
+                fut = self._pending.get(msg.seq)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.scores)
+
+    async def _watch_memory(self, pid: int) -> None:
+        assert self.max_memory_mb is not None  # started only with a limit
+        while True:
+            await asyncio.sleep(MEMORY_CHECK_S)
+            mb = resident_mb(pid)
+            if mb is not None and mb > self.max_memory_mb:
+                self._kill(f"used {mb:.0f} MB, over max_memory_mb={self.max_memory_mb:g}")
+                return
+
+    def _kill(self, cause: str) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._kill_cause = self._kill_cause or cause
+        log.warning("%s %s: killing model host %s: %s", self.deployment, self.model, proc.pid,
+                    cause)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    async def score(self, records: Sequence[Record]) -> bytes | None:
+        """Encoded scores for ``records``; None while the host is not ready (missing)."""
+        writer = self._writer
+        if self.state is not HostState.READY or writer is None:
+            return None
+        self._seq += 1
+        seq = self._seq
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = fut
+        started = time.time_ns()
+        datas = [r.data for r in records]
+        try:
+            writer.write(frame(ScoreBatch(seq, datas)))
+            await writer.drain()
+            data = await asyncio.wait_for(fut, self.max_predict_ms / 1000)
+        except TimeoutError:
+            cause = f"predict took longer than max_predict_ms={self.max_predict_ms:g}"
+            self._kill(cause)
+            return self._errors(datas, started, f"model host killed: {cause}")
+        except (HostGone, ConnectionError) as exc:
+            return self._errors(datas, started, f"model host ended mid-batch: "
+                                                f"{exc or 'connection lost'}")
+        finally:
+            self._pending.pop(seq, None)
+        return data or None
+
+    def _errors(self, datas: list[bytes], started: int, error: str) -> bytes | None:
+        scores = error_scores(datas, deployment=self.deployment, model=self.model,
+                              worker=self.worker, error=error, started_ns=started,
+                              finished_ns=time.time_ns())
+        return messages.encode(scores) if scores else None
