@@ -35,3 +35,42 @@ def make_failing(message: str, above: float | None = None) -> Fn:
         return {"predictions": np.zeros(n_rows)}
 
     return predict
+
+
+_calls = {"n": 0}
+_leaked: list[np.ndarray] = []
+
+
+def make_aborting(every: int) -> Fn:
+    """Doubles ``x``, but kills its process with ``abort()`` on every ``every``-th call (as a
+    crashing native extension would). Warm-up calls count too."""
+    import os
+
+    def predict(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
+        _calls["n"] += 1
+        if _calls["n"] % every == 0:
+            os.abort()
+        return {"predictions": columns["x"] * 2}
+
+    return predict
+
+
+def make_leaking(mb_per_row: int) -> Fn:
+    """Keeps ``mb_per_row`` MB more (touched, so resident) for every row it scores."""
+
+    def predict(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
+        _leaked.append(np.ones(mb_per_row * n_rows * 1_000_000, dtype=np.uint8))
+        return {"predictions": columns["x"] * 3}
+
+    return predict
+
+
+def make_hanging(above: float) -> Fn:
+    """Never returns from predict when a row has ``x`` over ``above``."""
+
+    def predict(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
+        if bool((columns["x"] > above).any()):
+            time.sleep(3600)
+        return {"predictions": columns["x"] * 4}
+
+    return predict

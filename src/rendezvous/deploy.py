@@ -18,13 +18,14 @@ A spec file::
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from pathlib import Path
 
 import msgspec
 
 from rendezvous.core.policy import ModelSpec, Policy, Role
-from rendezvous.errors import ConfigError
+from rendezvous.errors import ConfigError, ModelLoadError
 from rendezvous.ids import check_name
 from rendezvous.registry import PolicyRecord, Registry
 
@@ -67,7 +68,23 @@ def policy_from_flags(
     return Policy(deadline_ms=deadline_ms, models=models, decoy=decoy)
 
 
+def apply_policy(registry: Registry, name: str, policy: Policy, *, by: str | None = None,
+                 note: str = "") -> PolicyRecord:
+    """Record ``policy`` once every one of its models loads and warms up in a model host of
+    its own, as serving would load it; raises ``ModelLoadError`` (nothing recorded) if not.
+    (With a server running, ask it instead: ``POST /v1/admin/deployments/{d}/apply``.)"""
+    from rendezvous.hosting.checks import check_loads
+
+    resolved = registry.resolve_policy(name, policy)
+    failed = asyncio.run(check_loads(resolved, home=registry.home, deployment=name,
+                                     registry_url=registry.url))
+    if failed:
+        raise ModelLoadError(name, failed)
+    return registry.apply_policy(name, resolved, by=by, note=note)
+
+
 def apply(registry: Registry, path: Path, *, by: str | None = None) -> PolicyRecord:
-    """Apply a spec file: aliases resolved, signatures checked, a new policy version recorded."""
+    """Apply a spec file: aliases resolved, signatures checked, every model loaded once, a new
+    policy version recorded."""
     name, policy = load_spec(path)
-    return registry.apply_policy(name, policy, by=by, note=f"applied from {Path(path).name}")
+    return apply_policy(registry, name, policy, by=by, note=f"applied from {Path(path).name}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import msgspec
 import typer
 from rich.table import Table
 
@@ -19,18 +20,30 @@ from rendezvous.cli.common import (
     open_registry,
     out,
 )
+from rendezvous.core.policy import Policy
 from rendezvous.errors import RendezvousError
+from rendezvous.registry import current_user
 
 # -- deployments ------------------------------------------------------------------------------
 
 
 @deploy_app.command("apply")
 def deploy_apply(file: Path, home: Home = None) -> None:
-    """Create or update a deployment from a TOML spec (see README)."""
-    with open_registry(home) as reg:
-        rec = deploy.apply(reg, file)
-    out.print(f"deployment [bold]{rec.deployment}[/] at policy version {rec.version}")
-    _notify(home, rec.deployment, "reload")
+    """Create or update a deployment from a TOML spec (see README). Every model is loaded and
+    warmed up first (by the running server, if any); nothing is recorded if one fails."""
+    name, policy = deploy.load_spec(file)
+    _apply(home, name, policy, note=f"applied from {file.name}")
+
+
+def _apply(home: Path | None, name: str, policy: Policy, *, note: str) -> None:
+    answer = _notify(home, name, "apply", {"policy": msgspec.to_builtins(policy),
+                                           "note": note, "by": current_user()})
+    if answer is None:
+        with open_registry(home) as reg:
+            version = deploy.apply_policy(reg, name, policy, note=note).version
+    else:
+        version = answer["policy_version"]
+    out.print(f"deployment [bold]{name}[/] at policy version {version}")
 
 
 @deploy_app.command("create")
@@ -53,10 +66,7 @@ def deploy_create(
                                       challengers=challenger, canary=canary,
                                       deadline_ms=deadline_ms, wait_ms=wait_ms,
                                       decoy=not no_decoy)
-    with open_registry(home) as reg:
-        rec = reg.apply_policy(name, policy)
-    out.print(f"deployment [bold]{name}[/] at policy version {rec.version}")
-    _notify(home, name, "reload")
+    _apply(home, name, policy, note="created from flags")
 
 
 @deploy_app.command("list")
@@ -93,14 +103,20 @@ def _notify(home: Path | None, deployment: str, op: str,
     if info is None:
         return None
     try:
+        # Applying loads and warms up new models first: allow for that.
         r = httpx.post(f"{info['url']}/v1/admin/deployments/{deployment}/{op}", json=body or {},
-                       headers={"authorization": f"Bearer {info['token']}"}, timeout=30)
+                       headers={"authorization": f"Bearer {info['token']}"},
+                       timeout=config.READY_TIMEOUT_S.get() + 30)
     except httpx.HTTPError:
         err.print(f"[yellow]note:[/] no server answered at {info['url']}; the change applies "
                   "when the deployment is served next")
         return None
     if r.status_code != 200:
-        raise RendezvousError(f"the running server refused {op}: {r.text}")
+        try:
+            why = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            why = r.text
+        raise RendezvousError(f"the running server refused {op}: {why}")
     answer: dict[str, Any] = r.json()
     out.print(f"running server at {info['url']} switched to policy {answer['policy_version']}")
     return answer

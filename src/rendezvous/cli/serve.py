@@ -13,6 +13,7 @@ from rendezvous import config
 from rendezvous.cli.common import (
     Home,
     app,
+    err,
     out,
 )
 from rendezvous.errors import ConfigError
@@ -100,6 +101,8 @@ def _serve_all(deployments: list[str] | None, home: Path | None, host: str | Non
         async with running(deployments, home=home, host=host, port=port, streams=streams,
                            registry_url=registry) as (proxy, url):
             names = ", ".join(proxy.server.runtimes)
+            for line in proxy.server.problems():
+                err.print(f"[yellow]warning:[/] {line}")
             out.print(f"serving [bold]{names}[/] at {url} (Ctrl-C stops)")
             await _until_signal()
         out.print("stopped")

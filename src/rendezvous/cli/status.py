@@ -39,10 +39,29 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
                                        streams=streams)).to_dict()
     stats["policy_version"] = rec.version
     stats["roles"] = {m.model: m.role.value for m in pol.models}
+    live = _live_status(home, deployment)
+    if live is not None:
+        stats["model_states"] = live.get("model_states", {})
     if json_out:
         print(json.dumps(stats))
         return
     print_status(stats)
+
+
+def _live_status(home: Path | None, deployment: str) -> dict[str, Any] | None:
+    """The running server's own status of ``deployment`` (model hosts live only there)."""
+    import httpx
+
+    from rendezvous.hosting.serving import read_run_file
+
+    info = read_run_file(config.home(home), deployment)
+    if info is None:
+        return None
+    try:
+        r = httpx.get(f"{info['url']}/v1/deployments/{deployment}/status", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
 
 
 def print_status(stats: dict[str, Any]) -> None:
@@ -59,6 +78,13 @@ def print_status(stats: dict[str, Any]) -> None:
                       str(m["chosen"]), *(f"{lat[q]:.2f}" if lat[q] is not None else "-"
                                           for q in ("p50", "p90", "p99")))
     out.print(table)
+    states = stats.get("model_states")
+    if states:
+        hosts = Table("model", "role", "state", "isolation", "restarts", "last exit", "detail")
+        for model, h in states.items():
+            hosts.add_row(model, h.get("role", ""), h["state"], h["isolation"],
+                          str(h["restarts"]), h["last_exit"] or "-", h["detail"] or "-")
+        out.print(hosts)
 
 
 @archive_app.command("export")

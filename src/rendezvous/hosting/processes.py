@@ -81,7 +81,10 @@ def _child(index: int, deployments: list[str] | None, home: Path, host: str, por
 
     async def main() -> None:
         async with running(deployments, home=home, sock=sock, streams=partition_streams(index),
-                           admin_token=token, run_files=False):
+                           admin_token=token, run_files=False) as (proxy, _):
+            if index == 0:  # every partition loads the same models: one report is enough
+                for line in proxy.server.problems():
+                    print(f"warning: {line}", file=sys.stderr, flush=True)
             await _until_stopped()
 
     asyncio.run(main())

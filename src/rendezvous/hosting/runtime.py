@@ -494,6 +494,21 @@ class Server:
             await self.stream.close()
         self.registry.close()
 
+    def problems(self) -> list[str]:
+        """One line per model that cannot serve and per deployment with no candidate ready,
+        each naming the fix (what ``serve`` prints after start-up)."""
+        lines = []
+        for name, rt in self.runtimes.items():
+            for model, why in rt.failed_models().items():
+                lines.append(
+                    f"{name}: model {model} failed to load: {why}. Fix: register a working "
+                    f"version and `rendezvous deploy apply` a policy naming it (or leaving "
+                    f"{model} out); {name} serves with its other models meanwhile")
+            if not rt.ready:
+                lines.append(f"{name}: no candidate model is ready, so it answers 503 until a "
+                             "policy with a working champion or fallback is applied")
+        return lines
+
     def status(self, deployment: str) -> dict[str, Any]:
         rt = self.runtimes[deployment]
         if rt.monitor is None:

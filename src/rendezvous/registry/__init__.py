@@ -36,7 +36,7 @@ from rendezvous.registry.store import AliasChange, ModelVersion, PolicyRecord, S
 __all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry"]
 
 
-def _user() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -67,6 +67,7 @@ class Registry:
 
     def __init__(self, home: Path | str | None = None, *, url: str | None = None) -> None:
         self.home = config.home(home)
+        self.url = url  # None: the SQLite file under home
         self.store = SqlStore(url or f"sqlite:///{self.home / 'registry.db'}")
         self.artifacts = LocalArtifacts(self.home / "artifacts")
 
@@ -148,7 +149,7 @@ class Registry:
             metrics=metrics or {}, data_fingerprint=fingerprint, data_summary=summary,
             code_version=code_version,
             environment={"python": sys.version.split()[0], "platform": platform.platform()},
-            description=description, created_by=created_by or _user(),
+            description=description, created_by=created_by or current_user(),
         )
 
     def resolve(self, ref: str | ModelRef) -> ModelRef:
@@ -201,7 +202,7 @@ class Registry:
             raise ConfigError(f"alias {alias!r} would be read as a version; use a name")
         if version is not None:
             self.store.get_version(name, version)
-        return self.store.set_alias(name, alias, version, by or _user())
+        return self.store.set_alias(name, alias, version, by or current_user())
 
     def alias_history(self, name: str) -> list[AliasChange]:
         return self.store.alias_history(name)
@@ -213,7 +214,7 @@ class Registry:
         """Record ``policy`` as the deployment's new current version (all models must exist)."""
         resolved = self.resolve_policy(deployment, policy)
         return self.store.add_policy(deployment, msgspec.to_builtins(resolved), action=action,
-                                     by=by or _user(), note=note)
+                                     by=by or current_user(), note=note)
 
     def resolve_policy(self, deployment: str, policy: Policy) -> Policy:
         """``policy`` with aliases resolved to versions, validated, signatures checked."""
@@ -262,7 +263,7 @@ class Registry:
             )
         prev = self.store.policy(deployment, rec.parent)
         return self.store.add_policy(
-            deployment, prev.body, action="rollback", by=by or _user(), parent=prev.parent,
+            deployment, prev.body, action="rollback", by=by or current_user(), parent=prev.parent,
             note=f"rollback to policy {prev.version} (from {rec.version})",
         )
 
