@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rendezvous.streams import Retention
-from rendezvous.streams import embedded as emb
+from rendezvous.streams.embedded import log as emb
 
 
 async def test_records_older_than_max_age_are_deleted(tmp_path: Path,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["NatsBatch", "NatsConsumer"]
 
 log = logging.getLogger(__name__)
+
+# A first record that came within BACKLOG_S was already waiting: pull the rest of the backlog,
+# waiting at most BURST_WAIT_S (a few local round trips) for it.
+BACKLOG_S = 0.001
+BURST_WAIT_S = 0.002
 
 # Errors that mean "the connection is (briefly) gone": a consumer idles through them.
 _CONNECTION_ERRORS = (
@@ -217,8 +223,12 @@ class NatsConsumer:
             # Reconnecting: a fetch would only sit in nats-py's buffer. Idle, then retry.
             await asyncio.sleep(engine.fetch_timeout_s)
             return []
+        waited = time.monotonic()
         try:
-            return await self._sub.fetch(self._max_batch, timeout=engine.fetch_timeout_s)
+            # Wait for one record, then take whatever else is already there. One pull for a
+            # whole batch waits for the batch to fill (or the fetch to time out): tens of
+            # milliseconds per request at low load.
+            first = await self._sub.fetch(1, timeout=engine.fetch_timeout_s)
         except TimeoutError:
             return []  # nothing new within fetch_timeout_s
         except _CONNECTION_ERRORS:
@@ -228,6 +238,17 @@ class NatsConsumer:
             raise StreamError(
                 f"fetching topic {self.topic!r} for group {self.group!r} failed: {exc}"
             ) from exc
+        if self._max_batch == 1 or time.monotonic() - waited > BACKLOG_S:
+            # The record had to be waited for: nothing else is queued behind it, and a second
+            # pull would only add its own wait to this record's latency.
+            return first
+        try:
+            # It was there at once: more probably are. Under load this pull returns full
+            # batches, so batching is kept. Records arriving after it returns wait in the
+            # subscription's queue, where the next fetch finds them first.
+            return first + await self._sub.fetch(self._max_batch - 1, timeout=BURST_WAIT_S)
+        except (TimeoutError, nats.errors.Error):
+            return first  # an outage shows on the next fetch; these are ours to hand out
 
     async def _divert_exhausted(self, msgs: list[Msg]) -> list[Msg]:
         """Dead-letter records left unacknowledged ``max_deliveries`` times; return the rest."""
