@@ -56,41 +56,28 @@ def serve(
     nats-server and every role as its own process; `--role ROLE --streams nats://HOST:4222`
     runs one role, on any machine (README: "Scale-out on NATS").
     """
-    from rendezvous.hosting.topology import Roles
+    from rendezvous.hosting.topology import Mode, Roles, Topology
 
-    launch = config.STREAMS.get(streams) == "local-nats"
-    roles = Roles.only(role, model or ()) if role is not None else None
-    _check_serve_options(launch, roles, model, replicas, monitor_port)
-    if processes > 1:
-        if launch or roles is not None or config.STREAMS.get(streams) != "embedded" or registry:
-            raise ConfigError("--processes partitions the embedded engine; on NATS run "
-                              "several proxies or --replicas workers instead")
-        from rendezvous.hosting.processes import serve_processes
-
-        serve_processes(deployments, processes=processes, home=home, host=host, port=port,
-                        say=out.print)
-        out.print("stopped")
-    elif launch:
-        _serve_launcher(deployments, home, host, port, monitor_port, replicas, registry)
-    elif roles is None:
-        _serve_all(deployments, home, host, port, streams, registry)
-    else:
-        _serve_role(roles, deployments, home, host, port, streams, replicas, registry)
-
-
-def _check_serve_options(launch: bool, roles: Any, model: list[str] | None, replicas: int,
-                         monitor_port: int | None) -> None:
-    if launch and roles is not None:
-        raise ConfigError("--streams local-nats starts every role itself; to run one role, "
-                          "point it at a running server: --streams nats://HOST:PORT")
-    if model and roles is None:
+    if model and role is None:
         raise ConfigError("--model picks what a worker process scores; add --role worker")
-    if replicas > 1 and not launch and (roles is None or ProcessRole.WORKER not in roles):
-        raise ConfigError("--replicas counts worker processes per model; use it with "
-                          "--role worker or --streams local-nats")
-    if monitor_port is not None and not launch:
-        raise ConfigError("--monitor-port applies to --streams local-nats; a --role monitor "
-                          "process serves its status on --port")
+    topology = Topology(config.STREAMS.get(streams), processes=processes,
+                        roles=Roles.only(role, model or ()) if role is not None else None,
+                        replicas=replicas, monitor_port=monitor_port,
+                        registry_url=registry).check()
+    match topology.mode:
+        case Mode.PARTITIONS:
+            from rendezvous.hosting.processes import serve_processes
+
+            serve_processes(deployments, processes=processes, home=home, host=host, port=port,
+                            say=out.print)
+            out.print("stopped")
+        case Mode.LAUNCHER:
+            _serve_launcher(deployments, home, host, port, monitor_port, replicas, registry)
+        case Mode.SINGLE:
+            _serve_all(deployments, home, host, port, streams, registry)
+        case Mode.ROLE:
+            _serve_role(topology.roles, deployments, home, host, port, streams, replicas,
+                        registry)
 
 
 def _serve_all(deployments: list[str] | None, home: Path | None, host: str | None,

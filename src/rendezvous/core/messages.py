@@ -73,13 +73,12 @@ class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     error: str | None = None
 
 
-class Result(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class _ResultFields(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     v: int = VERSION
     request_id: str
     deployment: str
     model: str | None
     reason: Reason
-    outputs: dict[str, list[Any]] = {}
     policy_version: int = 0
     received_ns: int = 0
     responded_ns: int = 0
@@ -87,7 +86,11 @@ class Result(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     error: str | None = None
 
 
-class ResultOut(Result, kw_only=True, omit_defaults=True, gc=False):
+class Result(_ResultFields, kw_only=True, omit_defaults=True, gc=False):
+    outputs: dict[str, list[Any]] = {}
+
+
+class ResultOut(_ResultFields, kw_only=True, omit_defaults=True, gc=False):
     """A ``Result`` as the rendezvous server writes it: the chosen score's outputs are spliced
     in as the worker encoded them (never decoded and re-encoded). Same bytes on the wire;
     read it back as a ``Result``."""

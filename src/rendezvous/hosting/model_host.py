@@ -187,7 +187,7 @@ class ModelHost:
         self._ready_at = 0.0
         self._set(HostState.LOADING)
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        watch = asyncio.ensure_future(self._watch_memory(self._proc.pid)) \
+        watch = asyncio.ensure_future(self._watch_memory(self._proc.pid, self.max_memory_mb)) \
             if self.max_memory_mb is not None else None
         try:
             await self._read(reader)
@@ -222,13 +222,12 @@ class ModelHost:
                 if fut is not None and not fut.done():
                     fut.set_result(msg.scores)
 
-    async def _watch_memory(self, pid: int) -> None:
-        assert self.max_memory_mb is not None  # started only with a limit
+    async def _watch_memory(self, pid: int, limit_mb: float) -> None:
         while True:
             await asyncio.sleep(MEMORY_CHECK_S)
             mb = resident_mb(pid)
-            if mb is not None and mb > self.max_memory_mb:
-                self._kill(f"used {mb:.0f} MB, over max_memory_mb={self.max_memory_mb:g}")
+            if mb is not None and mb > limit_mb:
+                self._kill(f"used {mb:.0f} MB, over max_memory_mb={limit_mb:g}")
                 return
 
     def _kill(self, cause: str) -> None:

@@ -30,16 +30,11 @@ import httpx
 from rendezvous import config
 from rendezvous.errors import ConfigError, UnavailableError
 from rendezvous.hosting.supervisor import Backoff, describe_exit
+from rendezvous.hosting.topology import MAX_PROCESSES
 from rendezvous.registry import Registry
+from rendezvous.streams.embedded import partition_url
 
-MAX_PROCESSES = 64
 READY_TIMEOUT_S = 120.0
-
-
-def partition_streams(index: int) -> str:
-    """Engine URL of partition ``index`` (0 is the default log, so a single process and
-    process 0 of several read and write the same file)."""
-    return "embedded" if index == 0 else f"embedded://streams-p{index}.db"
 
 
 def _reuseport_socket(host: str, port: int) -> socket.socket:
@@ -80,7 +75,7 @@ def _child(index: int, deployments: list[str] | None, home: Path, host: str, por
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def main() -> None:
-        async with running(deployments, home=home, sock=sock, streams=partition_streams(index),
+        async with running(deployments, home=home, sock=sock, streams=partition_url(index),
                            admin_token=token, run_files=False) as (proxy, _):
             if index == 0:  # every partition loads the same models: one report is enough
                 for line in proxy.server.problems():

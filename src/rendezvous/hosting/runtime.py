@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,7 +73,7 @@ class Host(Protocol):
 
     async def settled(self, *, timeout_s: float) -> HostState: ...
 
-    async def score(self, records: list[Record]) -> bytes | None: ...
+    async def score(self, records: Sequence[Record]) -> bytes | None: ...
 
     async def stop(self) -> None: ...
 

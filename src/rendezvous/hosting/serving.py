@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +75,21 @@ def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> u
                           proxy_headers=False)
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn leaving signals alone: whoever runs the event loop decides what they do."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def _http(app: Any, host: str | None, port: int | None, *, lifespan: str = "on",
                 sock: socket.socket | None = None) -> AsyncIterator[tuple[uvicorn.Server, str]]:
     """Run uvicorn in this event loop; yields (server, base URL) once it listens, and shuts it
     down (letting requests in flight finish) on exit."""
-    uv = uvicorn.Server(uvicorn_config(app, config.HOST.get(host), config.PORT.get(port),
-                                       lifespan=lifespan))
-    uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    uv = _Uvicorn(uvicorn_config(app, config.HOST.get(host), config.PORT.get(port),
+                                 lifespan=lifespan))
     task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
     while not uv.started:
         if task.done():

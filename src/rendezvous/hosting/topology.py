@@ -1,4 +1,11 @@
-"""Which roles one process runs: all of them (the default), or one, for scale-out.
+"""The topology: which roles run in which processes, on which engine, how many replicas.
+
+One ``Topology`` describes every way of serving, and ``Topology.mode`` says which one it is:
+
+- ``SINGLE``: every role in this process (model hosts are its child processes);
+- ``PARTITIONS``: ``processes`` such processes, each on its own partition of the engine's log;
+- ``LAUNCHER``: an engine whose server this machine starts, every role its own process;
+- ``ROLE``: one role of a deployment on a shared engine, anywhere (``serve --role``).
 
 A deployment has five roles (DESIGN.md §1): the proxy (HTTP edge), the workers (one consumer
 group per model version), the rendezvous server, the decoy and the monitor. One process can
@@ -27,7 +34,7 @@ from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError
 from rendezvous.ids import ModelRef
 
-__all__ = ["ProcessRole", "Roles", "groups_of"]
+__all__ = ["Mode", "ProcessRole", "Roles", "Topology", "groups_of"]
 
 
 class ProcessRole(enum.StrEnum):
@@ -118,3 +125,63 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     if role is ProcessRole.MONITOR:
         return [(topic(deployment, "results"), monitor.GROUP)]
     return []  # the proxy only appends
+
+
+class Mode(enum.StrEnum):
+    SINGLE = "single"
+    PARTITIONS = "partitions"
+    LAUNCHER = "launcher"
+    ROLE = "role"
+
+
+MAX_PROCESSES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """How to serve, as ``rendezvous serve``'s options say it; ``check()`` refuses options
+    that mean nothing together, naming the fix.
+
+    >>> Topology("embedded", processes=2).check().mode
+    <Mode.PARTITIONS: 'partitions'>
+    """
+
+    streams: str = "embedded"
+    processes: int = 1
+    roles: Roles | None = None  # None: every role
+    replicas: int = 1
+    monitor_port: int | None = None
+    registry_url: str | None = None
+
+    @property
+    def mode(self) -> Mode:
+        from rendezvous.streams.base import engine
+
+        if self.processes > 1:
+            return Mode.PARTITIONS
+        if engine(self.streams).starts_server:
+            return Mode.LAUNCHER
+        return Mode.SINGLE if self.roles is None else Mode.ROLE
+
+    def check(self) -> Topology:
+        from rendezvous.streams.base import engine
+
+        eng = engine(self.streams)
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ConfigError(f"--processes {self.processes} is out of range; use 1 to "
+                              f"{MAX_PROCESSES}")
+        if self.processes > 1 and (eng.partitions is None or self.roles is not None
+                                   or self.registry_url):
+            raise ConfigError("--processes partitions the embedded engine; on NATS run "
+                              "several proxies or --replicas workers instead")
+        if eng.starts_server and self.roles is not None:
+            raise ConfigError(f"--streams {self.streams} starts every role itself; to run one "
+                              "role, point it at a running server: --streams nats://HOST:PORT")
+        if self.replicas > 1 and not eng.starts_server and (
+                self.roles is None or ProcessRole.WORKER not in self.roles):
+            raise ConfigError("--replicas counts worker processes per model; use it with "
+                              "--role worker or --streams local-nats")
+        if self.monitor_port is not None and not eng.starts_server:
+            raise ConfigError("--monitor-port applies to --streams local-nats; a --role monitor "
+                              "process serves its status on --port")
+        return self

@@ -305,7 +305,6 @@ class Proxy:
             raise BadRequestError(f"not an Open Inference Protocol request: {exc}") from None
         except msgspec.DecodeError as exc:
             raise BadRequestError(f"malformed JSON: {exc}") from None
-        assert rt.signature is not None
         inputs, n_rows = columns_from_oip(req, rt.signature)
         result = await self._submit(rt, inputs, n_rows, req.id or headers.get("x-request-id"),
                                     _meta(req.parameters))
@@ -330,7 +329,6 @@ class Proxy:
         if isinstance(doc, dict) and "records" in doc:  # {"records": [...], "meta": {...}}
             meta = _meta(doc.get("meta") or {})
             doc = doc["records"]
-        assert rt.signature is not None
         inputs, n_rows = columns_from_records(doc, rt.signature)
         result = await self._submit(rt, inputs, n_rows, headers.get("x-request-id"), meta)
         self._check(result, rt)
@@ -362,7 +360,6 @@ class Proxy:
 
     async def _model_meta(self, params: dict[str, str], *_: Any) -> Reply:
         rt = await self._runtime(params["d"])
-        assert rt.signature is not None
         return Reply(200, _encode({
             "name": rt.name, "versions": rt.policy.model_names(), "platform": "rendezvous",
             "inputs": [{"name": c.name, "datatype": c.datatype.value, "shape": [-1]}

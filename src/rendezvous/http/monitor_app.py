@@ -53,8 +53,8 @@ class MonitorApp:
                 ok = self.server.ready
                 return (200 if ok else 503), msgspec.json.encode({"ready": ok}), list(_JSON)
             if path == "/v1/deployments":
-                body = {"deployments": sorted(self.server.runtimes)}
-                return 200, msgspec.json.encode(body), list(_JSON)
+                listing = {"deployments": sorted(self.server.runtimes)}
+                return 200, msgspec.json.encode(listing), list(_JSON)
             if path == "/metrics":
                 text, ctype = self.metrics.render()
                 return 200, text, [(b"content-type", ctype.encode())]

@@ -10,7 +10,7 @@ import msgspec
 
 from rendezvous.core import messages
 from rendezvous.core.stats import DeploymentStats
-from rendezvous.streams.base import Stream, open_stream
+from rendezvous.streams.base import Stream, open_stream, partitions
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,9 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
     """Statistics over every recorded result of a deployment (or those since ``since_ns``),
     read straight from the results stream; works whether or not a server is running. With
     the embedded engine, the logs of every partition (``serve --processes N``) are merged."""
-    from rendezvous.streams.embedded.log import partition_urls
 
     stats = DeploymentStats(deployment)
-    urls = partition_urls(home) if streams == "embedded" else [streams]
+    urls = partitions(streams, home=home)
     topic = messages.topic(deployment, "results")
     for url in urls:
         stream = await open_stream(url, home=home)

@@ -26,7 +26,6 @@ from rendezvous.core.messages import (
     ModelOutcome,
     Reason,
     RequestHead,
-    Result,
     ResultOut,
     ScoreHead,
     Status,
@@ -100,7 +99,7 @@ class RendezvousServer:
         # record. Batching them per iteration keeps tasks and stream appends off the
         # per-request path.
         self._outbox: list[tuple[str, bytes]] = []
-        self._to_record: list[tuple[str, Result, list[_Acks]]] = []
+        self._to_record: list[tuple[str, ResultOut, list[_Acks]]] = []
         self._flush_scheduled = False
         # (final_at_ns, request id) in arrival order; swept every SWEEP_S instead of one
         # timer per request.
@@ -258,7 +257,7 @@ class RendezvousServer:
         assert entry.schedule is not None
         return all(m in entry.scores for m in entry.schedule.models)
 
-    def _result(self, rid: str, entry: _Entry) -> Result:
+    def _result(self, rid: str, entry: _Entry) -> ResultOut:
         req, sched, decision = entry.request, entry.schedule, entry.decision
         assert req is not None and sched is not None and decision is not None
         outcomes: dict[str, ModelOutcome] = {}
@@ -296,7 +295,7 @@ class RendezvousServer:
         self._to_record.append((rid, result, entry.acks))
         self._schedule_flush()
 
-    async def _record(self, batch: list[tuple[str, Result, list[_Acks]]]) -> None:
+    async def _record(self, batch: list[tuple[str, ResultOut, list[_Acks]]]) -> None:
         try:
             await self.stream.append(self._results_topic,
                                      [messages.encode(r) for _, r, _ in batch],

@@ -141,11 +141,53 @@ class ReturnTransport(Protocol):
 
 
 EngineFactory = Callable[..., Awaitable[Stream]]
-_ENGINES: dict[str, EngineFactory] = {}
 
 
-def register_engine(scheme: str, factory: EngineFactory) -> None:
-    _ENGINES[scheme] = factory
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """What callers may ask of an engine before opening one (they never compare names).
+
+    ``shared``: several processes, on several machines, can share its streams, so roles may
+    run apart (``serve --role``). ``starts_server``: serving on it starts a private server on
+    this machine and every role as its own process. ``partitions(url, home)``: the URLs of
+    every log a deployment's records may be spread over (``serve --processes N``).
+    """
+
+    open: EngineFactory
+    shared: bool = False
+    starts_server: bool = False
+    partitions: Callable[[str, Path], list[str]] | None = None
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def register_engine(scheme: str, factory: EngineFactory, *, shared: bool = False,
+                    starts_server: bool = False,
+                    partitions: Callable[[str, Path], list[str]] | None = None) -> None:
+    _ENGINES[scheme] = Engine(factory, shared, starts_server, partitions)
+
+
+def engine(url: str) -> Engine:
+    """The engine for ``url``: ``embedded``, ``local-nats`` or ``nats://host:port``."""
+    # Import engines here so each registers itself without import-time side effects elsewhere.
+    from rendezvous.streams import embedded  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # the nats engine needs nats-py
+        from rendezvous.streams import nats  # noqa: F401
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    found = _ENGINES.get(scheme)
+    if found is None:
+        known = ", ".join(sorted(_ENGINES))
+        raise ConfigError(f"unknown stream engine {url!r}; known engines: {known}")
+    return found
+
+
+def partitions(url: str, *, home: Path) -> list[str]:
+    """Every log a deployment's records may be in, as engine URLs (``url`` itself unless the
+    engine partitions its logs)."""
+    found = engine(url).partitions
+    return found(url, home) if found is not None else [url]
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -154,14 +196,4 @@ def dead_letter_topic(topic: str) -> str:
 
 async def open_stream(url: str, *, home: Path) -> Stream:
     """Open the engine for ``url``: ``embedded``, ``local-nats`` or ``nats://host:port``."""
-    # Import engines here so each registers itself without import-time side effects elsewhere.
-    from rendezvous.streams import embedded  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # the nats engine needs nats-py
-        from rendezvous.streams import nats  # noqa: F401
-    scheme = url.split("://", 1)[0] if "://" in url else url
-    factory = _ENGINES.get(scheme)
-    if factory is None:
-        known = ", ".join(sorted(_ENGINES))
-        raise ConfigError(f"unknown stream engine {url!r}; known engines: {known}")
-    return await factory(url, home=home)
+    return await engine(url).open(url, home=home)

@@ -562,6 +562,12 @@ def log_path(url: str, home: Path) -> Path:
     return home / name
 
 
+def partition_url(index: int) -> str:
+    """Engine URL of partition ``index`` of ``serve --processes N`` (0 is the default log, so
+    a single process and process 0 of several read and write the same file)."""
+    return "embedded" if index == 0 else f"embedded://streams-p{index}.db"
+
+
 def partition_urls(home: Path) -> list[str]:
     """Every embedded log under ``home`` as an engine URL: the default one first, then the
     logs of further partitions (``serve --processes N``)."""
@@ -573,4 +579,8 @@ async def _factory(url: str, *, home: Path) -> EmbeddedStream:
     return await EmbeddedStream.open(log_path(url, home))
 
 
-register_engine("embedded", _factory)
+def _partitions(url: str, home: Path) -> list[str]:
+    return partition_urls(home) if url == "embedded" else [url]
+
+
+register_engine("embedded", _factory, partitions=_partitions)

@@ -436,5 +436,5 @@ async def _open_local_nats(url: str, *, home: Path) -> NatsStream:
         raise
 
 
-register_engine("nats", _open_nats)
-register_engine("local-nats", _open_local_nats)
+register_engine("nats", _open_nats, shared=True)
+register_engine("local-nats", _open_local_nats, shared=True, starts_server=True)
