@@ -79,6 +79,36 @@ async def test_a_challenger_that_aborts_is_restarted_and_no_request_fails(
             in metrics
 
 
+async def test_the_champion_host_killed_with_9_under_load_loses_no_request(
+        registry: Registry, serve: Serve) -> None:
+    champ = register_callable(registry, "champ", "tests.models:doubler")
+    fallback = register_callable(registry, "fb", "tests.models:make_constant", value=-1.0)
+    registry.apply_policy("dep", Policy(deadline_ms=300, models=[
+        ModelSpec(champ, Role.CHAMPION, wait_ms=100), ModelSpec(fallback, Role.FALLBACK)]))
+    async with serve("dep") as client:
+        pid = int((await states(client))[champ]["pid"])  # type: ignore[call-overload]
+
+        async def load(k: int) -> list[httpx.Response]:
+            return [await client.post("/v1/deployments/dep/predict", json=[{"x": i, "y": k}])
+                    for i in range(40)]
+
+        tasks = [asyncio.ensure_future(load(k)) for k in range(4)]
+        await asyncio.sleep(0.2)
+        os.kill(pid, 9)
+        answers = [r for rs in await asyncio.gather(*tasks) for r in rs]
+        assert {r.status_code for r in answers} == {200}
+        assert {r.json()["model"] for r in answers} <= {champ, fallback}
+
+        async def back() -> bool:
+            s = (await states(client))[champ]
+            return s["state"] == "ready" and s["pid"] != pid
+
+        await until(back, "the champion's host to be started again")
+        assert "SIGKILL" in str((await states(client))[champ]["last_exit"])
+        r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1.0, "y": 2.0}])
+        assert (r.status_code, r.json()["model"]) == (200, champ)
+
+
 async def test_memory_and_predict_time_limits_restart_the_host(registry: Registry,
                                                                serve: Serve) -> None:
     champ = register_callable(registry, "champ", "tests.models:doubler")
