@@ -155,6 +155,13 @@ async def test_proxy_and_backend_in_separate_servers_follow_one_policy(
             assert r.status_code == 200, r.text
             # (The fallback answers if a cold champion misses its wait on a loaded machine.)
             assert r.json()["model"] in (refs["champion"], refs["fallback"])
+            # Model states travel from the worker process: the proxy reports them too.
+            async with asyncio.timeout(20):
+                while (states := (await client.get(f"/v2/models/{DEP}")).json()[
+                        "parameters"]["model_states"]).get(
+                            refs["fallback"], {}).get("state") != "ready":
+                    await asyncio.sleep(0.1)
+            assert states[refs["champion"]]["isolation"] == "process"
             # Statistics live with the monitor; the proxy says where to ask.
             status = await client.get(f"/v1/deployments/{DEP}/status")
             assert status.status_code == 404 and "--role monitor" in status.json()["error"]

@@ -39,6 +39,7 @@ class ControlKind(enum.StrEnum):
     POLICY = "policy"
     PROMOTE = "promote"
     ROLLBACK = "rollback"
+    HOSTS = "hosts"  # body: {"process": id, "models": {model: state}}, from worker processes
 
 
 class Request(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,11 +37,12 @@ from rendezvous.errors import (
     ModelLoadError,
     NotFoundError,
     RendezvousError,
-    UnavailableError,
 )
 from rendezvous.hosting.checks import check_loads
 from rendezvous.hosting.model_host import ModelHost
 from rendezvous.hosting.protocol import HostState
+from rendezvous.hosting.reports import HostReports, follow_hosts, report_hosts
+from rendezvous.hosting.returns import LocalReturns
 from rendezvous.hosting.thread_host import ThreadHost
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.registry import PolicyRecord, Registry
@@ -49,11 +51,11 @@ from rendezvous.roles.monitor import Monitor
 from rendezvous.roles.rendezvous import RendezvousServer
 from rendezvous.roles.scoring import DecodedRequests
 from rendezvous.roles.worker import Worker
-from rendezvous.streams.base import Record, Retention, ReturnTransport, Stream, open_stream
+from rendezvous.streams.base import Record, Retention, Stream, open_stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeploymentRuntime", "Host", "LocalReturns", "Server"]
+__all__ = ["DeploymentRuntime", "Host", "Server"]
 
 TOPICS = ("input", "scores", "results", "feedback", "control")
 REGISTRY_WATCH_S = 0.5  # how often a process looks for a policy recorded by another one
@@ -78,53 +80,6 @@ class Host(Protocol):
     async def stop(self) -> None: ...
 
 
-class LocalReturns:
-    """Return channel: return address -> callback, inside this process first.
-
-    With the engine's ``ReturnTransport`` attached (a shared engine), results for addresses
-    this process does not own are sent there, and every address registered here is also
-    listened for there, so proxies and rendezvous servers may live in different processes.
-    """
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, Callable[[bytes], None]] = {}
-        self.remote: ReturnTransport | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self.remote is None or self.remote.connected
-
-    def register(self, address: str, handler: Callable[[bytes], None]) -> None:
-        self._handlers[address] = handler
-        if self.remote is not None:
-            self.remote.listen(address, handler)
-
-    def unregister(self, address: str) -> None:
-        self._handlers.pop(address, None)
-        if self.remote is not None:
-            self.remote.forget(address)
-
-    async def attach(self, remote: ReturnTransport) -> None:
-        """Listen on ``remote`` for every address registered so far (and later ones)."""
-        self.remote = remote
-        for address, handler in self._handlers.items():
-            remote.listen(address, handler)
-        await remote.ready()
-
-    async def send(self, return_to: str, data: bytes) -> None:
-        handler = self._handlers.get(return_to)
-        if handler is not None:
-            handler(data)
-        elif self.remote is not None:
-            await self.remote.send(return_to, data)
-        else:
-            raise UnavailableError(f"no proxy listens on return address {return_to!r}")
-
-    async def close(self) -> None:
-        if self.remote is not None:
-            await self.remote.close()
-
-
 class DeploymentRuntime:
     """The roles of one deployment that this process runs, and its model hosts."""
 
@@ -146,6 +101,7 @@ class DeploymentRuntime:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._decoded = DecodedRequests()  # thread-hosted models decode each request once
+        self._reported = HostReports()  # states other processes report (shared engines)
 
     @property
     def stream(self) -> Stream:
@@ -153,15 +109,22 @@ class DeploymentRuntime:
 
     @property
     def ready(self) -> bool:
-        """Serving: some candidate's host is ready (processes without workers: always)."""
-        if ProcessRole.WORKER not in self.server.roles:
+        """Serving: some candidate's host is ready. A process without workers goes by what
+        the worker processes report; with no report yet it does not hold traffic back."""
+        states = self.model_states()
+        if ProcessRole.WORKER not in self.server.roles and not states:
             return True
-        return any(self.hosts[c.model].state is HostState.READY
-                   for c in self.schedule.candidates if c.model in self.hosts)
+        return any(states.get(c.model, {}).get("state") == HostState.READY.value
+                   for c in self.schedule.candidates)
 
     def model_states(self) -> dict[str, dict[str, Any]]:
-        """Each hosted model's state (``loading`` … ``failed``), restarts and last exit."""
-        return {m: {**h.info(), "role": self._role(m)} for m, h in sorted(self.hosts.items())}
+        """Each model's state (``loading`` … ``failed``), restarts and last exit: of the hosts
+        in this process, or as the worker processes on a shared engine report them."""
+        if ProcessRole.WORKER in self.server.roles:
+            states = {m: h.info() for m, h in self.hosts.items()}
+        else:
+            states = self._reported.merged(time.monotonic())
+        return {m: {**s, "role": self._role(m)} for m, s in sorted(states.items())}
 
     def _role(self, model: str) -> str:
         return next((s.role.value for s in self.policy.models if s.model == model), "retired")
@@ -226,6 +189,15 @@ class DeploymentRuntime:
             self.monitor = Monitor(self.stream, self.name)
             self._spawn_role("monitor", self.monitor.run)
         self._spawn("registry", self._watch_registry())
+        if self.server.shared:
+            # Model states travel between processes on the control topic: worker processes
+            # report theirs, the others (proxies, the monitor) follow the reports.
+            if ProcessRole.WORKER in roles:
+                self._spawn("hosts", report_hosts(
+                    self.stream, self.name, self.server.process_id,
+                    lambda: {m: h.info() for m, h in self.hosts.items()}))
+            else:
+                self._spawn("hosts", follow_hosts(self.stream, self.name, self._reported))
 
     def _worker_models(self, policy: Policy) -> list[ModelSpec]:
         """The model versions this process scores: ``--model`` ones, else the policy's."""
