@@ -97,3 +97,41 @@ class AuthError(RendezvousError):
 
 class StreamError(RendezvousError):
     """A stream engine operation failed."""
+
+
+class ConflictError(RendezvousError):
+    """The request conflicts with what is already recorded (a reused request id with other
+    data, a policy changed meanwhile); the caller decides again and retries."""
+
+
+class TooManyRowsError(RendezvousError):
+    """A request carries more rows than the server accepts at once."""
+
+    def __init__(self, n_rows: int, limit: int) -> None:
+        self.n_rows = n_rows
+        self.limit = limit
+        super().__init__(
+            f"request has {n_rows} rows, more than the limit of {limit} rows per request; "
+            "split it into smaller batches or raise RENDEZVOUS_MAX_ROWS"
+        )
+
+
+class RequestTimeoutError(RendezvousError):
+    """The client sent its request too slowly."""
+
+
+class LogInUseError(StreamError):
+    """Another process holds the stream log open for writing."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(
+            f"the stream log {path} is in use by {holder}; stop that server first, or serve "
+            "from another data directory (--home / RENDEZVOUS_HOME)"
+        )
+
+
+class LogMismatchError(StreamError):
+    """The stream log on disk is not the one this data directory recorded (emptied, replaced,
+    or left with a stale write-ahead log)."""

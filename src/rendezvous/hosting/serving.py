@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 
 from rendezvous import config
+from rendezvous.errors import ConfigError
 from rendezvous.hosting.runtime import Server
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.http import Proxy
@@ -61,9 +62,25 @@ def _write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *
 
 
 def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                          lifespan=lifespan, access_log=False, log_level="warning",
-                          timeout_keep_alive=30,
+    """uvicorn's settings, with the HTTP edge's limits: ``app`` behind the middlewares of
+    ``rendezvous.http.middleware`` (Host check, body timeout, inference token), headers
+    bounded in time and size, and HTTPS when RENDEZVOUS_SSL_CERTFILE/KEYFILE are set."""
+    from rendezvous.http.middleware import harden
+    from rendezvous.http.protocol import hardened_protocol
+
+    certfile, keyfile = config.SSL_CERTFILE.get(), config.SSL_KEYFILE.get()
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("HTTPS needs both RENDEZVOUS_SSL_CERTFILE and RENDEZVOUS_SSL_KEYFILE "
+                          f"(got certfile={certfile!r}, keyfile={keyfile!r})")
+    for name, path in (("RENDEZVOUS_SSL_CERTFILE", certfile), ("RENDEZVOUS_SSL_KEYFILE", keyfile)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}={path!r} is not a file; give the PEM file's path")
+    protocol = hardened_protocol(header_timeout_s=config.HEADER_TIMEOUT_S.get(),
+                                 max_header_bytes=config.MAX_HEADER_BYTES.get())
+    return uvicorn.Config(harden(app, host=host), host=host, port=port, loop="uvloop",
+                          http=protocol, lifespan=lifespan, access_log=False,
+                          log_level="warning", timeout_keep_alive=30,
+                          ssl_certfile=certfile or None, ssl_keyfile=keyfile or None,
                           # We bind to loopback by default and read no X-Forwarded-* headers;
                           # the proxy-headers middleware would only add work per request.
                           proxy_headers=False)
