@@ -20,6 +20,7 @@ from rendezvous.cli.common import (
     out,
 )
 from rendezvous.errors import RendezvousError
+from rendezvous.registry import _user  # the registry's notion of who asks
 
 # -- deployments ------------------------------------------------------------------------------
 
@@ -94,7 +95,9 @@ def _notify(home: Path | None, deployment: str, op: str,
         return None
     try:
         r = httpx.post(f"{info['url']}/v1/admin/deployments/{deployment}/{op}", json=body or {},
-                       headers={"authorization": f"Bearer {info['token']}"}, timeout=30)
+                       headers={"authorization": f"Bearer {info['token']}",
+                                # who asked, for the audit trail (the server adds the address)
+                                "x-rendezvous-user": _user()}, timeout=30)
     except httpx.HTTPError:
         err.print(f"[yellow]note:[/] no server answered at {info['url']}; the change applies "
                   "when the deployment is served next")

@@ -124,18 +124,18 @@ class Proxy:
         self._expiries: deque[tuple[float, tuple[str, str], float]] = deque()
         self._sweeper: asyncio.Task[None] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("GET", re.compile(r"^/v2/health/live$"), self._live),
-            ("GET", re.compile(r"^/v2/health/ready$"), self._ready),
-            ("GET", re.compile(r"^/v2$"), self._server_meta),
-            ("POST", re.compile(r"^/v2/models/(?P<d>[^/]+)/infer$"), self._infer),
-            ("GET", re.compile(r"^/v2/models/(?P<d>[^/]+)/ready$"), self._model_ready),
-            ("GET", re.compile(r"^/v2/models/(?P<d>[^/]+)$"), self._model_meta),
-            ("POST", re.compile(r"^/v1/deployments/(?P<d>[^/]+)/predict$"), self._predict),
-            ("GET", re.compile(r"^/v1/deployments/(?P<d>[^/]+)/status$"), self._status),
-            ("GET", re.compile(r"^/v1/deployments$"), self._list),
-            ("POST", re.compile(r"^/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
-                                r"rollback)$"), self._admin),
-            ("GET", re.compile(r"^/metrics$"), self._metrics),
+            ("GET", re.compile(r"/v2/health/live"), self._live),
+            ("GET", re.compile(r"/v2/health/ready"), self._ready),
+            ("GET", re.compile(r"/v2"), self._server_meta),
+            ("POST", re.compile(r"/v2/models/(?P<d>[^/]+)/infer"), self._infer),
+            ("GET", re.compile(r"/v2/models/(?P<d>[^/]+)/ready"), self._model_ready),
+            ("GET", re.compile(r"/v2/models/(?P<d>[^/]+)"), self._model_meta),
+            ("POST", re.compile(r"/v1/deployments/(?P<d>[^/]+)/predict"), self._predict),
+            ("GET", re.compile(r"/v1/deployments/(?P<d>[^/]+)/status"), self._status),
+            ("GET", re.compile(r"/v1/deployments"), self._list),
+            ("POST", re.compile(r"/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
+                                r"rollback)"), self._admin),
+            ("GET", re.compile(r"/metrics"), self._metrics),
         ]
 
     # -- ASGI ---------------------------------------------------------------------------------

@@ -7,14 +7,17 @@ of one name get distinct versions.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from rendezvous import config
 from rendezvous.errors import AlreadyExistsError, ConflictError, NotFoundError
 
 metadata = sa.MetaData()
@@ -135,6 +138,11 @@ class SqlStore:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        database = self.engine.url.database
+        if url.startswith("sqlite") and database and database != ":memory:":
+            for suffix in ("", "-wal", "-shm"):  # readable by the owner only (a setting)
+                with contextlib.suppress(FileNotFoundError):
+                    config.private_file(Path(database + suffix))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -475,7 +475,7 @@ class EmbeddedStream:
 
 
 DEFAULT_LOG = "streams.db"
-_LOG_NAME = re.compile(r"^streams[A-Za-z0-9_.-]*\.db$")
+_LOG_NAME = re.compile(r"streams[A-Za-z0-9_.-]*\.db")
 
 
 def log_path(url: str, home: Path) -> Path:
@@ -486,7 +486,7 @@ def log_path(url: str, home: Path) -> Path:
     '/h/streams-p1.db'
     """
     name = url.split("://", 1)[1] if "://" in url else DEFAULT_LOG
-    if not _LOG_NAME.match(name):
+    if not _LOG_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid embedded log name {name!r} in {url!r}: use embedded://streams<suffix>.db "
             "(letters, digits, '_', '-', '.'; a file directly under the data directory)"
