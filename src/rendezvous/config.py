@@ -122,10 +122,13 @@ def home(explicit: Path | str | None = None) -> Path:
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents under it) readable by the owner only, or by
     ``RENDEZVOUS_DIR_MODE``; an existing directory keeps the mode the operator gave it."""
-    if not path.is_dir():
-        mode = DIR_MODE.get()
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
-        os.chmod(path, mode)  # mkdir's mode is filtered by the umask
+    if path.is_dir():
+        return path
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    mode = DIR_MODE.get()
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, mode)  # mkdir's own mode would be filtered by the umask
     return path
 
 

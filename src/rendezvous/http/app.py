@@ -109,6 +109,7 @@ class Proxy:
         self.max_body = config.MAX_BODY_BYTES.get(max_body_bytes)
         self.max_rows = config.MAX_ROWS.get(max_rows)
         self.address = f"proxy-{new_request_id()}"
+        self.startup_error: BaseException | None = None
         # Keyed by (deployment, request id): ids are the client's, and unique only per
         # deployment. ``digests`` holds each one's payload digest, so a reused id with other
         # data is a conflict, never another request's answer.
@@ -158,7 +159,13 @@ class Proxy:
                 try:
                     await self.start()
                 except Exception as exc:
-                    log.exception("startup failed")
+                    # Kept for the caller to raise (one line for a RendezvousError: it names
+                    # the problem and the fix; a traceback only for the unexpected).
+                    self.startup_error = exc
+                    if isinstance(exc, RendezvousError):
+                        log.error("startup failed: %s", exc)
+                    else:
+                        log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
