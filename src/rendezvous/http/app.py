@@ -464,7 +464,7 @@ class Proxy:
         if params["op"] == "promote":
             try:
                 doc = _json_decode.decode(body or b"{}")
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):
                 doc = None
             model = doc.get("model") if isinstance(doc, dict) else None
             if not isinstance(model, str):
@@ -499,8 +499,8 @@ def _decode_oip(body: bytes, sig: Signature,
         req = _oip_decode.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequestError(f"not an Open Inference Protocol request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequestError(f"malformed JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is the latter
+        raise BadRequestError(f"malformed JSON (JSON is UTF-8 text): {exc}") from None
     declared = max((i.shape[0] for i in req.inputs if i.shape), default=0)
     if declared > max_rows:
         raise TooManyRowsError(declared, max_rows)
@@ -514,8 +514,8 @@ def _decode_records(body: bytes, sig: Signature,
                     max_rows: int) -> tuple[dict[str, list[Any]], int, dict[str, str]]:
     try:
         doc = _json_decode.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BadRequestError(f"malformed JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is the latter
+        raise BadRequestError(f"malformed JSON (JSON is UTF-8 text): {exc}") from None
     meta: dict[str, str] = {}
     if isinstance(doc, dict) and "records" in doc:  # {"records": [...], "meta": {...}}
         meta = _meta(doc.get("meta") or {})
