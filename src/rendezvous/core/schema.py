@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import functools
-import reprlib
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
