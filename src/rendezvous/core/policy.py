@@ -243,7 +243,8 @@ class Wait:
 
 
 def decide(box: Mailbox, schedule: Schedule, now_ns: int) -> Decision | Wait:
-    """The rendezvous rule (module docstring). Shadows are never returned."""
+    """The rendezvous rule (module docstring). Shadows are never returned, nor a score that
+    finished after the deadline."""
     if box.received_ns is None or box.deadline_ns is None:
         return Wait(None)
     received, deadline = box.received_ns, box.deadline_ns
@@ -253,6 +254,8 @@ def decide(box: Mailbox, schedule: Schedule, now_ns: int) -> Decision | Wait:
     failed = 0
     for i, cand in enumerate(order):
         state = box.scores.get(cand.model)
+        if state is not None and state.ok and state.finished_ns > deadline:
+            state = None  # late: kept in the record, never returned
         if state is not None and state.ok:
             if blocked_until is None:
                 return Decision(cand.model, _reason(i, schedule))
