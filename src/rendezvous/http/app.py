@@ -137,6 +137,7 @@ class Proxy:
             ("POST", re.compile(r"/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
                                 r"rollback)"), self._admin),
             ("GET", re.compile(r"/metrics"), self._metrics),
+            ("GET", re.compile(r"/openapi\.json"), self._openapi),
         ]
 
     # -- ASGI ---------------------------------------------------------------------------------
@@ -475,6 +476,11 @@ class Proxy:
         version = await rt.reload()
         return Reply(200, _encode({"deployment": rt.name, "policy_version": version,
                                    "champion": rt.policy.champion}), list(_JSON))
+
+    async def _openapi(self, *_: Any) -> Reply:
+        from rendezvous.http.openapi import ENCODED
+
+        return Reply(200, ENCODED, list(_JSON))
 
     async def _metrics(self, *_: Any) -> Reply:
         body, ctype = self.metrics.render()
