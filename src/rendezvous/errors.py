@@ -10,6 +10,8 @@ from __future__ import annotations
 class RendezvousError(Exception):
     """Root of all Rendezvous errors."""
 
+    request_id: str | None = None  # the request it concerns, when there is one (error bodies)
+
 
 class ConfigError(RendezvousError):
     """A setting, flag or spec file is invalid."""

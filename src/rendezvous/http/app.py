@@ -213,7 +213,7 @@ class Proxy:
                                            "code": "method_not_allowed"}), list(_JSON))
             raise NotFoundError("path", path, "see /docs in the README for the endpoints")
         except RendezvousError as exc:
-            status, body, extra = error_body(exc, getattr(exc, "request_id", None))
+            status, body, extra = error_body(exc, exc.request_id)
             return Reply(status, body, [*_JSON, *extra])
         except RecursionError:
             return Reply(400, _encode({"error": "the JSON body is nested too deeply; send "
@@ -347,7 +347,7 @@ class Proxy:
             exc = UnavailableError(
                 f"no answer for request {rid} from the rendezvous server; it may be down. "
                 "The request is recorded and will be scored when it is back", retry_after_s=1)
-        exc.request_id = rid  # type: ignore[attr-defined]
+        exc.request_id = rid
         fut.set_exception(exc)
 
     def _check(self, result: Result, rt: DeploymentRuntime) -> None:
@@ -360,7 +360,7 @@ class Proxy:
             else:
                 exc = RendezvousError(f"every candidate model failed on request "
                                       f"{result.request_id}: {result.error}")
-            exc.request_id = result.request_id  # type: ignore[attr-defined]
+            exc.request_id = result.request_id
             raise exc
         learned = self.output_types.setdefault(rt.name, {})
         for name, values in result.outputs.items():

@@ -144,10 +144,10 @@ class Writer(threading.Thread):
             log.warning("stream log writable again; %d delayed records are durable", len(rows))
         self.backlog_rows, self.backlog_positions, self.backlog_topics = [], {}, {}
         self.error, self._retry_s = "", RETRY_FIRST_S
-        committed: dict[str, int] = {}
+        highest: dict[str, int] = {}
         for topic, offset, *_ in rows:
-            committed[topic] = max(offset, committed.get(topic, 0))
-        return stop, committed
+            highest[topic] = max(offset, highest.get(topic, 0))
+        return stop, highest
 
     def _transaction(self, rows: list[Row], positions: dict[tuple[str, str], int],
                      topics: dict[str, Retention]) -> None:
