@@ -279,6 +279,27 @@ async def test_the_audit_trail_records_who_asked(registry: Registry, serve: Serv
     assert last.by.startswith("alice (admin token, 127.0.0.1:")
 
 
+async def test_a_cli_promote_through_a_running_server_records_the_user(
+        registry: Registry, serve: Serve) -> None:
+    import getpass
+
+    from typer.testing import CliRunner
+
+    from rendezvous.cli import app
+
+    champ = deploy(registry)
+    other = register_callable(registry, "other", "tests.models:doubler")
+    registry.apply_policy("dep", Policy(deadline_ms=2000, models=[
+        ModelSpec(champ, Role.CHAMPION), ModelSpec(other, Role.CHALLENGER)]))
+    async with serve("dep"):
+        result = await asyncio.to_thread(
+            CliRunner().invoke, app, ["promote", "dep", other, "--home", str(registry.home)])
+        assert result.exit_code == 0, result.output
+        assert "running server" in result.output
+    last = registry.policy_history("dep")[-1]
+    assert last.by.startswith(f"{getpass.getuser()} (admin token, 127.0.0.1:")
+
+
 async def test_concurrent_admin_writes_are_200_or_409(registry: Registry, serve: Serve) -> None:
     refs = [register_callable(registry, f"m{i}", "tests.models:doubler") for i in range(3)]
     registry.apply_policy("dep", Policy(deadline_ms=2000, models=[
