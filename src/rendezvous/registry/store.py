@@ -252,8 +252,13 @@ class SqlStore:
                     parent: int | object | None, note: str,
                     expect_current: int | None) -> PolicyRecord:
         with self.engine.begin() as conn:
+            # Read and write under one lock: SQLite's driver would otherwise begin the
+            # transaction only at the first write, and PostgreSQL reads committed data.
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             current = conn.execute(
                 sa.select(deployments.c.current).where(deployments.c.name == deployment)
+                .with_for_update()
             ).scalar()
             if expect_current is not None and current != expect_current:
                 raise ConflictError(
