@@ -363,3 +363,36 @@ async def test_the_decoy_retries_a_failed_archive_write_while_running(registry: 
         blocker.unlink()
         await wait_for(lambda: rt.decoy.backlog == 0)
         assert read_archive(registry.home, "dep").num_rows == 3
+
+
+async def test_results_that_fail_to_be_recorded_are_recorded_once_the_disk_has_room(
+        registry: Registry, serve: Serve) -> None:
+    from rendezvous.core import messages
+
+    deploy(registry, sleep_ms=300)
+    async with serve("dep") as client:
+        server = client.proxy_app.server  # type: ignore[attr-defined]
+        rt = server.runtimes["dep"]
+        answer = asyncio.ensure_future(
+            client.post("/v1/deployments/dep/predict", json=[ROW]))
+        await wait_for(lambda: server.stream._topics["dep.input"].durable >= 1)
+        # While the champion scores, every write fails (small ones would still fit in a
+        # "full" file's free pages, so refuse writes outright).
+        server.stream._writer.conn.execute("PRAGMA query_only = ON")
+        await wait_for(lambda: rt.rendezvous.backlog > 0)
+        assert not server.stream.health().writable
+        server.stream._writer.conn.execute("PRAGMA query_only = OFF")
+        r = await answer
+        assert r.status_code in (200, 504, 503)
+
+        async def recorded() -> list[bytes]:
+            return [rec.data for rec in await server.stream.read("dep.results", from_offset=1)]
+
+        for _ in range(400):
+            if await recorded():
+                break
+            await asyncio.sleep(0.05)
+        (result,) = [messages.result_decoder.decode(b) for b in await recorded()]
+        assert result.request_id == r.headers.get("x-request-id", result.request_id)
+        await wait_for(lambda: rt.rendezvous.backlog == 0)  # its retry went through too
+        assert server.stream.health().backlog == 0
