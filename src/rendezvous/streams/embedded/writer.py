@@ -84,13 +84,15 @@ class Writer(threading.Thread):
 
     @property
     def backlog(self) -> int:
-        return len(self.backlog_rows) + len(self.backlog_positions)
+        return len(self.backlog_rows) + len(self.backlog_positions) + len(self.backlog_topics)
 
     def run(self) -> None:
         stop = False
         while not stop:
             try:
-                batch = self.ops.get(timeout=self._retry_s if self.backlog else None)
+                # While a write has failed, retry on a timer even if nothing new comes: the
+                # proxy takes no new requests until the log is writable again.
+                batch = self.ops.get(timeout=self._retry_s if self.error else None)
             except queue.Empty:
                 batch = []  # only the backlog, retried after its backoff
             with contextlib.suppress(queue.Empty):
