@@ -6,11 +6,13 @@ import pytest
 
 from rendezvous.core.messages import Reason
 from rendezvous.core.policy import (
+    Candidate,
     Decision,
     Mailbox,
     ModelSpec,
     Policy,
     Role,
+    Schedule,
     ScoreState,
     Wait,
     decide,
@@ -124,3 +126,51 @@ def test_invalid_policies_name_the_problem(policy: Policy, message: str) -> None
 def test_promoting_the_champion_is_an_error() -> None:
     with pytest.raises(ConfigError, match="already the champion"):
         promote(POLICY, "champ@1")
+
+
+# -- a promote in an A/B split (issue 8, item 4) --------------------------------------------
+
+AB = Policy(deadline_ms=100, split={"a@1": 1.0, "b@1": 1.0}, models=[
+    ModelSpec("a@1", Role.CHAMPION, wait_ms=20), ModelSpec("b@1", Role.CHAMPION),
+    ModelSpec("c@1", Role.CHALLENGER), ModelSpec("can@1", Role.CANARY)])
+
+
+@pytest.mark.parametrize(("model", "split", "roles"), [
+    ("c@1", {"c@1": 1.0, "b@1": 1.0},
+     {"c@1": Role.CHAMPION, "a@1": Role.CHALLENGER, "b@1": Role.CHAMPION}),
+    ("b@1", {"b@1": 2.0}, {"b@1": Role.CHAMPION, "a@1": Role.CHALLENGER}),
+])
+def test_promote_in_a_split_gives_the_old_champions_share_to_the_new(
+        model: str, split: dict[str, float], roles: dict[str, Role]) -> None:
+    new = promote(AB, model)
+    assert new.split == split
+    assert {m.model: m.role for m in new.models if m.model in roles} == roles
+    sched = new.schedule("d", 2)
+    assert "a@1" in sched.shadows
+    for i in range(200):  # the old champion, now a shadow, is never returned
+        b = Mailbox(received_ns=0, deadline_ns=100 * MS, split_key=f"user-{i}")
+        b.scores["a@1"] = ScoreState(True, 1)
+        assert decide(b, sched, 1 * MS) != Decision("a@1", Reason.SPLIT)
+        assert getattr(decide(b, sched, 100 * MS), "model", None) is None
+
+
+def test_a_split_naming_a_shadow_is_refused() -> None:
+    with pytest.raises(ConfigError, match="shadow"):
+        Policy(split={"a@1": 1.0, "c@1": 1.0}, models=[
+            ModelSpec("a@1", Role.CHAMPION), ModelSpec("c@1", Role.CHALLENGER)]).validate()
+
+
+SPLIT_TO_SHADOW = Schedule(deployment="d", version=1, deadline_ms=100,
+                           candidates=(Candidate("a@1", 20),), shadows=("c@1",),
+                           split=(("c@1", 1.0),))
+
+
+@pytest.mark.parametrize(("scores", "now_ms", "expected"), [
+    ({"c@1": True}, 1, Wait(20 * MS)),
+    ({"c@1": True}, 100, Decision(None, Reason.SLA_MISS)),
+    ({"c@1": True, "a@1": True}, 1, Decision("a@1", Reason.SPLIT)),
+], ids=["shadow ready, champion within its wait", "shadow only at the deadline",
+        "champion answers"])
+def test_decide_never_returns_a_shadow_even_if_a_split_names_one(
+        scores: dict[str, bool], now_ms: int, expected: object) -> None:
+    assert decide(box(scores), SPLIT_TO_SHADOW, now_ms * MS) == expected

@@ -22,10 +22,11 @@ class Setting(Generic[T]):
     kind: type
     default: T
     help: str
+    minimum: float | None = None  # numbers below it are refused, explicit or from the env
 
     def get(self, explicit: T | None = None) -> T:
         if explicit is not None:
-            return explicit
+            return self._checked(explicit, repr(explicit))
         raw = os.environ.get(self.env)
         if raw is None or raw == "":
             return self.default
@@ -34,12 +35,28 @@ class Setting(Generic[T]):
                 if raw.lower() not in {"1", "true", "yes", "0", "false", "no"}:
                     raise ValueError(raw)
                 return raw.lower() in {"1", "true", "yes"}  # type: ignore[return-value]
-            return self.kind(raw)  # type: ignore[no-any-return]
+            if self.kind is FileMode:
+                value: T = FileMode(int(raw, 8))  # type: ignore[assignment]
+            else:
+                value = self.kind(raw)
         except ValueError:
             raise ConfigError(
                 f"environment variable {self.env}={raw!r} is not a valid {self.kind.__name__}; "
                 f"{self.help}"
             ) from None
+        return self._checked(value, f"environment variable {self.env}={raw!r}")
+
+    def _checked(self, value: T, shown: str) -> T:
+        if self.minimum is not None and value < self.minimum:  # type: ignore[operator]
+            raise ConfigError(f"{shown} must be at least {self.minimum:g}; {self.help}")
+        return value
+
+
+class FileMode(int):
+    """A permission mode written in octal (``0600``)."""
+
+    def __repr__(self) -> str:
+        return f"0{self:o}"
 
 
 HOME = Setting("RENDEZVOUS_HOME", Path, Path(".rendezvous"),
@@ -47,7 +64,36 @@ HOME = Setting("RENDEZVOUS_HOME", Path, Path(".rendezvous"),
 HOST = Setting("RENDEZVOUS_HOST", str, "127.0.0.1", "address the HTTP server binds to")
 PORT = Setting("RENDEZVOUS_PORT", int, 8000, "port the HTTP server listens on")
 MAX_BODY_BYTES = Setting("RENDEZVOUS_MAX_BODY_BYTES", int, 4 * 1024 * 1024,
-                         "largest accepted request body, in bytes")
+                         "largest accepted request body, in bytes (at least 1024)",
+                         minimum=1024)
+MAX_ROWS = Setting("RENDEZVOUS_MAX_ROWS", int, 10_000,
+                   "most rows accepted in one request (a positive integer)", minimum=1)
+MAX_JSON_DEPTH = Setting("RENDEZVOUS_MAX_JSON_DEPTH", int, 32,
+                         "deepest nesting of arrays and objects accepted in a JSON body",
+                         minimum=2)
+HEADER_TIMEOUT_S = Setting("RENDEZVOUS_HEADER_TIMEOUT_S", float, 10.0,
+                           "seconds a client may take to send a request's headers (> 0)",
+                           minimum=0.001)
+BODY_TIMEOUT_S = Setting("RENDEZVOUS_BODY_TIMEOUT_S", float, 30.0,
+                         "seconds a client may pause while sending a request body (> 0)",
+                         minimum=0.001)
+MAX_HEADER_BYTES = Setting("RENDEZVOUS_MAX_HEADER_BYTES", int, 16 * 1024,
+                           "largest accepted request line plus headers, in bytes "
+                           "(at least 1024)", minimum=1024)
+ALLOWED_HOSTS = Setting("RENDEZVOUS_ALLOWED_HOSTS", str, "",
+                        "comma-separated Host header names accepted besides the bind address "
+                        "('*' accepts any); empty: only the bind address (and localhost names "
+                        "when bound to loopback)")
+INFER_TOKEN = Setting("RENDEZVOUS_INFER_TOKEN", str, "",
+                      "bearer token inference and feedback requests must carry; empty: none")
+SSL_CERTFILE = Setting("RENDEZVOUS_SSL_CERTFILE", str, "",
+                       "PEM certificate file: serve HTTPS (with RENDEZVOUS_SSL_KEYFILE)")
+SSL_KEYFILE = Setting("RENDEZVOUS_SSL_KEYFILE", str, "",
+                      "PEM private key file for RENDEZVOUS_SSL_CERTFILE")
+DIR_MODE = Setting("RENDEZVOUS_DIR_MODE", FileMode, FileMode(0o700),
+                   "octal mode of directories created under the data directory (e.g. 0750)")
+FILE_MODE = Setting("RENDEZVOUS_FILE_MODE", FileMode, FileMode(0o600),
+                    "octal mode of files written under the data directory (e.g. 0640)")
 ADMIN_TOKEN = Setting("RENDEZVOUS_ADMIN_TOKEN", str, "",
                       "bearer token for admin endpoints; generated per server when empty")
 STREAMS = Setting("RENDEZVOUS_STREAMS", str, "embedded",
@@ -70,8 +116,28 @@ READY_TIMEOUT_S = Setting("RENDEZVOUS_READY_TIMEOUT_S", float, 120.0,
 
 
 def home(explicit: Path | str | None = None) -> Path:
-    """The data directory, created if missing."""
+    """The data directory, created (mode ``RENDEZVOUS_DIR_MODE``, 0700) if missing."""
     path = Path(explicit) if explicit is not None else HOME.get()
     path = path.expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    private_dir(path)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents under it) readable by the owner only, or by
+    ``RENDEZVOUS_DIR_MODE``; an existing directory keeps the mode the operator gave it."""
+    if path.is_dir():
+        return path
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    mode = DIR_MODE.get()
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, mode)  # mkdir's own mode would be filtered by the umask
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Give a file written under the data directory the mode ``RENDEZVOUS_FILE_MODE`` (0600),
+    whatever the umask made of it."""
+    os.chmod(path, FILE_MODE.get())
     return path

@@ -10,6 +10,8 @@ from __future__ import annotations
 class RendezvousError(Exception):
     """Root of all Rendezvous errors."""
 
+    request_id: str | None = None  # the request it concerns, when there is one (error bodies)
+
 
 class ConfigError(RendezvousError):
     """A setting, flag or spec file is invalid."""
@@ -110,3 +112,41 @@ class ModelLoadError(RendezvousError):
             f"deployment {deployment!r}: {len(failures)} model(s) cannot be served ({lines}); "
             "the policy was not recorded. Register a working version (rendezvous models "
             "register) or leave the model out of the policy, then apply it again")
+
+
+class ConflictError(RendezvousError):
+    """The request conflicts with what is already recorded (a reused request id with other
+    data, a policy changed meanwhile); the caller decides again and retries."""
+
+
+class TooManyRowsError(RendezvousError):
+    """A request carries more rows than the server accepts at once."""
+
+    def __init__(self, n_rows: int, limit: int) -> None:
+        self.n_rows = n_rows
+        self.limit = limit
+        super().__init__(
+            f"request has {n_rows} rows, more than the limit of {limit} rows per request; "
+            "split it into smaller batches or raise RENDEZVOUS_MAX_ROWS"
+        )
+
+
+class RequestTimeoutError(RendezvousError):
+    """The client sent its request too slowly."""
+
+
+class LogInUseError(StreamError):
+    """Another process holds the stream log open for writing."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(
+            f"the stream log {path} is in use by {holder}; stop that server first, or serve "
+            "from another data directory (--home / RENDEZVOUS_HOME)"
+        )
+
+
+class LogMismatchError(StreamError):
+    """The stream log on disk is not the one this data directory recorded (emptied, replaced,
+    or left with a stale write-ahead log)."""

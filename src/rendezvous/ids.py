@@ -9,7 +9,7 @@ from ulid import ULID
 
 from rendezvous.errors import ConfigError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def new_request_id() -> str:
@@ -19,7 +19,7 @@ def new_request_id() -> str:
 
 def check_name(name: str, kind: str = "name") -> str:
     """Validate a model, deployment or alias name; safe to use in a path or a NATS subject."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ConfigError(
             f"invalid {kind} {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
@@ -49,10 +49,11 @@ class ModelRef:
             )
         name, _, tail = text.partition("@")
         check_name(name, "model name")
-        if tail.isdigit():
+        if tail.isascii() and tail.isdigit():
+            if len(tail) > 9 or int(tail) < 1:
+                raise ConfigError(f"invalid model version in {text[:80]!r}: versions start at "
+                                  f"1 and have at most 9 digits")
             version = int(tail)
-            if version < 1:
-                raise ConfigError(f"invalid model version in {text!r}: versions start at 1")
             return cls(name, version)
         check_name(tail, "alias")
         return cls(name, alias=tail)

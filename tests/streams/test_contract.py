@@ -260,3 +260,9 @@ async def test_retention_max_records_keeps_the_newest(stream: Stream, topic: str
     records = await stream.read(topic, from_offset=1)
     assert [(r.offset, r.data) for r in records] == [(3, b"3"), (4, b"4"), (5, b"5")]
     assert await stream.last_offset(topic) == 5
+
+
+async def test_a_healthy_engine_is_writable_with_no_backlog(stream: Stream, topic: str) -> None:
+    await stream.append(topic, [b"a"])
+    health = stream.health()
+    assert health.writable and health.backlog == 0 and health.error == ""

@@ -9,11 +9,12 @@ import pytest
 
 from rendezvous.streams import Retention
 from rendezvous.streams.embedded import log as emb
+from rendezvous.streams.embedded import writer
 
 
 async def test_records_older_than_max_age_are_deleted(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emb, "RETENTION_EVERY_S", 0.0)  # apply age retention on every commit
+    monkeypatch.setattr(writer, "RETENTION_EVERY_S", 0.0)  # apply age retention on every commit
     stream = await emb.EmbeddedStream.open(tmp_path / "streams.db")
     try:
         await stream.ensure_topic("t.input", retention=Retention(max_age_s=0.2))

@@ -105,7 +105,9 @@ def _notify(home: Path | None, deployment: str, op: str,
     try:
         # Applying loads and warms up new models first: allow for that.
         r = httpx.post(f"{info['url']}/v1/admin/deployments/{deployment}/{op}", json=body or {},
-                       headers={"authorization": f"Bearer {info['token']}"},
+                       headers={"authorization": f"Bearer {info['token']}",
+                                # who asked, for the audit trail (the server adds the address)
+                                "x-rendezvous-user": current_user()},
                        timeout=config.READY_TIMEOUT_S.get() + 30)
     except httpx.HTTPError:
         err.print(f"[yellow]note:[/] no server answered at {info['url']}; the change applies "

@@ -49,6 +49,10 @@ def serve(
     processes: Annotated[int, typer.Option(
         min=1, help="Serving processes, each a whole Rendezvous on its own partition of the "
                     "embedded streams (use one per core)")] = 1,
+    reset_log: Annotated[bool, typer.Option(
+        "--reset-log", help="Start the embedded stream log afresh when the file on disk is not "
+                            "the one this data directory recorded (the old files are kept "
+                            "aside)")] = False,
 ) -> None:
     """Serve deployments over HTTP until Ctrl-C.
 
@@ -63,30 +67,31 @@ def serve(
     topology = Topology(config.STREAMS.get(streams), processes=processes,
                         roles=Roles.only(role, model or ()) if role is not None else None,
                         replicas=replicas, monitor_port=monitor_port,
-                        registry_url=registry).check()
+                        registry_url=registry, reset_log=reset_log).check()
     match topology.mode:
         case Mode.PARTITIONS:
             from rendezvous.hosting.processes import serve_processes
 
             serve_processes(deployments, processes=processes, home=home, host=host, port=port,
-                            say=out.print)
+                            reset_log=reset_log, say=out.print)
             out.print("stopped")
         case Mode.LAUNCHER:
             _serve_launcher(deployments, home, host, port, monitor_port, replicas, registry)
         case Mode.SINGLE:
-            _serve_all(deployments, home, host, port, streams, registry)
+            _serve_all(deployments, home, host, port, streams, registry, reset_log)
         case Mode.ROLE:
             _serve_role(topology.roles, deployments, home, host, port, streams, replicas,
                         registry)
 
 
 def _serve_all(deployments: list[str] | None, home: Path | None, host: str | None,
-               port: int | None, streams: str | None, registry: str | None) -> None:
+               port: int | None, streams: str | None, registry: str | None,
+               reset_log: bool) -> None:
     from rendezvous.hosting.serving import running
 
     async def main() -> None:
         async with running(deployments, home=home, host=host, port=port, streams=streams,
-                           registry_url=registry) as (proxy, url):
+                           registry_url=registry, reset_log=reset_log) as (proxy, url):
             names = ", ".join(proxy.server.runtimes)
             for line in proxy.server.problems():
                 err.print(f"[yellow]warning:[/] {line}")

@@ -111,9 +111,14 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
         canaries = [m for m in self.models if m.role is Role.CANARY]
         if len(canaries) > 1:
             raise ConfigError("a deployment has at most one canary model")
+        tier = {m.model for m in self.models if m.role in (Role.CHAMPION, Role.FALLBACK)}
         for name, weight in self.split.items():
             if name not in seen:
                 raise ConfigError(f"split names {name!r}, which is not a model of the policy")
+            if name not in tier:
+                raise ConfigError(
+                    f"split names {name!r}, a shadow model (never returned); a split divides "
+                    "traffic among champion and fallback models: give it one of those roles")
             if weight <= 0:
                 raise ConfigError(f"split weight for {name!r} must be positive, got {weight}")
         return self
@@ -151,16 +156,22 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def promote(policy: Policy, model: str) -> Policy:
     """The policy with ``model`` as champion; the previous champion keeps scoring as challenger.
+    In a split, the new champion takes the old one's share, so the old champion (now a shadow)
+    is never returned.
 
     >>> p = Policy(models=[ModelSpec("a@1", Role.CHAMPION), ModelSpec("b@1", Role.CHALLENGER)])
     >>> [(m.model, m.role.value) for m in promote(p, "b@1").models]
     [('b@1', 'champion'), ('a@1', 'challenger')]
+    >>> p = msgspec.structs.replace(p, split={"a@1": 1.0})
+    >>> promote(p, "b@1").split
+    {'b@1': 1.0}
     """
     ModelRef.parse(model)
     old = next((m for m in policy.models if m.role is Role.CHAMPION), None)
     if old is not None and old.model == model:
         raise ConfigError(f"{model} is already the champion; nothing to promote")
-    rest = [m for m in policy.models if m.model != model and m.role is not Role.CHAMPION]
+    gone = {model} | ({old.model} if old is not None else set())
+    rest = [m for m in policy.models if m.model not in gone]
     wait = old.wait_ms if old is not None else None
     # Each model keeps its hosting settings (isolation, limits) across the swap.
     spec = next((m for m in policy.models if m.model == model), None) \
@@ -169,7 +180,11 @@ def promote(policy: Policy, model: str) -> Policy:
     if old is not None:
         models.append(msgspec.structs.replace(old, role=Role.CHALLENGER, wait_ms=None))
     models.extend(rest)
-    split = {k: v for k, v in policy.split.items() if k in {m.model for m in models}}
+    split: dict[str, float] = {}
+    for name, weight in policy.split.items():
+        # The old champion's share (and the new one's own, if it had one) go to the new one.
+        key = model if old is not None and name == old.model else name
+        split[key] = split.get(key, 0.0) + weight
     return msgspec.structs.replace(policy, models=models, split=split).validate()
 
 
@@ -205,8 +220,8 @@ class Schedule:
             return self.candidates
         picked = pick_split(self.split, key)
         first = [c for c in self.candidates if c.model == picked]
-        if not first:  # a split model that is a shadow only: treat it as the first candidate
-            first = [Candidate(picked, self.deadline_ms)]
+        if not first:  # never a shadow (a validated policy's split names candidates only)
+            return self.candidates
         return tuple(first) + tuple(c for c in self.candidates if c.model != picked)
 
 
@@ -254,7 +269,8 @@ class Wait:
 
 
 def decide(box: Mailbox, schedule: Schedule, now_ns: int) -> Decision | Wait:
-    """The rendezvous rule (module docstring). Shadows are never returned."""
+    """The rendezvous rule (module docstring). Shadows are never returned, nor a score that
+    finished after the deadline."""
     if box.received_ns is None or box.deadline_ns is None:
         return Wait(None)
     received, deadline = box.received_ns, box.deadline_ns
@@ -264,6 +280,8 @@ def decide(box: Mailbox, schedule: Schedule, now_ns: int) -> Decision | Wait:
     failed = 0
     for i, cand in enumerate(order):
         state = box.scores.get(cand.model)
+        if state is not None and state.ok and state.finished_ns > deadline:
+            state = None  # late: kept in the record, never returned
         if state is not None and state.ok:
             if blocked_until is None:
                 return Decision(cand.model, _reason(i, schedule))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,9 +119,13 @@ _LIST_OF = {
 _INDEX = re.compile(r"\$\[(\d+)\]")
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}"
+    # reprlib: bounded depth and length, so a deeply nested value cannot blow the stack.
+    return f"{type(value).__name__} {_REPR.repr(value)[:40]}"
 
 
 def _typed(values: list[Any], dt: Datatype, where: str, problems: list[str]) -> list[Any]:
@@ -185,10 +190,15 @@ class InferRequest(msgspec.Struct, kw_only=True):
 
 
 def _flatten(data: list[Any]) -> list[Any]:
+    """Rows of a 2-D tensor as one flat list. One level only (shapes have at most two
+    dimensions): anything nested deeper stays a list, and the type check reports it."""
     if data and isinstance(data[0], list):
         out: list[Any] = []
         for row in data:
-            out.extend(_flatten(row) if isinstance(row, list) else [row])
+            if isinstance(row, list):
+                out.extend(row)
+            else:
+                out.append(row)
         return out
     return data
 

@@ -61,7 +61,7 @@ async def _until_stopped() -> None:
 
 
 def _child(index: int, deployments: list[str] | None, home: Path, host: str, port: int,
-           token: str) -> None:
+           token: str, reset_log: bool) -> None:
     from rendezvous.hosting.serving import running
 
     sock = _reuseport_socket(host, port)
@@ -76,7 +76,8 @@ def _child(index: int, deployments: list[str] | None, home: Path, host: str, por
 
     async def main() -> None:
         async with running(deployments, home=home, sock=sock, streams=partition_url(index),
-                           admin_token=token, run_files=False) as (proxy, _):
+                           admin_token=token, run_files=False,
+                           reset_log=reset_log) as (proxy, _):
             if index == 0:  # every partition loads the same models: one report is enough
                 for line in proxy.server.problems():
                     print(f"warning: {line}", file=sys.stderr, flush=True)
@@ -103,7 +104,7 @@ def _wait_ready(url: str, pids: list[int], timeout_s: float) -> None:
 def serve_processes(
     deployments: list[str] | None, *, processes: int, home: Path | str | None = None,
     host: str | None = None, port: int | None = None, admin_token: str | None = None,
-    say: Callable[[str], None] = print,
+    reset_log: bool = False, say: Callable[[str], None] = print,
 ) -> None:
     """Serve with ``processes`` partitions until SIGINT or SIGTERM (blocks).
 
@@ -131,7 +132,7 @@ def serve_processes(
         if pid == 0:  # the child never returns into the caller's code
             code = 0
             try:
-                _child(index, deployments, root, bind_host, addr[1], token)
+                _child(index, deployments, root, bind_host, addr[1], token, reset_log)
             except BaseException:
                 traceback.print_exc()
                 code = 1

@@ -358,8 +358,10 @@ class Server:
 
     def __init__(self, home: Path | str | None = None, deployments: list[str] | None = None, *,
                  streams: str | None = None, late_grace_ms: float | None = None,
-                 roles: Roles | None = None, registry_url: str | None = None) -> None:
+                 roles: Roles | None = None, registry_url: str | None = None,
+                 reset_log: bool = False) -> None:
         self.home = config.home(home)
+        self.reset_log = reset_log  # start an embedded log afresh that does not match
         self.deployment_names = list(deployments or [])
         self.serves_all = not self.deployment_names
         self.streams_url = config.STREAMS.get(streams)
@@ -387,7 +389,8 @@ class Server:
             self.deployment_names = await asyncio.to_thread(self.registry.deployments)
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
-        self.stream = await open_stream(self.streams_url, home=self.home)
+        self.stream = await open_stream(self.streams_url, home=self.home,
+                                        reset_log=self.reset_log)
         remote = self.stream.return_transport()
         if remote is None and not self.roles.everything:
             await self.stream.close()

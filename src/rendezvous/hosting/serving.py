@@ -19,11 +19,12 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
 from rendezvous import config
+from rendezvous.errors import ConfigError
 from rendezvous.hosting.runtime import Server
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.http import Proxy
@@ -56,7 +57,7 @@ def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
     paths = []
     for name in deployments:
         path = monitor_run_file(home, name) if kind == "monitor" else run_file(home, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config.private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -66,10 +67,27 @@ def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
     return paths
 
 
-def uvicorn_config(app: Any, host: str, port: int, *, lifespan: str = "on") -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                          lifespan=lifespan, access_log=False, log_level="warning",
-                          timeout_keep_alive=30,
+def uvicorn_config(app: Any, host: str, port: int, *,
+                   lifespan: Literal["on", "off"] = "on") -> uvicorn.Config:
+    """uvicorn's settings, with the HTTP edge's limits: ``app`` behind the middlewares of
+    ``rendezvous.http.middleware`` (Host check, body timeout, inference token), headers
+    bounded in time and size, and HTTPS when RENDEZVOUS_SSL_CERTFILE/KEYFILE are set."""
+    from rendezvous.http.middleware import harden
+    from rendezvous.http.protocol import hardened_protocol
+
+    certfile, keyfile = config.SSL_CERTFILE.get(), config.SSL_KEYFILE.get()
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("HTTPS needs both RENDEZVOUS_SSL_CERTFILE and RENDEZVOUS_SSL_KEYFILE "
+                          f"(got certfile={certfile!r}, keyfile={keyfile!r})")
+    for name, path in (("RENDEZVOUS_SSL_CERTFILE", certfile), ("RENDEZVOUS_SSL_KEYFILE", keyfile)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}={path!r} is not a file; give the PEM file's path")
+    protocol = hardened_protocol(header_timeout_s=config.HEADER_TIMEOUT_S.get(),
+                                 max_header_bytes=config.MAX_HEADER_BYTES.get())
+    return uvicorn.Config(harden(app, host=host), host=host, port=port, loop="uvloop",
+                          http=protocol, lifespan=lifespan, access_log=False,
+                          log_level="warning", timeout_keep_alive=30,
+                          ssl_certfile=certfile or None, ssl_keyfile=keyfile or None,
                           # We bind to loopback by default and read no X-Forwarded-* headers;
                           # the proxy-headers middleware would only add work per request.
                           proxy_headers=False)
@@ -84,7 +102,8 @@ class _Uvicorn(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def _http(app: Any, host: str | None, port: int | None, *, lifespan: str = "on",
+async def _http(app: Any, host: str | None, port: int | None, *,
+                lifespan: Literal["on", "off"] = "on",
                 sock: socket.socket | None = None) -> AsyncIterator[tuple[uvicorn.Server, str]]:
     """Run uvicorn in this event loop; yields (server, base URL) once it listens, and shuts it
     down (letting requests in flight finish) on exit."""
@@ -93,8 +112,12 @@ async def _http(app: Any, host: str | None, port: int | None, *, lifespan: str =
     task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
     while not uv.started:
         if task.done():
-            await task  # surfaces the startup error
-            raise RuntimeError("the HTTP server stopped during startup")
+            # uvicorn logs why (e.g. the port is in use) and exits; say it in one line.
+            with contextlib.suppress(SystemExit):
+                await task
+            where = f"{uv.config.host}:{uv.config.port}" if sock is None else "its socket"
+            raise ConfigError(f"cannot listen on {where} (in use, or not an address of this "
+                              "machine); pick another --port or stop the server using it")
         await asyncio.sleep(0.02)
     addr = uv.servers[0].sockets[0].getsockname()
     try:
@@ -110,7 +133,7 @@ async def running(
     host: str | None = None, port: int | None = None, streams: str | None = None,
     admin_token: str | None = None, roles: Roles | None = None,
     registry_url: str | None = None, sock: socket.socket | None = None,
-    run_files: bool = True,
+    run_files: bool = True, reset_log: bool = False,
 ) -> AsyncIterator[tuple[Proxy, str]]:
     """Serve in the current event loop; yields (proxy, base URL) once ready.
 
@@ -126,7 +149,8 @@ async def running(
     home = config.home(home)
     if roles is not None and ProcessRole.PROXY not in roles:
         raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
-    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
+                    reset_log=reset_log)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
     await proxy.start()

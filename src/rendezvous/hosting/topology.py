@@ -152,6 +152,7 @@ class Topology:
     replicas: int = 1
     monitor_port: int | None = None
     registry_url: str | None = None
+    reset_log: bool = False
 
     @property
     def mode(self) -> Mode:
@@ -181,6 +182,9 @@ class Topology:
                 self.roles is None or ProcessRole.WORKER not in self.roles):
             raise ConfigError("--replicas counts worker processes per model; use it with "
                               "--role worker or --streams local-nats")
+        if self.reset_log and eng.partitions is None:
+            raise ConfigError(f"--reset-log starts an embedded log afresh; {self.streams} keeps "
+                              "its streams in its own server")
         if self.monitor_port is not None and not eng.starts_server:
             raise ConfigError("--monitor-port applies to --streams local-nats; a --role monitor "
                               "process serves its status on --port")

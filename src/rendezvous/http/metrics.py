@@ -12,7 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from rendezvous.core.messages import Result
 
 if TYPE_CHECKING:
-    from rendezvous.hosting.runtime import Server
+    from rendezvous.hosting.runtime import DeploymentRuntime, Server
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -59,6 +59,42 @@ class _MonitorCollector:
         yield from (status, chosen, latency, policy, up, restarts)
 
 
+def backlog(server: Server, rt: DeploymentRuntime) -> dict[str, Any]:
+    """Writes that failed and are being retried: the engine's, the decoy's, the results'."""
+    stream = getattr(server, "stream", None)
+    health = stream.health() if stream is not None else None
+    return {
+        "stream_writable": health.writable if health else False,
+        "stream_backlog": health.backlog if health else 0,
+        "stream_error": health.error if health else "",
+        "decoy_rows": rt.decoy.backlog if rt.decoy is not None else 0,
+        "results": rt.rendezvous.backlog if rt.rendezvous is not None else 0,
+    }
+
+
+
+class _BacklogCollector:
+    """Writes that failed and are being retried, and whether the log can be written."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pending = GaugeMetricFamily("rendezvous_write_backlog",
+                                    "Writes that failed and are being retried, by kind",
+                                    labels=["deployment", "kind"])
+        writable = GaugeMetricFamily("rendezvous_stream_writable",
+                                     "1 while the stream log can be written, else 0")
+        ok = True
+        for name, rt in self.server.runtimes.items():
+            b = backlog(self.server, rt)
+            ok = ok and b["stream_writable"]
+            for kind in ("stream_backlog", "decoy_rows", "results"):
+                pending.add_metric([name, kind], b[kind])
+        writable.add_metric([], 1.0 if ok else 0.0)
+        yield from (pending, writable)
+
+
 class ProxyMetrics:
     def __init__(self, server: Server) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -68,6 +104,7 @@ class ProxyMetrics:
                                  "Time from arrival to answer", ["deployment"],
                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_MonitorCollector(server))  # type: ignore[arg-type]
+        self.registry.register(_BacklogCollector(server))  # type: ignore[arg-type]
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 

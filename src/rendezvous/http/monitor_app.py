@@ -25,7 +25,7 @@ __all__ = ["MonitorApp"]
 log = logging.getLogger(__name__)
 
 _JSON = [(b"content-type", b"application/json")]
-_STATUS = re.compile(r"^/v1/deployments/(?P<d>[^/]+)/status$")
+_STATUS = re.compile(r"/v1/deployments/(?P<d>[^/]+)/status")
 
 
 class MonitorApp:
@@ -58,7 +58,7 @@ class MonitorApp:
             if path == "/metrics":
                 text, ctype = self.metrics.render()
                 return 200, text, [(b"content-type", ctype.encode())]
-            match = _STATUS.match(path)
+            match = _STATUS.fullmatch(path)
             if match is None:
                 raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status, "
                                     "/metrics and /v2/health/live|ready")

@@ -210,11 +210,13 @@ class Registry:
     # -- deployments --------------------------------------------------------------------------
 
     def apply_policy(self, deployment: str, policy: Policy, *, by: str | None = None,
-                     action: str = "apply", note: str = "") -> PolicyRecord:
+                     action: str = "apply", note: str = "",
+                     expect_current: int | None = None) -> PolicyRecord:
         """Record ``policy`` as the deployment's new current version (all models must exist)."""
         resolved = self.resolve_policy(deployment, policy)
         return self.store.add_policy(deployment, msgspec.to_builtins(resolved), action=action,
-                                     by=by or current_user(), note=note)
+                                     by=by or current_user(), note=note,
+                                     expect_current=expect_current)
 
     def resolve_policy(self, deployment: str, policy: Policy) -> Policy:
         """``policy`` with aliases resolved to versions, validated, signatures checked."""
@@ -248,10 +250,11 @@ class Registry:
 
     def promote(self, deployment: str, model: str, *, by: str | None = None) -> PolicyRecord:
         """Make ``model`` the champion; the old champion keeps scoring as a challenger."""
-        pol, _ = self.policy(deployment)
+        pol, rec = self.policy(deployment)
         new = promote(pol, str(self.resolve(model)))
         return self.apply_policy(deployment, new, by=by, action="promote",
-                                 note=f"promote {new.champion} (was {pol.champion})")
+                                 note=f"promote {new.champion} (was {pol.champion})",
+                                 expect_current=rec.version)
 
     def rollback(self, deployment: str, *, by: str | None = None) -> PolicyRecord:
         """Restore the policy that the current one replaced."""
@@ -265,6 +268,7 @@ class Registry:
         return self.store.add_policy(
             deployment, prev.body, action="rollback", by=by or current_user(), parent=prev.parent,
             note=f"rollback to policy {prev.version} (from {rec.version})",
+            expect_current=rec.version,
         )
 
     def policy_history(self, deployment: str) -> list[PolicyRecord]:

@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from rendezvous import config
 from rendezvous.errors import ArtifactIntegrityError, NotFoundError
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactStore(Protocol):
@@ -35,7 +36,7 @@ class LocalArtifacts:
         self.root = root
 
     def _path(self, digest: str) -> Path:
-        if not _DIGEST.match(digest):  # digests come from the database; never trust a path
+        if not _DIGEST.fullmatch(digest):  # digests come from the database; never trust a path
             raise NotFoundError("artifact", digest, "digests are 64 lowercase hex characters")
         return self.root / "sha256" / digest[:2] / digest
 
@@ -44,13 +45,14 @@ class LocalArtifacts:
         path = self._path(digest)
         if path.exists():
             return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        config.private_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mode 0600
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            config.private_file(Path(tmp))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -7,16 +7,21 @@ of one name get distinct versions.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from rendezvous.errors import AlreadyExistsError, NotFoundError
+from rendezvous import config
+from rendezvous.errors import AlreadyExistsError, ConflictError, NotFoundError
 
 metadata = sa.MetaData()
+POLICY_WRITE_ATTEMPTS = 50
 CURRENT: Any = object()  # sentinel: "the deployment's current policy version"
 
 model_versions = sa.Table(
@@ -133,6 +138,11 @@ class SqlStore:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        database = self.engine.url.database
+        if url.startswith("sqlite") and database and database != ":memory:":
+            for suffix in ("", "-wal", "-shm"):  # readable by the owner only (a setting)
+                with contextlib.suppress(FileNotFoundError):
+                    config.private_file(Path(database + suffix))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -218,15 +228,43 @@ class SqlStore:
         expect_current: int | None = None,
     ) -> PolicyRecord:
         """Append a policy version and make it current. ``parent`` (the version a rollback
-        would restore) defaults to the current one."""
+        would restore) defaults to the current one.
+
+        Concurrent writers are serialized: a transaction that loses the race for the next
+        version number is retried, so history stays a chain (each version's parent is the
+        version current when it was written). With ``expect_current`` (a body derived from
+        that version, e.g. a promote) a changed deployment is a ``ConflictError`` instead."""
+        for attempt in range(POLICY_WRITE_ATTEMPTS):
+            try:
+                return self._add_policy(deployment, body, action=action, by=by, parent=parent,
+                                        note=note, expect_current=expect_current)
+            except (IntegrityError, OperationalError) as exc:
+                # IntegrityError: another writer took the version number first. SQLite's
+                # "database is locked": another writer upgraded to a write lock first.
+                if isinstance(exc, OperationalError) and "locked" not in str(exc):
+                    raise
+                time.sleep(0.005 * (attempt + 1) * (1 + random.random()))
+        raise ConflictError(
+            f"deployment {deployment!r}: {POLICY_WRITE_ATTEMPTS} concurrent policy changes "
+            "raced this one; retry it")
+
+    def _add_policy(self, deployment: str, body: dict[str, Any], *, action: str, by: str,
+                    parent: int | object | None, note: str,
+                    expect_current: int | None) -> PolicyRecord:
         with self.engine.begin() as conn:
+            # Read and write under one lock: SQLite's driver would otherwise begin the
+            # transaction only at the first write, and PostgreSQL reads committed data.
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             current = conn.execute(
                 sa.select(deployments.c.current).where(deployments.c.name == deployment)
+                .with_for_update()
             ).scalar()
             if expect_current is not None and current != expect_current:
-                raise AlreadyExistsError(
-                    f"deployment {deployment!r} changed meanwhile (now at policy {current}); retry"
-                )
+                raise ConflictError(
+                    f"deployment {deployment!r} changed meanwhile (policy {expect_current} is "
+                    f"now {current}); look at `rendezvous deploy history {deployment}` and "
+                    "retry")
             latest = conn.execute(sa.select(sa.func.max(policies.c.version)).where(
                 policies.c.deployment == deployment)).scalar() or 0
             rec = PolicyRecord(deployment, latest + 1, body,

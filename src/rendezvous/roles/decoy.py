@@ -8,6 +8,7 @@ file is on disk, so a crash re-archives at worst, never loses; ``export`` drops 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.core.messages import Request
 from rendezvous.core.schema import Datatype, Signature
@@ -31,6 +33,7 @@ from rendezvous.streams.base import Batch, Stream
 log = logging.getLogger(__name__)
 
 GROUP = "decoy"
+RETRY_MAX_S = 5.0
 _ARROW = {
     Datatype.FP64: pa.float64(), Datatype.FP32: pa.float32(), Datatype.INT64: pa.int64(),
     Datatype.INT32: pa.int32(), Datatype.BOOL: pa.bool_(), Datatype.BYTES: pa.string(),
@@ -74,15 +77,24 @@ class Rows:
         for name, values in self.cols.items():
             values.extend(req.inputs.get(name, [None] * n))
 
+    def extend(self, other: Rows) -> None:
+        self.ids.extend(other.ids)
+        self.received.extend(other.received)
+        self.row_idx.extend(other.row_idx)
+        self.digests.extend(other.digests)
+        for name, values in self.cols.items():
+            values.extend(other.cols[name])
+
     def table(self) -> pa.Table:
         return pa.table([self.ids, self.received, self.row_idx, self.digests,
                          *self.cols.values()], schema=arrow_schema(self.sig))
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    config.private_dir(path.parent)
     tmp = path.with_name(f".tmp-{path.name}")
     pq.write_table(table, tmp)
+    config.private_file(tmp)
     os.replace(tmp, path)
 
 
@@ -103,6 +115,7 @@ class Decoy:
         self._last_offset = 0
         self._consumer: Any = None
         self._lock = asyncio.Lock()
+        self.backlog = 0  # rows whose archive write failed, retried with backoff
 
     async def run(self) -> None:
         self._consumer = self.stream.consume(messages.topic(self.deployment, "input"), GROUP,
@@ -120,21 +133,27 @@ class Decoy:
                     self._first_offset = self._first_offset or rec.offset
                     self._last_offset = rec.offset
                 self._batches.append(batch)
-                if len(self._pending) >= self.flush_rows:
-                    await self.flush()
+                if len(self._pending) >= self.flush_rows and not self.backlog:
+                    with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
+                        await self.flush()
         finally:
             ticker.cancel()
             await self.flush()
 
     async def _tick(self) -> None:
+        delay = self.flush_s
         while True:
-            await asyncio.sleep(self.flush_s)
+            await asyncio.sleep(delay)
             try:
                 await self.flush()
-            except RendezvousError as exc:
-                # E.g. the stream engine is down: batches not acknowledged come back and are
-                # archived again (export drops the duplicates). Keep ticking meanwhile.
-                log.warning("decoy %s: flush failed (%s); retrying", self.deployment, exc)
+                delay = self.flush_s
+            except (RendezvousError, OSError) as exc:
+                # A full disk, or the stream engine down: the rows stay pending (batches not
+                # acknowledged), retried with backoff while running. A batch acknowledged
+                # late may be archived twice; export drops the duplicates.
+                log.warning("decoy %s: flush failed (%s); %d rows pending, retrying",
+                            self.deployment, exc, len(self._pending))
+                delay = min(RETRY_MAX_S, max(delay * 2, 0.05))
 
     async def flush(self) -> None:
         async with self._lock:
@@ -147,7 +166,16 @@ class Decoy:
                 day = dt.datetime.fromtimestamp(pending.received[0] / 1e9, dt.UTC)
                 path = (self.dir / f"date={day:%Y-%m-%d}" /
                         f"part-{lo:012d}-{hi:012d}-{os.getpid()}-{time.time_ns()}.parquet")
-                await asyncio.to_thread(write_atomic, pending.table(), path)
+                try:
+                    await asyncio.to_thread(write_atomic, pending.table(), path)
+                except OSError:
+                    # Keep the rows, in front of those that came meanwhile, for the retry.
+                    pending.extend(self._pending)
+                    self._pending, self._batches = pending, batches + self._batches
+                    self._first_offset = lo
+                    self.backlog = len(pending)
+                    raise
+            self.backlog = 0
             for b in batches:
                 await b.ack()
 

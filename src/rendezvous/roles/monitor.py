@@ -54,7 +54,7 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
     urls = partitions(streams, home=home)
     topic = messages.topic(deployment, "results")
     for url in urls:
-        stream = await open_stream(url, home=home)
+        stream = await open_stream(url, home=home, read_only=True)
         try:
             records = await stream.read(topic, from_time_ns=since_ns, limit=50_000) \
                 if since_ns else await stream.read(topic, from_offset=1, limit=50_000)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 GROUP = "rendezvous"
 ORPHAN_TTL_S = 60.0  # scores whose request never shows up are dropped after this
 SWEEP_S = 0.05  # how often requests past their late-grace window are finalized
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 5.0  # backoff of results that failed to be recorded
 _NO_OUTPUTS = msgspec.Raw(messages.encode({}))
 
 
@@ -107,6 +108,8 @@ class RendezvousServer:
         self._wakeups: dict[int, list[str]] = {}  # millisecond -> requests to decide again
         self._results_topic = messages.topic(deployment, "results")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.backlog = 0  # results that failed to be recorded and are being retried
+        self._stopping = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, holding a reference until it is done."""
@@ -140,6 +143,7 @@ class RendezvousServer:
                 t.cancel()
 
     async def stop(self) -> None:
+        self._stopping = True
         for c in self._consumers:
             await c.close()
 
@@ -296,15 +300,34 @@ class RendezvousServer:
         self._schedule_flush()
 
     async def _record(self, batch: list[tuple[str, ResultOut, list[_Acks]]]) -> None:
+        """Append results; on failure (a full disk) retry with backoff while running, so the
+        results and the acknowledgements they hold back follow once the log is writable."""
+        data = [messages.encode(r) for _, r, _ in batch]
+        ids = [rid for rid, _, _ in batch]
+        delay = RETRY_FIRST_S
+        failed = False
         try:
-            await self.stream.append(self._results_topic,
-                                     [messages.encode(r) for _, r, _ in batch],
-                                     [rid for rid, _, _ in batch])
-        except Exception as exc:
-            # Not acknowledging means the requests are redelivered and decided again later.
-            log.error("rendezvous %s: could not record %d results: %s", self.deployment,
-                      len(batch), exc)
-            return
+            while True:
+                try:
+                    await self.stream.append(self._results_topic, data, ids)
+                    break
+                except Exception as exc:
+                    if self._stopping:
+                        # Not acknowledged: the requests are redelivered and decided again
+                        # after a restart.
+                        log.error("rendezvous %s: could not record %d results: %s",
+                                  self.deployment, len(batch), exc)
+                        return
+                    if not failed:
+                        failed = True
+                        self.backlog += len(batch)
+                        log.error("rendezvous %s: could not record %d results (%s); "
+                                  "retrying", self.deployment, len(batch), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(RETRY_MAX_S, delay * 2)
+        finally:
+            if failed:
+                self.backlog -= len(batch)
         for _, _, acks in batch:
             for a in acks:
                 a.done()

@@ -15,12 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from rendezvous.core import messages
+from rendezvous.errors import StreamError
 from rendezvous.roles.scoring import BatchScorer, input_digest, one_thread_each
 from rendezvous.streams.base import Batch, Record, Start, Stream
 
 __all__ = ["Scoring", "ThreadScoring", "Worker", "group_name", "input_digest"]
 
 log = logging.getLogger(__name__)
+
+
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 5.0  # backoff of scores that failed to be recorded
 
 
 def group_name(model: str) -> str:
@@ -74,6 +78,7 @@ class Worker:
         self.max_batch = max_batch
         self.start = start
         self._consumer: Any = None
+        self._stopped = False
         self._scores_topic = messages.topic(deployment, "scores")
 
     async def run(self) -> None:
@@ -85,6 +90,7 @@ class Worker:
             await self._handle(batch)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._consumer is not None:
             await self._consumer.close()
 
@@ -93,6 +99,22 @@ class Worker:
         if data is not None:
             first = batch.records[0]
             # Re-deliveries of the same batch append nothing new (engines de-duplicate ids).
-            await self.stream.append(self._scores_topic, [data], [
-                f"{self.model}:{first.msg_id or first.offset}:{len(batch.records)}"])
+            await self._append(data, f"{self.model}:{first.msg_id or first.offset}:"
+                                     f"{len(batch.records)}")
         await batch.ack()
+
+    async def _append(self, data: bytes, msg_id: str) -> None:
+        """Append the scores; while the log cannot be written (a full disk), retry with
+        backoff rather than drop them: the batch is acknowledged only once they are durable."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self.stream.append(self._scores_topic, [data], [msg_id])
+                return
+            except StreamError as exc:
+                if self._stopped:
+                    raise  # not acknowledged: the batch is redelivered after a restart
+                log.warning("worker %s: cannot record scores (%s); retrying in %.2g s",
+                            self.model, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX_S, delay * 2)

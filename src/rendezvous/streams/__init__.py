@@ -3,6 +3,7 @@
 from rendezvous.streams.base import (
     Batch,
     Consumer,
+    Health,
     Record,
     Retention,
     ReturnChannel,
@@ -15,6 +16,7 @@ from rendezvous.streams.base import (
 __all__ = [
     "Batch",
     "Consumer",
+    "Health",
     "Record",
     "Retention",
     "ReturnChannel",

@@ -44,6 +44,15 @@ class Retention:
     max_records: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether an engine can take writes now, and how many writes it holds to retry."""
+
+    writable: bool
+    backlog: int = 0
+    error: str = ""
+
+
 class Batch(Protocol):
     """Records handed to one consumer; acknowledge them (or nak for redelivery) once handled."""
 
@@ -107,6 +116,10 @@ class Stream(Protocol):
 
     async def last_offset(self, topic: str) -> int:
         """Offset of the newest record, 0 for an empty topic."""
+
+    def health(self) -> Health:
+        """Whether appends can be made durable now (readiness reports it) and the backlog of
+        writes that failed and are being retried."""
 
     async def close(self) -> None:
         """Flush pending appends and release resources."""
@@ -194,6 +207,11 @@ def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
-async def open_stream(url: str, *, home: Path) -> Stream:
-    """Open the engine for ``url``: ``embedded``, ``local-nats`` or ``nats://host:port``."""
-    return await engine(url).open(url, home=home)
+async def open_stream(url: str, *, home: Path, read_only: bool = False,
+                      reset_log: bool = False) -> Stream:
+    """Open the engine for ``url``: ``embedded``, ``local-nats`` or ``nats://host:port``.
+
+    ``read_only``: only to read (``status`` and other tools beside a running server; the
+    embedded engine then takes no writer lock). ``reset_log``: start an embedded log afresh
+    when the file on disk does not match the one recorded (the old files are kept aside)."""
+    return await engine(url).open(url, home=home, read_only=read_only, reset_log=reset_log)

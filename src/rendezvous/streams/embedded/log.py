@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import re
 import sqlite3
 import threading
@@ -25,14 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rendezvous import config
 from rendezvous.errors import ConfigError, StreamError
 from rendezvous.streams.base import (
+    Health,
     Record,
     Retention,
     Start,
     dead_letter_topic,
     register_engine,
 )
+from rendezvous.streams.embedded import guard
+from rendezvous.streams.embedded.writer import FIRST_SINCE, Writer, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -43,25 +46,10 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (topic, grp)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS topics (
     topic TEXT PRIMARY KEY, max_age_s REAL, max_records INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-# The first offset of a topic stamped at or after a time (params: topic, time, topic); past
-# the end when there is none. Walks the primary key from the oldest record.
-_FIRST_SINCE = ("COALESCE((SELECT offset FROM records WHERE topic = ? AND ts_ns >= ? "
-                "ORDER BY offset LIMIT 1), (SELECT COALESCE(MAX(offset), 0) + 1 FROM records "
-                "WHERE topic = ?))")
 DEDUP_WINDOW = 100_000  # message ids remembered per topic for de-duplication
-RETENTION_EVERY_S = 10.0
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode survives a process crash (what "acknowledged" promises here); an OS
-    # crash may lose the last transactions, the usual trade for group-commit throughput.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
 
 
 @dataclass
@@ -119,115 +107,6 @@ class _Topic:
         if drop > 0 and (drop >= len(self.window) or drop * 2 >= len(self.window)):
             del self.window[:drop]
             self.window_base += drop
-
-
-class _Writer(threading.Thread):
-    """Owns the write connection; executes queued operations in group-committed transactions."""
-
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name="rendezvous-stream-writer", daemon=True)
-        self.conn = _connect(path)
-        self.loop = loop
-        self.ops: queue.SimpleQueue[list[tuple[str, Any, asyncio.Future[Any] | None]]] = (
-            queue.SimpleQueue()
-        )
-        # Operations submitted during one event-loop iteration travel to the writer together:
-        # one queue hand-off (and thread wake-up) per iteration, not per append.
-        self._tick: list[tuple[str, Any, asyncio.Future[Any] | None]] = []
-        self.retention: dict[str, Retention] = {}
-        self._last_retention = 0.0
-
-    def submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
-        fut = self.loop.create_future()
-        if not self._tick:
-            self.loop.call_soon(self._hand_over)
-        self._tick.append((kind, payload, fut))
-        return fut
-
-    def _hand_over(self) -> None:
-        tick, self._tick = self._tick, []
-        self.ops.put(tick)
-
-    def run(self) -> None:
-        stop = False
-        while not stop:
-            batch = self.ops.get()
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < 4096:
-                    batch.extend(self.ops.get_nowait())
-            error: BaseException | None = None
-            try:
-                stop = self._execute(batch)
-            except sqlite3.Error as exc:  # surfaced to every waiter of this group
-                error = exc
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
-            self.loop.call_soon_threadsafe(_settle, [f for _, _, f in batch], error)
-        self.conn.close()
-
-    def _execute(self, batch: list[tuple[str, Any, asyncio.Future[Any] | None]]) -> bool:
-        rows: list[tuple[str, int, str, int, bytes]] = []
-        positions: dict[tuple[str, str], int] = {}
-        stop = False
-        self.conn.execute("BEGIN")
-        for kind, payload, _ in batch:
-            if kind == "append":
-                rows.extend(payload)
-            elif kind == "position":
-                topic, grp, committed = payload
-                positions[(topic, grp)] = max(committed, positions.get((topic, grp), 0))
-            elif kind == "topic":
-                name, ret = payload
-                self.retention[name] = ret
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO topics VALUES (?, ?, ?)",
-                    (name, ret.max_age_s, ret.max_records),
-                )
-            elif kind == "close":
-                stop = True
-        if rows:
-            self.conn.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?)", rows)
-        if positions:
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
-                [(t, g, c) for (t, g), c in positions.items()],
-            )
-        self._apply_retention({r[0] for r in rows})
-        self.conn.execute("COMMIT")
-        return stop
-
-    def _apply_retention(self, touched: set[str]) -> None:
-        now = time.monotonic()
-        by_age = now - self._last_retention >= RETENTION_EVERY_S
-        if by_age:
-            self._last_retention = now
-        for name, ret in self.retention.items():
-            if ret.max_records is not None and name in touched:
-                self.conn.execute(
-                    "DELETE FROM records WHERE topic = ? AND offset <= "
-                    "(SELECT MAX(offset) FROM records WHERE topic = ?) - ?",
-                    (name, name, ret.max_records),
-                )
-            if by_age and ret.max_age_s is not None:
-                cutoff = time.time_ns() - int(ret.max_age_s * 1e9)
-                # Offsets grow with time, so "older than cutoff" is "below the first offset
-                # at or after cutoff", found along the primary key: the scan touches only the
-                # rows being deleted (a plain ts_ns filter scanned the whole topic every time,
-                # and its cost grew with the log: the soak benchmark caught it).
-                self.conn.execute(
-                    f"DELETE FROM records WHERE topic = ? AND offset < ({_FIRST_SINCE})",
-                    (name, name, cutoff, name),
-                )
-
-
-def _settle(futures: list[asyncio.Future[Any] | None], error: BaseException | None) -> None:
-    for fut in futures:
-        if fut is None or fut.done():
-            continue
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(StreamError(f"stream log write failed: {error}"))
 
 
 class _Batch:
@@ -343,7 +222,7 @@ class EmbeddedConsumer:
 
     async def _ack_offsets(self, group: _Group, offsets: list[int]) -> None:
         if group.ack(offsets):
-            await self._stream._writer.submit(
+            await self._stream._writing("acknowledge").submit(
                 "position", (self._topic_name, group.name, group.committed)
             )
 
@@ -377,21 +256,63 @@ class EmbeddedStream:
         self._topics: dict[str, _Topic] = {}
         self._read_conn: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
-        self._writer: _Writer
+        self._writer: Writer | None = None
+        self._guard: guard.LogGuard | None = None
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path) -> EmbeddedStream:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(cls, path: Path, *, read_only: bool = False,
+                   reset: bool = False) -> EmbeddedStream:
+        """Open the log at ``path`` for writing: one writer per log (``LogInUseError`` names
+        the process holding it), and the file must be the log recorded beside it
+        (``LogMismatchError``; ``reset=True`` moves the old files aside and starts afresh).
+
+        ``read_only=True`` opens it to read only (``read``, ``last_offset``), beside a server
+        that may be writing it: no lock, nothing created."""
         self = cls(path)
-        conn = _connect(path)
-        conn.executescript(_SCHEMA)
+        if read_only:
+            self._read_conn = _read_only_connect(path)
+            return self
+        self._guard = await asyncio.to_thread(guard.acquire, path, reset=reset)
+        try:
+            conn = connect(path)
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)",
+                         (self._guard.log_id,))
+            for suffix in ("", "-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    config.private_file(side)
+        except BaseException:
+            self._guard.release()
+            raise
         self._read_conn = conn
-        self._writer = _Writer(path, asyncio.get_running_loop())
+        self._writer = Writer(path, asyncio.get_running_loop(), self._on_commit)
         for name, age, limit in conn.execute("SELECT topic, max_age_s, max_records FROM topics"):
             self._writer.retention[name] = Retention(age, limit)
         self._writer.start()
         return self
+
+    def _writing(self, what: str) -> Writer:
+        if self._writer is None:
+            raise StreamError(f"cannot {what}: the log {self.path} is open read-only")
+        return self._writer
+
+    def _on_commit(self, committed: dict[str, int]) -> None:
+        for name, offset in committed.items():
+            t = self._topics.get(name)
+            if t is not None and offset > t.durable:
+                t.durable = offset
+                if t.retention is not None and t.retention.max_records is not None:
+                    t.first_offset = max(t.first_offset, t.durable - t.retention.max_records + 1)
+                t.trim_window()
+
+    def health(self) -> Health:
+        """Whether the log can be written, and how many writes wait to be retried."""
+        if self._writer is None:
+            return Health(writable=False, error="open read-only")
+        return Health(writable=not self._writer.error, backlog=self._writer.backlog,
+                      error=self._writer.error)
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -410,7 +331,7 @@ class EmbeddedStream:
             ).fetchall()
         topic = _Topic(name, next_offset=(hi or 0) + 1, durable=hi or 0, first_offset=lo or 1,
                        window_base=(hi or 0) + 1)
-        topic.retention = self._writer.retention.get(name)
+        topic.retention = self._writer.retention.get(name) if self._writer else None
         for msg_id, offset in reversed(recent):
             topic.dedup[msg_id] = offset
         self._topics[name] = topic
@@ -420,7 +341,8 @@ class EmbeddedStream:
         t = self._load_topic(topic)
         if retention is not None:
             t.retention = retention
-            await self._writer.submit("topic", (topic, retention))
+            await self._writing(f"set the retention of {topic!r}").submit(
+                "topic", (topic, retention))
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -429,6 +351,7 @@ class EmbeddedStream:
     ) -> list[int]:
         if self._closed:
             raise StreamError(f"cannot append to {topic!r}: the stream engine is closed")
+        writer = self._writing(f"append to {topic!r}")
         t = self._load_topic(topic)
         now = time.time_ns()
         offsets: list[int] = []
@@ -450,13 +373,16 @@ class EmbeddedStream:
             rows.append((topic, offset, msg_id, now, rec.data))
             offsets.append(offset)
         if not rows:
+            if offsets and max(offsets) > t.durable:
+                # Seen before but not durable yet (in the commit under way, or in the backlog
+                # of a failed write): answer only once it is.
+                if writer.error:
+                    raise StreamError(f"records of {topic!r} are not durable yet: the log "
+                                      f"cannot be written ({writer.error}); retry shortly")
+                await writer.submit("sync", None)
             return offsets
         t.notify()  # consumers see the records now; the caller waits for durability
-        await self._writer.submit("append", rows)
-        t.durable = max(t.durable, rows[-1][1])
-        if t.retention is not None and t.retention.max_records is not None:
-            t.first_offset = max(t.first_offset, t.durable - t.retention.max_records + 1)
-        t.trim_window()
+        await writer.submit("append", rows)  # durability is recorded by _on_commit
         return offsets
 
     # -- reading ------------------------------------------------------------------------------
@@ -499,7 +425,10 @@ class EmbeddedStream:
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[Record]:
         assert self._read_conn is not None
         with self._read_lock:
-            rows = self._read_conn.execute(sql, args).fetchall()
+            try:
+                rows = self._read_conn.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StreamError(f"cannot read the stream log {self.path}: {exc}") from None
         return [Record(o, d, m, ts) for o, m, ts, d in rows]
 
     async def _read_range(self, topic: str, lo: int, hi: int) -> list[Record]:
@@ -515,7 +444,7 @@ class EmbeddedStream:
     ) -> list[Record]:
         if from_time_ns is not None:
             sql = ("SELECT offset, msg_id, ts_ns, data FROM records WHERE topic = ? "
-                   f"AND offset >= ({_FIRST_SINCE}) ORDER BY offset LIMIT ?")
+                   f"AND offset >= ({FIRST_SINCE}) ORDER BY offset LIMIT ?")
             args: tuple[Any, ...] = (topic, topic, from_time_ns, topic, limit)
         else:
             sql = ("SELECT offset, msg_id, ts_ns, data FROM records WHERE topic = ? "
@@ -536,14 +465,21 @@ class EmbeddedStream:
         self._closed = True
         for t in self._topics.values():
             t.notify()
-        await self._writer.submit("close", None)
-        await asyncio.to_thread(self._writer.join)
+        if self._writer is not None:
+            await self._writer.submit("close", None)
+            await asyncio.to_thread(self._writer.join)
         if self._read_conn is not None:
+            if self._guard is not None:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    (n,) = self._read_conn.execute("SELECT COUNT(*) FROM records").fetchone()
+                    self._guard.record(records=n)
             self._read_conn.close()
+        if self._guard is not None:
+            self._guard.release()
 
 
 DEFAULT_LOG = "streams.db"
-_LOG_NAME = re.compile(r"^streams[A-Za-z0-9_.-]*\.db$")
+_LOG_NAME = re.compile(r"streams[A-Za-z0-9_.-]*\.db")
 
 
 def log_path(url: str, home: Path) -> Path:
@@ -554,7 +490,7 @@ def log_path(url: str, home: Path) -> Path:
     '/h/streams-p1.db'
     """
     name = url.split("://", 1)[1] if "://" in url else DEFAULT_LOG
-    if not _LOG_NAME.match(name):
+    if not _LOG_NAME.fullmatch(name):
         raise ConfigError(
             f"invalid embedded log name {name!r} in {url!r}: use embedded://streams<suffix>.db "
             "(letters, digits, '_', '-', '.'; a file directly under the data directory)"
@@ -575,8 +511,22 @@ def partition_urls(home: Path) -> list[str]:
     return ["embedded", *(f"embedded://{name}" for name in extra)]
 
 
-async def _factory(url: str, *, home: Path) -> EmbeddedStream:
-    return await EmbeddedStream.open(log_path(url, home))
+def _read_only_connect(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and never writes it; an empty in-memory log when
+    there is no file yet."""
+    if not path.exists() or path.stat().st_size == 0:
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        conn.executescript(_SCHEMA)
+        return conn
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA query_only=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+async def _factory(url: str, *, home: Path, read_only: bool = False,
+                   reset_log: bool = False) -> EmbeddedStream:
+    return await EmbeddedStream.open(log_path(url, home), read_only=read_only, reset=reset_log)
 
 
 def _partitions(url: str, home: Path) -> list[str]:

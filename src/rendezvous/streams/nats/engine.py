@@ -35,7 +35,7 @@ from nats.js import JetStreamContext, api
 
 from rendezvous import config
 from rendezvous.errors import ConfigError, RendezvousError, StreamError, UnavailableError
-from rendezvous.streams.base import Record, Retention, Start, register_engine
+from rendezvous.streams.base import Health, Record, Retention, Start, register_engine
 from rendezvous.streams.nats.consumer import NatsConsumer
 from rendezvous.streams.nats.mapping import (
     CHUNK,
@@ -280,6 +280,10 @@ class NatsStream:
     def return_transport(self) -> NatsReturns:
         """Results travel to proxies in other processes over core NATS on this connection."""
         return NatsReturns(self.nc)
+    def health(self) -> Health:
+        """Writable while connected: JetStream keeps no client-side backlog."""
+        ok = self.nc.is_connected and not self._closed
+        return Health(writable=ok, error="" if ok else f"not connected to {self.url}")
 
     async def close(self) -> None:
         """Close consumers (releasing unacknowledged batches), drain the connection, and
@@ -419,12 +423,12 @@ class NatsStream:
 # -- registration --------------------------------------------------------------------------
 
 
-async def _open_nats(url: str, *, home: Path) -> NatsStream:
+async def _open_nats(url: str, *, home: Path, **_: bool) -> NatsStream:
     """``nats://host:port``: an existing server or cluster with JetStream enabled."""
     return await NatsStream.connect(url, ack_wait_s=config.NATS_ACK_WAIT_S.get())
 
 
-async def _open_local_nats(url: str, *, home: Path) -> NatsStream:
+async def _open_local_nats(url: str, *, home: Path, **_: bool) -> NatsStream:
     """``local-nats``: start a private server storing under ``home/nats``; ``close()`` stops it."""
     server = LocalNatsServer(home / "nats")
     await asyncio.to_thread(server.start)

@@ -1,0 +1,105 @@
+"""uvicorn's httptools protocol with a deadline for headers and a cap on their size.
+
+uvicorn bounds the idle time between requests (keep-alive) but not the time a client takes to
+send one request's headers, nor (with httptools) their size: a client trickling headers holds
+a connection and its buffers forever. Each request's headers must arrive within
+``header_timeout_s`` of its first byte (of the connection, for the first request) and weigh at
+most ``max_header_bytes``; otherwise the client gets 408 or 431 and the connection closes.
+The body's pace is the ``BodyTimeout`` middleware's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class _Hardened(HttpToolsProtocol):
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._refused = False
+
+    def _arm(self) -> None:
+        self._header_bytes = 0
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._header_bytes > self.max_header_bytes and not self._refused:
+            self._refuse(431, "Request Header Fields Too Large",
+                         f"request line and headers exceed {self.max_header_bytes} bytes; "
+                         "send fewer or shorter headers (RENDEZVOUS_MAX_HEADER_BYTES)")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes <= self.max_header_bytes:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        if self._header_bytes > self.max_header_bytes:
+            return  # refused in data_received, once the parser returns
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused and self._header_bytes <= self.max_header_bytes:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused and self._header_bytes <= self.max_header_bytes:
+            super().on_message_complete()
+
+    def _too_slow(self) -> None:
+        self._header_timer = None
+        self._refuse(408, "Request Timeout",
+                     f"request headers not received within {self.header_timeout_s:g} s "
+                     "(RENDEZVOUS_HEADER_TIMEOUT_S)")
+
+    def _refuse(self, status: int, phrase: str, message: str) -> None:
+        self._refused = True
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": message,
+                           "code": phrase.lower().replace(" ", "_")}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, phrase.encode(), len(body), body))
+        self.transport.close()
+
+
+def hardened_protocol(*, header_timeout_s: float, max_header_bytes: int) -> type[_Hardened]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with these limits."""
+    return type("HardenedHttpToolsProtocol", (_Hardened,),
+                {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes})
