@@ -27,10 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0  # generous: model hosts start Python processes on a busy 2-core machine
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+async def until(check: Callable[[], Awaitable[bool]], what: str,
+                client: httpx.AsyncClient | None = None) -> None:
     deadline = asyncio.get_running_loop().time() + WAIT_S
     while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        if asyncio.get_running_loop().time() > deadline:
+            seen = await states(client) if client is not None else {}
+            raise AssertionError(f"timed out waiting for {what}; model states: {seen}")
         await asyncio.sleep(0.1)
 
 
@@ -64,7 +67,7 @@ async def test_a_challenger_that_aborts_is_restarted_and_no_request_fails(
             s = (await states(client))[crashy]
             return int(s["restarts"]) >= 1 and s["state"] == "ready"  # type: ignore[call-overload]
 
-        await until(restarted_and_ready, "the challenger to be restarted")
+        await until(restarted_and_ready, "the challenger to be restarted", client)
         assert "SIGABRT" in str((await states(client))[crashy]["last_exit"])
 
         async def scores_again() -> bool:
@@ -72,7 +75,7 @@ async def test_a_challenger_that_aborts_is_restarted_and_no_request_fails(
             status = (await client.get("/v1/deployments/dep/status")).json()
             return int(status["models"].get(crashy, {}).get("on_time", 0)) > 0
 
-        await until(scores_again, "the restarted challenger to score")
+        await until(scores_again, "the restarted challenger to score", client)
         metrics = (await client.get("/metrics")).text
         assert f'rendezvous_model_restarts_total{{deployment="dep",model="{crashy}"}}' in metrics
         assert f'rendezvous_model_up{{deployment="dep",model="{champ}",state="ready"}} 1.0' \
@@ -103,7 +106,7 @@ async def test_the_champion_host_killed_with_9_under_load_loses_no_request(
             s = (await states(client))[champ]
             return s["state"] == "ready" and s["pid"] != pid
 
-        await until(back, "the champion's host to be started again")
+        await until(back, "the champion's host to be started again", client)
         assert "SIGKILL" in str((await states(client))[champ]["last_exit"])
         r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1.0, "y": 2.0}])
         assert (r.status_code, r.json()["model"]) == (200, champ)
@@ -126,10 +129,13 @@ async def test_memory_and_predict_time_limits_restart_the_host(registry: Registr
             assert r.json()["model"] == champ
 
         async def both_restarted() -> bool:
+            # Keep traffic going: the leak grows with the rows scored, however they batch.
+            r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1000.0, "y": 1.0}])
+            assert r.status_code == 200 and r.json()["model"] == champ, r.text
             s = await states(client)
             return all(int(s[m]["restarts"]) >= 1 for m in (leaky, stuck))  # type: ignore[call-overload]
 
-        await until(both_restarted, "both challengers to be killed and restarted")
+        await until(both_restarted, "both challengers to be killed and restarted", client)
         s = await states(client)
         assert "max_memory_mb=400" in str(s[leaky]["last_exit"])
         assert "max_predict_ms=300" in str(s[stuck]["last_exit"])
