@@ -6,6 +6,7 @@ One module per group of commands; importing them registers their commands on ``a
 from __future__ import annotations
 
 from rendezvous.cli import deployments, models, serve, status  # noqa: F401  (registers commands)
+from rendezvous.cli import registry  # noqa: F401  (registers commands)
 from rendezvous.cli.common import app, err
 from rendezvous.errors import RendezvousError
 

@@ -16,6 +16,7 @@ from rendezvous.cli.common import (
     app,
     deploy_app,
     err,
+    RegistryUrl,
     open_registry,
     out,
 )
@@ -25,9 +26,9 @@ from rendezvous.errors import RendezvousError
 
 
 @deploy_app.command("apply")
-def deploy_apply(file: Path, home: Home = None) -> None:
+def deploy_apply(file: Path, home: Home = None, registry: RegistryUrl = None) -> None:
     """Create or update a deployment from a TOML spec (see README)."""
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = deploy.apply(reg, file)
     out.print(f"deployment [bold]{rec.deployment}[/] at policy version {rec.version}")
     _notify(home, rec.deployment, "reload")
@@ -47,22 +48,23 @@ def deploy_create(
                                                    "champion [default: the deadline]")] = None,
     no_decoy: bool = False,
     home: Home = None,
+    registry: RegistryUrl = None,
 ) -> None:
     """Create or update a deployment from flags."""
     policy = deploy.policy_from_flags(champion=champion, fallbacks=fallback,
                                       challengers=challenger, canary=canary,
                                       deadline_ms=deadline_ms, wait_ms=wait_ms,
                                       decoy=not no_decoy)
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = reg.apply_policy(name, policy)
     out.print(f"deployment [bold]{name}[/] at policy version {rec.version}")
     _notify(home, name, "reload")
 
 
 @deploy_app.command("list")
-def deploy_list(home: Home = None) -> None:
+def deploy_list(home: Home = None, registry: RegistryUrl = None) -> None:
     """List deployments with their champion and policy version."""
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rows = [(n, *reg.policy(n)) for n in reg.deployments()]
     table = Table("deployment", "policy", "champion", "models", "deadline")
     for name, pol, rec in rows:
@@ -73,9 +75,9 @@ def deploy_list(home: Home = None) -> None:
 
 
 @deploy_app.command("history")
-def deploy_history(name: str, home: Home = None) -> None:
+def deploy_history(name: str, home: Home = None, registry: RegistryUrl = None) -> None:
     """Every policy version of a deployment: who, when, what."""
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         hist = reg.policy_history(name)
     table = Table("version", "action", "at", "by", "champion", "note")
     for rec in hist:
@@ -109,25 +111,25 @@ def _notify(home: Path | None, deployment: str, op: str,
 @app.command()
 def promote(deployment: str,
             model: Annotated[str, typer.Argument(help="NAME@VERSION to become champion")],
-            home: Home = None) -> None:
+            home: Home = None, registry: RegistryUrl = None) -> None:
     """Make MODEL the champion (the old champion keeps scoring as a challenger)."""
     from rendezvous.hosting.serving import read_run_file
 
     if read_run_file(config.home(home), deployment) and _notify(
             home, deployment, "promote", {"model": model}):
         return
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = reg.promote(deployment, model)
     out.print(f"{deployment}: {model} is champion (policy version {rec.version})")
 
 
 @app.command()
-def rollback(deployment: str, home: Home = None) -> None:
+def rollback(deployment: str, home: Home = None, registry: RegistryUrl = None) -> None:
     """Restore the policy the current one replaced."""
     from rendezvous.hosting.serving import read_run_file
 
     if read_run_file(config.home(home), deployment) and _notify(home, deployment, "rollback"):
         return
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = reg.rollback(deployment)
     out.print(f"{deployment}: rolled back ({rec.note}); policy version {rec.version}")
