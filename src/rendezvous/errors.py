@@ -79,7 +79,7 @@ class MissingDependencyError(ConfigError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{what} needs the {package!r} package: pip install 'rendezvous-ml[{extra}]'"
+            f"{what}: the {package!r} package is missing; pip install 'rendezvous-ml[{extra}]'"
         )
 
 

@@ -11,7 +11,7 @@ to get a plain probability tensor (the ZipMap form is converted too). Needs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,14 +48,27 @@ def _refuse_external_data(data: bytes) -> None:
     except ImportError:  # onnxruntime alone refuses external data when loading from bytes
         return
     try:
-        model = onnx.load_model_from_string(data, load_external_data=False)
+        model = onnx.load_model_from_string(data)  # never follows external data references
     except Exception as exc:  # protobuf DecodeError
         raise FlavorError(f"not an ONNX model: {exc}") from None
-    if any(onnx.external_data_helper.uses_external_data(t)
-           for t in onnx.external_data_helper._get_all_tensors(model)):
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph)):
         raise UnsafeArtifactError("the ONNX model keeps tensors in external files; save it as "
                                   "one file (onnx.save_model(m, path, save_as_external_data="
                                   "False))")
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor of a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
 
 
 def _single_matrix(session: Any) -> bool:

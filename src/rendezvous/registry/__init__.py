@@ -192,8 +192,9 @@ class Registry:
         digest = self.artifacts.put(data)
         mv = self.store.add_version(
             name=name, flavor=flavor, digest=digest, flavor_meta=meta,
-            signature=msgspec.to_builtins(signature), params=params or {},
-            metrics=metrics or {}, data_fingerprint=fingerprint, data_summary=summary,
+            signature=msgspec.to_builtins(signature), params=lineage.json_safe(params or {}),
+            metrics=lineage.json_safe(metrics or {}), data_fingerprint=fingerprint,
+            data_summary=lineage.json_safe(summary),
             code_version=code_version, code_dirty=dirty, environment=lineage.environment(),
             description=description, created_by=created_by or _user(), parent=parent_ref,
             run_ref=run, artifact_uri=None if self.artifacts is self._local

@@ -4,6 +4,7 @@ environment and parameters. Each helper answers from the calling process; none r
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 import subprocess
 import sys
@@ -75,3 +76,15 @@ def model_params(model: Any) -> dict[str, Any]:
         return {}
     return {k: v for k, v in params.items()
             if v is None or isinstance(v, bool | int | float | str)}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers and PostgreSQL's
+    json type refuses them (a float column of example rows gets NaN back from None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
