@@ -52,3 +52,20 @@ def registry(home: Path, registry_url: str) -> Iterator[Registry]:
     reg = Registry(home, url=registry_url)
     yield reg
     reg.close()
+
+
+def register_many(home: str, url: str, name: str, n: int) -> list[int]:
+    """Worker for multi-process tests: register ``n`` versions of ``name``."""
+    from rendezvous import CallableModel
+    from tests.conftest import XY
+
+    with Registry(home, url=url) as reg:
+        return [reg.register(name, CallableModel("tests.models:doubler"), signature=XY).version
+                for _ in range(n)]
+
+
+def move_alias_many(home: str, url: str, name: str, versions: list[int]) -> None:
+    """Worker for multi-process tests: point ``name@live`` at each of ``versions`` in turn."""
+    with Registry(home, url=url) as reg:
+        for v in versions:
+            reg.set_alias(name, "live", v)

@@ -101,7 +101,11 @@ class Registry:
         self.store = SqlStore(registry_url(url, self.home))
         self._local = LocalArtifacts(self.home / "artifacts")
         location = artifacts or config.ARTIFACTS.get()
-        self.artifacts: ArtifactStore = open_store(location) if location else self._local
+        try:
+            self.artifacts: ArtifactStore = open_store(location) if location else self._local
+        except BaseException:
+            self.store.dispose()
+            raise
         self._stores: dict[str, ArtifactStore] = {}
 
     def close(self) -> None:

@@ -19,7 +19,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from rendezvous.errors import AlreadyExistsError, MissingDependencyError, NotFoundError
+from rendezvous.errors import (
+    AlreadyExistsError,
+    MissingDependencyError,
+    NotFoundError,
+    UnavailableError,
+)
 from rendezvous.registry import migrate
 
 metadata = sa.MetaData()
@@ -158,7 +163,16 @@ class SqlStore:
                                          exc.name or "psycopg", "postgres") from None
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        migrate.ensure_current(self.engine)
+        try:
+            migrate.ensure_current(self.engine)
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise UnavailableError(f"cannot open the registry at {where}: "
+                                   f"{str(exc.orig).strip().splitlines()[0]}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def dispose(self) -> None:
         self.engine.dispose()
