@@ -115,7 +115,9 @@ class FsspecArtifacts:
         protocol = self._url.split("://", 1)[0]
         try:
             self.fs: Any
-            self.fs, self.root = fsspec.core.url_to_fs(self._url)
+            # A fresh filesystem: fsspec's instance cache would keep credentials and endpoints
+            # read from the environment the first time, whatever they are now.
+            self.fs, self.root = fsspec.core.url_to_fs(self._url, skip_instance_cache=True)
         except ImportError:
             package, extra = _EXTRA_OF.get(protocol, (f"the fsspec backend for {protocol}://",
                                                       protocol))
