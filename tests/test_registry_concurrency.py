@@ -3,6 +3,7 @@ alias history stays one unbroken chain."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from pathlib import Path
 
@@ -33,6 +34,6 @@ def test_concurrent_registrations_and_alias_moves(registry: Registry, home: Path
     history = registry.alias_history("m")
     assert len(history) == PROCS * EACH
     assert history[0].from_version is None
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version  # no move lost or interleaved
     assert registry.resolve("m@live").version == history[-1].to_version

@@ -106,7 +106,7 @@ def test_python_function_loader_is_refused(registry: Registry, tmp_path: Path) -
             return model_input
 
     mlflow.pyfunc.save_model(tmp_path / "py", python_model=Model(), pip_requirements=[])
-    with pytest.raises(UnsafeArtifactError, match="loader module 'mlflow.pyfunc.model' runs"):
+    with pytest.raises(UnsafeArtifactError, match=r"loader module 'mlflow\.pyfunc\.model' runs"):
         import_model(registry, str(tmp_path / "py"), name="py")
 
 

@@ -88,7 +88,7 @@ def test_naming_the_type_is_explicit_and_recorded(registry: Registry, tmp_path: 
             "__loader__": "ConstructorFromReduceNode",
             "content": sio_tuple_of_ints(2024, 1, 2)}
     path.write_bytes(_with_attribute(sio.dumps(_model()), "trained_on", node))
-    with pytest.raises(UnsafeArtifactError, match="--trust datetime.date"):
+    with pytest.raises(UnsafeArtifactError, match=r"--trust datetime\.date"):
         registry.register_file("dated", path)
     mv = registry.register_file("dated", path, trust=["datetime.date", "unused.Type"])
     assert mv.flavor_meta["user_trusted"] == ["datetime.date"]

@@ -5,10 +5,15 @@ One module per group of commands; importing them registers their commands on ``a
 
 from __future__ import annotations
 
-from rendezvous.cli import deployments, models, serve, status  # noqa: F401  (registers commands)
-from rendezvous.cli import registry  # noqa: F401  (registers commands)
 from rich.markup import escape
 
+from rendezvous.cli import (  # noqa: F401  (registers commands)
+    deployments,
+    models,
+    registry,
+    serve,
+    status,
+)
 from rendezvous.cli.common import app, err
 from rendezvous.errors import RendezvousError
 

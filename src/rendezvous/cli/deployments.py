@@ -12,11 +12,11 @@ from rich.table import Table
 from rendezvous import config, deploy
 from rendezvous.cli.common import (
     Home,
+    RegistryUrl,
     ago,
     app,
     deploy_app,
     err,
-    RegistryUrl,
     open_registry,
     out,
 )

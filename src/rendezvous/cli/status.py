@@ -15,9 +15,9 @@ from rich.table import Table
 from rendezvous import config
 from rendezvous.cli.common import (
     Home,
+    RegistryUrl,
     app,
     archive_app,
-    RegistryUrl,
     open_registry,
     out,
 )

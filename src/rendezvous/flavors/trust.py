@@ -10,7 +10,6 @@ or when the operator named it (``--trust TYPE``, recorded with the version).
 
 from __future__ import annotations
 
-import builtins
 import importlib
 from collections.abc import Iterable
 from typing import Any

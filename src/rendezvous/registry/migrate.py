@@ -77,7 +77,7 @@ def _upgrade_lock(engine: sa.Engine) -> Iterator[sa.Connection]:
         lock_path = Path(f"{db}.migrate.lock") if db and db != ":memory:" else None
         with contextlib.ExitStack() as stack:
             if lock_path is not None:
-                fh = stack.enter_context(open(lock_path, "a"))  # noqa: SIM115
+                fh = stack.enter_context(open(lock_path, "a"))
                 fcntl.flock(fh, fcntl.LOCK_EX)
             yield stack.enter_context(engine.connect())
         return
