@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ def _alembic_config(conn: sa.Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache
 def head() -> str:
     """The newest revision this version of Rendezvous knows."""
     rev = ScriptDirectory.from_config(_alembic_config()).get_current_head()
