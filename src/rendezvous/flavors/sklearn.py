@@ -20,6 +20,7 @@ from rendezvous.core.schema import Signature, to_matrix
 from rendezvous.errors import FlavorError, UnsafeArtifactError
 from rendezvous.flavors import trust
 from rendezvous.flavors.base import FileModel, Outputs, classifier_outputs, register
+from rendezvous.registry.lineage import model_params
 
 
 class SklearnPredictor:
@@ -100,7 +101,7 @@ class SklearnFlavor:
         names = getattr(model, "feature_names_in_", None)
         n = getattr(model, "n_features_in_", None)
         return FileModel(meta, [str(c) for c in names] if names is not None else None,
-                         None if n is None else int(n))
+                         None if n is None else int(n), params=model_params(model))
 
     def _loads(self, data: bytes, trusted: Sequence[str]) -> Any:
         import skops.io as sio
