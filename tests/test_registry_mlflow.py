@@ -99,6 +99,23 @@ def test_xgboost_lightgbm_onnx(registry: Registry, tmp_path: Path) -> None:
     assert "xgb@1" in {v.ref for v in registry.search(tags={"mlflow_flavor": "xgboost"})}
 
 
+def test_lightgbm_sklearn_wrapper_needs_its_types_named(registry: Registry,
+                                                       tmp_path: Path) -> None:
+    import lightgbm as lgb
+
+    x, y = _data()
+    model = lgb.LGBMClassifier(n_estimators=4, verbose=-1).fit(x, y)
+    mlflow.lightgbm.save_model(model, tmp_path / "m", serialization_format="skops",
+                               pip_requirements=[])
+    types = ["lightgbm.basic.Booster", "lightgbm.sklearn.LGBMClassifier"]
+    with pytest.raises(UnsafeArtifactError, match=r"--trust lightgbm\.basic\.Booster"):
+        import_model(registry, str(tmp_path / "m"), name="lgb")
+    mv = import_model(registry, str(tmp_path / "m"), name="lgb", trust=types)
+    assert mv.flavor == "sklearn" and mv.flavor_meta["user_trusted"] == types
+    out = registry.load(mv.ref).predict({f"f{i}": x[:5, i] for i in range(3)}, 5)
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(x[:5]))
+
+
 def test_python_function_loader_is_refused(registry: Registry, tmp_path: Path) -> None:
     class Model(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         # No type hints: MLflow would infer (and warn about) a schema from them.

@@ -110,6 +110,9 @@ def models_import_mlflow(
     tracking_uri: Annotated[str | None, typer.Option(
         help="MLflow tracking URI for models:/ and runs:/ [env MLFLOW_TRACKING_URI]")] = None,
     description: str = "",
+    trust: Annotated[list[str] | None, typer.Option(
+        "--trust", metavar="TYPE", help="Extra skops type to trust (repeatable; recorded)")]
+    = None,
     home: Home = None,
     registry: RegistryUrl = None,
 ) -> None:
@@ -118,7 +121,7 @@ def models_import_mlflow(
 
     with open_registry(home, registry) as reg:
         mv = import_model(reg, source, name=name, tracking_uri=tracking_uri,
-                          description=description)
+                          description=description, trust=trust or ())
     out.print(f"registered [bold]{mv.ref}[/] ({mv.flavor}, {mv.run_ref or 'no run'}) from "
               f"{source}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,8 @@ def map_flavor(model_dir: Path, flavors: dict[str, Any]) -> Mapped:
         return Mapped("xgboost", model_dir / flavors["xgboost"]["data"], "xgboost")
     if "lightgbm" in flavors:
         data = model_dir / flavors["lightgbm"]["data"]
+        if data.suffix == ".skops":  # scikit-learn wrappers; their lightgbm types need --trust
+            return Mapped("sklearn", data, "lightgbm")
         if data.suffix != ".pkl":
             return Mapped("lightgbm", data, "lightgbm")
         return _pickled(data, "lightgbm", "a pickled scikit-learn LightGBM wrapper")
@@ -163,8 +166,10 @@ def _default_name(source: str, model_dir: Path) -> str:
 
 
 def import_model(reg: Registry, source: str, *, name: str | None = None,
-                 tracking_uri: str | None = None, description: str = "") -> ModelVersion:
-    """Register the MLflow model at ``source`` as a new version of ``name``.
+                 tracking_uri: str | None = None, description: str = "",
+                 trust: Sequence[str] = ()) -> ModelVersion:
+    """Register the MLflow model at ``source`` as a new version of ``name``; ``trust`` names
+    extra skops types (e.g. a LightGBM scikit-learn wrapper's) as for ``register_file``.
 
     >>> import_model(reg, "models:/fraud/3", tracking_uri="http://mlflow:5000")  # doctest: +SKIP
     """
@@ -189,6 +194,6 @@ def import_model(reg: Registry, source: str, *, name: str | None = None,
         tags = {"mlflow_flavor": mapped.mlflow_flavor, "mlflow_source": source[:500]}
         return reg.register_file(
             name or _default_name(source, model_dir), mapped.file, flavor=mapped.flavor,
-            signature=sig, example=example, description=description,
+            signature=sig, example=example, description=description, trust=trust,
             run=f"mlflow:runs/{run_id}" if run_id else "", params=params, metrics=metrics,
             tags=tags)

@@ -19,6 +19,7 @@ _BUILTIN_DATA = frozenset({
     "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict",
     "set", "frozenset", "slice", "NoneType", "range",
 })
+_STDLIB_DATA = frozenset({"collections.OrderedDict"})
 # Top-level packages whose classes and ufuncs can be trusted as data (see `_is_data`).
 _DATA_PACKAGES = frozenset({"sklearn", "numpy", "scipy"})
 # Never, whatever the package: these load or run other code.
@@ -42,6 +43,8 @@ def _resolve(type_name: str) -> Any:
 
 def _is_data(type_name: str) -> bool:
     top = type_name.split(".", 1)[0]
+    if type_name in _STDLIB_DATA:
+        return True
     if top == "builtins":
         return type_name.removeprefix("builtins.") in _BUILTIN_DATA
     if top not in _DATA_PACKAGES or type_name.startswith(_NEVER):
