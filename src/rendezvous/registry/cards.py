@@ -8,6 +8,7 @@ paragraphs), so a card needs no extra package.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class CardData:
     tags: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
     deployed: list[Deployed] = field(default_factory=list)
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # deployment -> model stats
 
 
 def _cell(value: Any) -> str:
@@ -107,7 +109,15 @@ def markdown(card: CardData) -> str:
         lines += _table(("deployment", "role now", "policy versions"), [
             (d.deployment, d.role or "retired", f"{d.first_policy}..{d.last_policy}")
             for d in card.deployed])
-        lines += ["Live figures: `rendezvous status DEPLOYMENT` and the monitor's dashboard.", ""]
+        if card.live:
+            lines += ["Live figures from the recorded results:", ""]
+            lines += _table(
+                ("deployment", "requests", "on time", "late", "missing", "error", "chosen",
+                 "p50 ms", "p99 ms"),
+                [(dep, s["requests"], s["on_time"], s["late"], s["missing"], s["error"],
+                  s["chosen"], s["latency_ms"].get("p50"), s["latency_ms"].get("p99"))
+                 for dep, s in sorted(card.live.items())])
+        lines += ["More: `rendezvous status DEPLOYMENT` and the monitor's dashboard.", ""]
     else:
         lines += ["_Never deployed._", ""]
     return "\n".join(lines)
@@ -170,10 +180,34 @@ def _deployed(reg: Registry, ref: str) -> list[Deployed]:
     return found
 
 
+def _live(reg: Registry, ref: str, deployed: list[Deployed]) -> dict[str, dict[str, Any]]:
+    """This version's figures per deployment from the local results log, when there is one
+    (a card asked for inside an event loop, or on a machine without the log, has none)."""
+    from rendezvous.streams.embedded.log import DEFAULT_LOG
+
+    if not deployed or not (reg.home / DEFAULT_LOG).exists():
+        return {}
+    try:
+        asyncio.get_running_loop()
+        return {}
+    except RuntimeError:
+        pass
+    from rendezvous.roles.monitor import stats_from_log
+
+    live = {}
+    for d in deployed:
+        stats = asyncio.run(stats_from_log(reg.home, d.deployment)).models.get(ref)
+        if stats is not None:
+            live[d.deployment] = stats.to_dict()
+    return live
+
+
 def render(reg: Registry, mv: ModelVersion, *, fmt: str = "md") -> str:
     """The card of ``mv`` in ``fmt`` ("md" or "html")."""
     if fmt not in ("md", "html"):
         raise ConfigError(f"unknown card format {fmt!r}; use md or html")
     aliases = [a for a, v in reg.store.aliases_of(mv.name).items() if v == mv.version]
-    md = markdown(CardData(mv, reg.tags(mv.ref), sorted(aliases), _deployed(reg, mv.ref)))
+    deployed = _deployed(reg, mv.ref)
+    md = markdown(CardData(mv, reg.tags(mv.ref), sorted(aliases), deployed,
+                           _live(reg, mv.ref, deployed)))
     return md if fmt == "md" else to_html(md, title=f"Model card: {mv.ref}")
