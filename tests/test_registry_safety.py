@@ -60,6 +60,21 @@ def evil_skops(tmp_path: Path) -> tuple[Path, Path]:
     return path, marker
 
 
+def test_the_allowlist_keeps_code_and_files_out() -> None:
+    from rendezvous.flavors.trust import refused
+
+    data = ["numpy.ndarray", "numpy.float32", "numpy.dtype", "numpy.log1p",
+            "sklearn.tree._tree.Tree", "scipy.sparse._csr.csr_matrix",
+            "builtins.dict", "collections.OrderedDict"]
+    code = ["numpy.memmap", "numpy.load", "numpy.lib.npyio.load", "numpy.fromfile",
+            "scipy.io.loadmat", "sklearn.utils._testing.assert_run_python_script",
+            "builtins.eval", "builtins.getattr", "posix.system", "functools.partial",
+            "collections.defaultdict", "sklearn.__loader__", "mymodule.Thing"]
+    assert refused(data) == []
+    assert refused(code) == sorted(code)
+    assert refused(code, trusted=["mymodule.Thing"]) == sorted(set(code) - {"mymodule.Thing"})
+
+
 def test_the_payload_is_real(evil_skops: tuple[Path, Path]) -> None:
     """What the registry used to do (trust the file's own type list) runs the command."""
     import skops.io as sio

@@ -65,6 +65,8 @@ def _is_data(type_name: str) -> bool:
         # without calling __init__, from stored state.
         return module.split(".", 1)[0] == "sklearn"
     if top == "numpy":
+        if issubclass(obj, np.memmap):  # constructing one opens (and can create) a file
+            return False
         return issubclass(obj, np.generic | np.ndarray | np.dtype | np.random.Generator
                           | np.random.RandomState | np.random.BitGenerator)
     import scipy.sparse
