@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -11,6 +12,10 @@ import pytest
 
 from rendezvous import CallableModel, Column, Datatype, Registry, Signature
 from rendezvous.hosting.serving import running
+
+# The test models are callables in tests/models.py; the python flavor imports only modules the
+# operator trusts. Set in the environment so that model-host processes inherit it.
+os.environ.setdefault("RENDEZVOUS_TRUSTED_MODULES", "tests")
 
 XY = Signature((Column("x", Datatype.FP64), Column("y", Datatype.FP64)))
 

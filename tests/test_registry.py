@@ -1,4 +1,4 @@
-"""The registry against real files and a real SQLite database."""
+"""The registry against real files, on a real SQLite file and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.errors import ArtifactIntegrityError, ConfigError, FlavorError, NotFoundError
 from tests.conftest import register_callable
+from tests.registry_db import registry, registry_url  # noqa: F401  (both backends)
 
 
 def _clf() -> tuple[LogisticRegression, np.ndarray]:

@@ -100,6 +100,18 @@ STREAMS = Setting("RENDEZVOUS_STREAMS", str, "embedded",
                   "stream engine: 'embedded', 'local-nats' or a nats:// URL")
 ALLOW_PICKLE = Setting("RENDEZVOUS_ALLOW_PICKLE", bool, False,
                        "allow loading pickle-based artifacts (runs code from the artifact)")
+REGISTRY = Setting("RENDEZVOUS_REGISTRY", str, "",
+                   "registry database URL: sqlite:///PATH or postgresql://USER@HOST/DB; "
+                   "default <home>/registry.db")
+REGISTRY_UPGRADE = Setting("RENDEZVOUS_REGISTRY_UPGRADE", bool, True,
+                           "upgrade an older registry schema when opening it (off: opening "
+                           "fails naming `rendezvous registry upgrade`)")
+ARTIFACTS = Setting("RENDEZVOUS_ARTIFACTS", str, "",
+                    "where new artifacts are stored: a local path or any fsspec URL "
+                    "(s3://bucket/prefix); default <home>/artifacts")
+TRUSTED_MODULES = Setting("RENDEZVOUS_TRUSTED_MODULES", str, "",
+                          "comma-separated modules (and their submodules) whose callables the "
+                          "python flavor may import, e.g. 'mypkg.models,tests'")
 NATS_ACK_WAIT_S = Setting("RENDEZVOUS_NATS_ACK_WAIT_S", float, 30.0,
                           "seconds before records a crashed process held unacknowledged go to "
                           "another member of its group (NATS engine; fixed when a group is "

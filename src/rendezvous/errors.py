@@ -74,6 +74,17 @@ class FlavorError(RendezvousError):
     """A model cannot be saved, loaded or called by its flavor."""
 
 
+class MissingDependencyError(ConfigError):
+    """An optional package is not installed; the message names the pip command."""
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{what}: the {package!r} package is missing; pip install 'rendezvous-ml[{extra}]'"
+        )
+
+
 class SlaMissError(RendezvousError):
     """No model answered before the deadline."""
 

@@ -5,7 +5,15 @@ One module per group of commands; importing them registers their commands on ``a
 
 from __future__ import annotations
 
-from rendezvous.cli import deployments, models, serve, status  # noqa: F401  (registers commands)
+from rich.markup import escape
+
+from rendezvous.cli import (  # noqa: F401  (registers commands)
+    deployments,
+    models,
+    registry,
+    serve,
+    status,
+)
 from rendezvous.cli.common import app, err
 from rendezvous.errors import RendezvousError
 
@@ -16,7 +24,8 @@ def main() -> None:
     try:
         app()
     except RendezvousError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        # escape: messages hold brackets ("pip install 'rendezvous-ml[onnx]'"), not markup
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise SystemExit(1) from None
 
 

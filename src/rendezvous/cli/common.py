@@ -32,8 +32,13 @@ Home = Annotated[Path | None, typer.Option("--home", help="Data directory "
                                            "[env RENDEZVOUS_HOME, default ./.rendezvous]")]
 
 
-def open_registry(home: Path | None) -> Registry:
-    return Registry(config.home(home))
+RegistryUrl = Annotated[str | None, typer.Option(
+    "--registry", help="Registry database URL (sqlite:///PATH or postgresql://USER@HOST/DB) "
+    "[env RENDEZVOUS_REGISTRY, default <home>/registry.db]")]
+
+
+def open_registry(home: Path | None, registry: str | None = None) -> Registry:
+    return Registry(config.home(home), url=registry)
 
 
 def ago(ts: float) -> str:

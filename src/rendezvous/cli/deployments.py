@@ -13,6 +13,7 @@ from rich.table import Table
 from rendezvous import config, deploy
 from rendezvous.cli.common import (
     Home,
+    RegistryUrl,
     ago,
     app,
     deploy_app,
@@ -28,18 +29,19 @@ from rendezvous.registry import current_user
 
 
 @deploy_app.command("apply")
-def deploy_apply(file: Path, home: Home = None) -> None:
+def deploy_apply(file: Path, home: Home = None, registry: RegistryUrl = None) -> None:
     """Create or update a deployment from a TOML spec (see README). Every model is loaded and
     warmed up first (by the running server, if any); nothing is recorded if one fails."""
     name, policy = deploy.load_spec(file)
-    _apply(home, name, policy, note=f"applied from {file.name}")
+    _apply(home, registry, name, policy, note=f"applied from {file.name}")
 
 
-def _apply(home: Path | None, name: str, policy: Policy, *, note: str) -> None:
+def _apply(home: Path | None, registry: str | None, name: str, policy: Policy, *,
+           note: str) -> None:
     answer = _notify(home, name, "apply", {"policy": msgspec.to_builtins(policy),
-                                           "note": note, "by": current_user()})
+                                           "note": note})
     if answer is None:
-        with open_registry(home) as reg:
+        with open_registry(home, registry) as reg:
             version = deploy.apply_policy(reg, name, policy, note=note).version
     else:
         version = answer["policy_version"]
@@ -60,19 +62,20 @@ def deploy_create(
                                                    "champion [default: the deadline]")] = None,
     no_decoy: bool = False,
     home: Home = None,
+    registry: RegistryUrl = None,
 ) -> None:
     """Create or update a deployment from flags."""
     policy = deploy.policy_from_flags(champion=champion, fallbacks=fallback,
                                       challengers=challenger, canary=canary,
                                       deadline_ms=deadline_ms, wait_ms=wait_ms,
                                       decoy=not no_decoy)
-    _apply(home, name, policy, note="created from flags")
+    _apply(home, registry, name, policy, note="created from flags")
 
 
 @deploy_app.command("list")
-def deploy_list(home: Home = None) -> None:
+def deploy_list(home: Home = None, registry: RegistryUrl = None) -> None:
     """List deployments with their champion and policy version."""
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rows = [(n, *reg.policy(n)) for n in reg.deployments()]
     table = Table("deployment", "policy", "champion", "models", "deadline")
     for name, pol, rec in rows:
@@ -83,9 +86,9 @@ def deploy_list(home: Home = None) -> None:
 
 
 @deploy_app.command("history")
-def deploy_history(name: str, home: Home = None) -> None:
+def deploy_history(name: str, home: Home = None, registry: RegistryUrl = None) -> None:
     """Every policy version of a deployment: who, when, what."""
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         hist = reg.policy_history(name)
     table = Table("version", "action", "at", "by", "champion", "note")
     for rec in hist:
@@ -127,25 +130,25 @@ def _notify(home: Path | None, deployment: str, op: str,
 @app.command()
 def promote(deployment: str,
             model: Annotated[str, typer.Argument(help="NAME@VERSION to become champion")],
-            home: Home = None) -> None:
+            home: Home = None, registry: RegistryUrl = None) -> None:
     """Make MODEL the champion (the old champion keeps scoring as a challenger)."""
     from rendezvous.hosting.serving import read_run_file
 
     if read_run_file(config.home(home), deployment) and _notify(
             home, deployment, "promote", {"model": model}):
         return
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = reg.promote(deployment, model)
     out.print(f"{deployment}: {model} is champion (policy version {rec.version})")
 
 
 @app.command()
-def rollback(deployment: str, home: Home = None) -> None:
+def rollback(deployment: str, home: Home = None, registry: RegistryUrl = None) -> None:
     """Restore the policy the current one replaced."""
     from rendezvous.hosting.serving import read_run_file
 
     if read_run_file(config.home(home), deployment) and _notify(home, deployment, "rollback"):
         return
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         rec = reg.rollback(deployment)
     out.print(f"{deployment}: rolled back ({rec.note}); policy version {rec.version}")

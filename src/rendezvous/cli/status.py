@@ -15,6 +15,7 @@ from rich.table import Table
 from rendezvous import config
 from rendezvous.cli.common import (
     Home,
+    RegistryUrl,
     app,
     archive_app,
     open_registry,
@@ -29,11 +30,11 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
            streams: Annotated[str, typer.Option(
                help="Where the results stream is: embedded (every partition under --home) "
                     "or nats://HOST:PORT")] = "embedded",
-           home: Home = None) -> None:
+           home: Home = None, registry: RegistryUrl = None) -> None:
     """Per-model request counts, on-time/late/error counts, chosen counts, latency quantiles."""
     from rendezvous.roles.monitor import stats_from_log
 
-    with open_registry(home) as reg:
+    with open_registry(home, registry) as reg:
         pol, rec = reg.policy(deployment)
     stats = asyncio.run(stats_from_log(config.home(home), deployment,
                                        streams=streams)).to_dict()

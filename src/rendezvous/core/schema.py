@@ -295,7 +295,7 @@ def _columns_from_matrix(inp: InferInput, sig: Signature) -> tuple[dict[str, lis
     return cols, n
 
 
-def to_matrix(columns: Mapping[str, Sequence[Any]], sig: Signature) -> np.ndarray:
+def to_matrix(columns: Mapping[str, Sequence[Any] | np.ndarray], sig: Signature) -> np.ndarray:
     """Columns in signature order as one 2-D array (what most frameworks predict on)."""
     dts = {_NUMPY[c.datatype] for c in sig.inputs}
     dtype = dts.pop() if len(dts) == 1 else object

@@ -4,6 +4,10 @@ The artifact is a small JSON document naming the callable and optional keyword a
 keyword arguments the reference is a factory called once at load. The callable receives the
 columns (name -> 1-D numpy array) and the row count and returns a mapping of output name to
 array-like with ``n_rows`` entries.
+
+Importing and calling a reference runs code, so references are accepted (at registration and
+again at every load) only from modules the operator lists in ``RENDEZVOUS_TRUSTED_MODULES``;
+modules that run commands, load code or reach the interpreter are refused even when listed.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from rendezvous import config
 from rendezvous.core.schema import Signature
-from rendezvous.errors import FlavorError
+from rendezvous.errors import FlavorError, UnsafeArtifactError
 from rendezvous.flavors.base import Outputs, register
 
 
@@ -31,8 +36,43 @@ class CallableModel:
         self.kwargs = kwargs
 
 
+# Never importable as a model, whatever the operator lists: each runs commands, loads code,
+# or hands out the interpreter (``operator.methodcaller`` can call any method by name).
+_NEVER = frozenset({
+    "os", "posix", "nt", "subprocess", "_posixsubprocess", "builtins", "sys", "importlib",
+    "runpy", "code", "codeop", "ctypes", "multiprocessing", "concurrent", "pickle", "_pickle",
+    "marshal", "shelve", "dill", "cloudpickle", "joblib", "shutil", "socket", "pty", "signal",
+    "operator", "functools", "inspect", "types", "gc", "threading", "_thread", "asyncio",
+    "webbrowser", "urllib", "http", "ftplib", "smtplib", "telnetlib", "tempfile", "pathlib",
+    "io", "_io", "posixpath", "ntpath", "platform", "pdb", "bdb", "trace", "timeit", "site",
+    "sysconfig", "zipimport", "pkgutil", "distutils", "setuptools", "pip",
+})
+
+
+def check_trusted(ref: str) -> None:
+    """Refuse a reference outside ``RENDEZVOUS_TRUSTED_MODULES`` or inside ``_NEVER``."""
+    module = ref.partition(":")[0]
+    top = module.split(".", 1)[0]
+    if top in _NEVER or top.startswith("__"):
+        raise UnsafeArtifactError(
+            f"callable {ref!r}: module {top!r} is never trusted as a model (it can run "
+            "commands or load code); register a function of your own package"
+        )
+    allowed = [m.strip() for m in config.TRUSTED_MODULES.get().split(",") if m.strip()]
+    if not any(module == m or module.startswith(m + ".") for m in allowed):
+        raise UnsafeArtifactError(
+            f"callable {ref!r}: module {module!r} is not in RENDEZVOUS_TRUSTED_MODULES "
+            f"({','.join(allowed) or 'empty'}); add it (comma-separated module prefixes) if "
+            "you trust its code"
+        )
+
+
 def resolve(ref: str) -> Any:
+    check_trusted(ref)
     module, _, attr = ref.partition(":")
+    if any(part.startswith("_") for part in attr.split(".")):
+        raise UnsafeArtifactError(
+            f"callable {ref!r}: private and dunder attributes are not callables to serve")
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):

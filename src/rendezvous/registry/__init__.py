@@ -13,15 +13,13 @@ array([1, 1])
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
-import hashlib
-import platform
-import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from rendezvous import config
 from rendezvous.core.policy import Policy, promote
@@ -30,10 +28,34 @@ from rendezvous.errors import ConfigError, NotFoundError, UnsafeArtifactError
 from rendezvous.flavors import base as flavors
 from rendezvous.flavors.base import Predictor
 from rendezvous.ids import ModelRef, check_name
-from rendezvous.registry.artifacts import LocalArtifacts
+from rendezvous.registry import lineage
+from rendezvous.registry.artifacts import ArtifactStore, LocalArtifacts, open_store
 from rendezvous.registry.store import AliasChange, ModelVersion, PolicyRecord, SqlStore
 
-__all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry"]
+__all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry", "registry_url"]
+
+# SQLAlchemy URL scheme -> what it means; anything else is refused naming these.
+_SCHEMES = {
+    "sqlite": "sqlite:///PATH (a local file)",
+    "postgresql+psycopg": "postgresql://USER@HOST:PORT/DB (psycopg 3; the [postgres] extra)",
+}
+
+
+def registry_url(url: str | None, home: Path) -> str:
+    """The SQLAlchemy URL of the registry: ``url``, else ``RENDEZVOUS_REGISTRY``, else the
+    SQLite file in ``home``. ``postgresql://`` means psycopg 3.
+
+    >>> registry_url("postgresql://postgres@127.0.0.1/test", Path("/h"))
+    'postgresql+psycopg://postgres@127.0.0.1/test'
+    """
+    text = url or config.REGISTRY.get() or f"sqlite:///{home / 'registry.db'}"
+    scheme, sep, rest = text.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        scheme = "postgresql+psycopg"
+    if not sep or scheme not in _SCHEMES:
+        raise ConfigError(f"registry URL {text!r} is not one this registry knows; use "
+                          + " or ".join(_SCHEMES.values()))
+    return f"{scheme}://{rest}"
 
 
 def current_user() -> str:
@@ -43,33 +65,49 @@ def current_user() -> str:
         return "unknown"
 
 
-def _fingerprint(example: Any) -> tuple[str, dict[str, Any]]:
-    """A digest and a small summary of the training data, for lineage and drift baselines."""
-    if example is None:
-        return "", {}
-    if hasattr(example, "to_numpy"):
-        arr = example.to_numpy()
-    elif isinstance(example, dict):
-        arr = np.column_stack([np.asarray(v) for v in example.values()])
-    else:
-        arr = np.asarray(example)
-    digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-    summary: dict[str, Any] = {"n_rows": int(arr.shape[0])}
-    if arr.dtype.kind in "fiub" and arr.ndim == 2:
-        a = arr.astype(float)
-        summary["mean"] = [round(float(v), 6) for v in a.mean(axis=0)]
-        summary["std"] = [round(float(v), 6) for v in a.std(axis=0)]
-    return digest, summary
+def _since(value: float | str | dt.date | None) -> float | None:
+    """A timestamp from seconds, a date/datetime, or ISO text (local time when naive)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"invalid date {value!r}: write YYYY-MM-DD or "
+                              "YYYY-MM-DDTHH:MM[:SS]") from None
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.combine(value, dt.time())
+    return value.timestamp()
+
+
+def _like(glob: str) -> str:
+    """A shell glob (``*``, ``?``) as a SQL LIKE pattern escaped with backslash."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 class Registry:
-    """Models, versions, aliases and deployments under one data directory (or SQL URL)."""
+    """Models, versions, aliases and deployments under one data directory (or SQL URL).
 
-    def __init__(self, home: Path | str | None = None, *, url: str | None = None) -> None:
+    ``url``: the metadata database (default ``RENDEZVOUS_REGISTRY``, else
+    ``<home>/registry.db``); ``artifacts``: where new artifacts go, a path or fsspec URL
+    (default ``RENDEZVOUS_ARTIFACTS``, else ``<home>/artifacts``). Each version records where
+    its artifact is, so loading needs no setting.
+    """
+
+    def __init__(self, home: Path | str | None = None, *, url: str | None = None,
+                 artifacts: str | None = None) -> None:
         self.home = config.home(home)
-        self.url = url  # None: the SQLite file under home
-        self.store = SqlStore(url or f"sqlite:///{self.home / 'registry.db'}")
-        self.artifacts = LocalArtifacts(self.home / "artifacts")
+        self.url = url  # None: RENDEZVOUS_REGISTRY, else the SQLite file under home
+        self.store = SqlStore(registry_url(url, self.home))
+        self._local = LocalArtifacts(self.home / "artifacts")
+        location = artifacts or config.ARTIFACTS.get()
+        try:
+            self.artifacts: ArtifactStore = open_store(location) if location else self._local
+        except BaseException:
+            self.store.dispose()
+            raise
+        self._stores: dict[str, ArtifactStore] = {}
 
     def close(self) -> None:
         self.store.dispose()
@@ -86,51 +124,61 @@ class Registry:
         self, name: str, model: Any, *, flavor: str | None = None, example: Any = None,
         signature: Signature | None = None, params: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None, description: str = "", code_version: str = "",
-        created_by: str | None = None,
+        created_by: str | None = None, parent: str | None = None, run: str = "",
+        tags: Mapping[str, str] | None = None,
     ) -> ModelVersion:
         """Register a new version of model ``name``; its signature comes from ``example``
-        (training data) unless given. Returns the new version (``.ref`` is ``name@N``)."""
+        (training data) unless given. Lineage: ``params`` (default: the model's own
+        hyper-parameters), ``metrics``, ``parent`` (``name@N`` it was derived from), ``run``
+        (an external run reference), the caller's git commit unless ``code_version`` is given,
+        and the library versions. Returns the new version (``.ref`` is ``name@N``)."""
         check_name(name, "model name")
         fl = flavors.get(flavor) if flavor else flavors.for_model(model)
         data, meta = fl.save(model)
         return self._add(name, fl.name, data, meta, example=example, signature=signature,
-                         params=params, metrics=metrics, description=description,
-                         code_version=code_version, created_by=created_by)
+                         params=lineage.model_params(model) if params is None else params,
+                         metrics=metrics, description=description, code_version=code_version,
+                         created_by=created_by, parent=parent, run=run, tags=tags)
 
     def register_file(
-        self, name: str, path: Path, *, flavor: str = "sklearn", example: Any = None,
-        signature: Signature | None = None, description: str = "",
+        self, name: str, path: Path | str, *, flavor: str | None = None, example: Any = None,
+        signature: Signature | None = None, description: str = "", trust: Sequence[str] = (),
+        params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+        parent: str | None = None, run: str = "", tags: Mapping[str, str] | None = None,
+        code_version: str = "",
     ) -> ModelVersion:
-        """Register a saved artifact file (``.skops`` for sklearn). The model is loaded once,
-        safely, to check it and read its feature names when no example is given."""
+        """Register a saved model file: ``.skops`` (scikit-learn), ``.json``/``.ubj``
+        (XGBoost), ``.txt`` (LightGBM), ``.onnx``, or ``.pkl``/``.joblib`` behind
+        ``RENDEZVOUS_ALLOW_PICKLE``; the flavor comes from the file unless given. The file is
+        inspected without running code from it; ``trust`` names extra skops types to allow
+        (recorded with the version). The inputs come from ``signature``, ``example`` or what
+        the model file declares."""
         check_name(name, "model name")
-        if flavor != "sklearn":
-            raise ConfigError(
-                f"registering a file supports flavor 'sklearn' (.skops), not {flavor!r}")
-        import skops.io as sio
-
-        data = Path(path).read_bytes()
-        trusted = sorted(sio.get_untrusted_types(data=data))
-        meta = {"trusted_types": trusted}
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read model file {path}: {exc.strerror}") from None
+        fl = flavors.file_flavor(flavor) if flavor else flavors.for_file(path, data)
+        info = fl.inspect(data, trust=trust)
         if signature is None and example is None:
-            model = flavors.get("sklearn").load(data, meta, Signature(()),
-                                                allow_pickle=False).model  # type: ignore[attr-defined]
-            names = getattr(model, "feature_names_in_", None)
-            n = getattr(model, "n_features_in_", None)
-            if n is None:
+            signature = info.signature()
+            if signature is None:
                 raise ConfigError(
-                    f"cannot tell the inputs of {path}: pass --example DATA (CSV or Parquet)"
+                    f"cannot tell the inputs of {path}: pass --example DATA (CSV or Parquet "
+                    "training rows) or --columns a,b,c"
                 )
-            cols = [str(c) for c in names] if names is not None else [f"f{i}" for i in range(n)]
-            signature = infer_signature({c: np.zeros(1) for c in cols})
-            meta["class"] = type(model).__qualname__
-        return self._add(name, flavor, data, meta, example=example, signature=signature,
-                         description=description)
+        return self._add(name, fl.name, data, info.meta, example=example, signature=signature,
+                         params={**info.params, **(params or {})}, metrics=metrics,
+                         description=description, parent=parent, run=run, tags=tags,
+                         code_version=code_version)
 
     def _add(self, name: str, flavor: str, data: bytes, meta: dict[str, Any], *, example: Any,
              signature: Signature | None, params: dict[str, Any] | None = None,
              metrics: dict[str, Any] | None = None, description: str = "",
-             code_version: str = "", created_by: str | None = None) -> ModelVersion:
+             code_version: str = "", created_by: str | None = None,
+             parent: str | None = None, run: str = "",
+             tags: Mapping[str, str] | None = None) -> ModelVersion:
         if signature is None:
             if example is None:
                 raise ConfigError(
@@ -138,19 +186,28 @@ class Registry:
                     "signature=Signature(...)"
                 )
             signature = infer_signature(example)
-        fingerprint, summary = _fingerprint(example)
+        fingerprint, summary = lineage.fingerprint(example)
         if example is not None:
             # A few training rows: model hosts warm the model up on them before it serves.
             summary["example_rows"] = example_columns(example, signature)
+        parent_ref = str(self.resolve(parent)) if parent else None
+        dirty: bool | None = None
+        if not code_version:
+            code_version, dirty = lineage.git_version()
         digest = self.artifacts.put(data)
-        return self.store.add_version(
+        mv = self.store.add_version(
             name=name, flavor=flavor, digest=digest, flavor_meta=meta,
-            signature=msgspec.to_builtins(signature), params=params or {},
-            metrics=metrics or {}, data_fingerprint=fingerprint, data_summary=summary,
-            code_version=code_version,
-            environment={"python": sys.version.split()[0], "platform": platform.platform()},
-            description=description, created_by=created_by or current_user(),
+            signature=msgspec.to_builtins(signature), params=lineage.json_safe(params or {}),
+            metrics=lineage.json_safe(metrics or {}), data_fingerprint=fingerprint,
+            data_summary=lineage.json_safe(summary),
+            code_version=code_version, code_dirty=dirty, environment=lineage.environment(),
+            description=description, created_by=created_by or current_user(), parent=parent_ref,
+            run_ref=run, artifact_uri=None if self.artifacts is self._local
+            else self.artifacts.url,
         )
+        if tags:
+            self.store.set_tags(name, mv.version, dict(tags))
+        return mv
 
     def resolve(self, ref: str | ModelRef) -> ModelRef:
         """``name@alias`` -> ``name@N``; ``name@N`` checked to exist."""
@@ -176,13 +233,65 @@ class Registry:
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         return self.store.versions(name)
 
+    def search(self, *, name: str | None = None, tags: Mapping[str, str] | None = None,
+               since: float | str | dt.date | None = None,
+               flavor: str | None = None) -> list[ModelVersion]:
+        """Versions matching every filter: ``name`` a glob (``fraud-*``), ``tags`` set on the
+        version or its model, created at or after ``since`` (a date, ISO text or timestamp),
+        ``flavor``.
+
+        >>> reg.search(name="cl*", tags={"team": "risk"}, since="2024-01-01")  # doctest: +SKIP
+        """
+        if flavor is not None:
+            flavors.get(flavor)  # an unknown flavor is a typo, not an empty result
+        return self.store.search(name_like=None if name is None else _like(name),
+                                 tags=tags, since=_since(since), flavor=flavor)
+
+    def _target(self, ref: str) -> tuple[str, int]:
+        """``NAME`` -> (name, 0) for the model; ``NAME@V``/``NAME@ALIAS`` -> the version."""
+        if "@" not in ref:
+            check_name(ref, "model name")
+            if not self.store.versions(ref):
+                raise NotFoundError("model", ref, "register it first with "
+                                    "`rendezvous models register`")
+            return ref, 0
+        r = self.resolve(ref)
+        return r.name, r.version  # type: ignore[return-value]
+
+    def tag(self, ref: str, tags: Mapping[str, str] | None = None,
+            delete: Sequence[str] = ()) -> dict[str, str]:
+        """Set and delete tags on a model (``NAME``) or a version (``NAME@V``); returns its
+        tags after the change."""
+        for key in [*(tags or {}), *delete]:
+            check_name(key, "tag key")
+        name, version = self._target(ref)
+        return self.store.set_tags(name, version, dict(tags or {}), tuple(delete))
+
+    def tags(self, ref: str) -> dict[str, str]:
+        """A version's tags over its model's (``NAME@V``), or the model's own (``NAME``)."""
+        name, version = self._target(ref)
+        own = self.store.tags(name, version)
+        return own if version == 0 else {**self.store.tags(name, 0), **own}
+
+    def describe(self, ref: str, text: str) -> ModelVersion:
+        """Replace a version's description."""
+        r = self.resolve(ref)
+        self.store.set_description(r.name, r.version, text)  # type: ignore[arg-type]
+        return self.get(r)
+
+    def card(self, ref: str, *, fmt: str = "md") -> str:
+        """The model card of a version as Markdown (``fmt="md"``) or HTML (``"html"``)."""
+        from rendezvous.registry import cards
+
+        return cards.render(self, self.get(ref), fmt=fmt)
+
     def signature(self, ref: str | ModelRef) -> Signature:
         return msgspec.convert(self.get(ref).signature, Signature)
 
     def load(self, ref: str | ModelRef, *, allow_pickle: bool | None = None) -> Predictor:
         """Load a version for prediction; its artifact digest is verified first."""
         mv = self.get(ref)
-        data = self.artifacts.get(mv.digest)  # raises on a digest mismatch
+        data = self._store_of(mv).get(mv.digest)  # raises on a digest mismatch
         allow = config.ALLOW_PICKLE.get(allow_pickle)
         if mv.flavor_meta.get("pickle") and not allow:
             raise UnsafeArtifactError(
@@ -191,6 +300,15 @@ class Registry:
             )
         sig = msgspec.convert(mv.signature, Signature)
         return flavors.get(mv.flavor).load(data, mv.flavor_meta, sig, allow_pickle=allow)
+
+    def _store_of(self, mv: ModelVersion) -> ArtifactStore:
+        if mv.artifact_uri is None:
+            return self._local
+        if mv.artifact_uri == self.artifacts.url:
+            return self.artifacts
+        if mv.artifact_uri not in self._stores:
+            self._stores[mv.artifact_uri] = open_store(mv.artifact_uri)
+        return self._stores[mv.artifact_uri]
 
     # -- aliases ------------------------------------------------------------------------------
 

@@ -1,4 +1,8 @@
-"""Content-addressed artifact storage: bytes stored under their SHA-256, verified on every read."""
+"""Content-addressed artifact storage: bytes stored under their SHA-256, verified on every read.
+
+Local directories by default; any fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``memory://…``)
+for registries shared across machines. Either way the digest is checked on every ``get``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,16 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from rendezvous import config
-from rendezvous.errors import ArtifactIntegrityError, NotFoundError
+from rendezvous.errors import (
+    ArtifactIntegrityError,
+    ConfigError,
+    MissingDependencyError,
+    NotFoundError,
+    UnavailableError,
+)
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -24,6 +34,10 @@ class ArtifactStore(Protocol):
 
     def exists(self, digest: str) -> bool: ...
 
+    @property
+    def url(self) -> str:
+        """Where the store is: a local path or an fsspec URL."""
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -35,10 +49,12 @@ class LocalArtifacts:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
     def _path(self, digest: str) -> Path:
-        if not _DIGEST.fullmatch(digest):  # digests come from the database; never trust a path
-            raise NotFoundError("artifact", digest, "digests are 64 lowercase hex characters")
-        return self.root / "sha256" / digest[:2] / digest
+        return self.root / _relative(digest)
 
     def put(self, data: bytes) -> str:
         digest = sha256(data)
@@ -74,3 +90,84 @@ class LocalArtifacts:
 
     def exists(self, digest: str) -> bool:
         return self._path(digest).exists()
+
+
+def _relative(digest: str) -> str:
+    if not _DIGEST.fullmatch(digest):  # digests come from the database; never trust a path
+        raise NotFoundError("artifact", digest, "digests are 64 lowercase hex characters")
+    return f"sha256/{digest[:2]}/{digest}"
+
+
+# fsspec protocols whose implementation lives in a package of one of our extras
+_EXTRA_OF = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
+
+
+class FsspecArtifacts:
+    """Artifacts under any fsspec URL, laid out as the local store (``<url>/sha256/ab/…``).
+
+    Object stores write each object whole, so a reader never sees half an artifact; the
+    digest check on ``get`` covers the rest. Credentials and endpoints come from the
+    backend's usual environment (``AWS_*`` for S3).
+    """
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self._url = url.rstrip("/")
+        protocol = self._url.split("://", 1)[0]
+        try:
+            self.fs: Any
+            # A fresh filesystem: fsspec's instance cache would keep credentials and endpoints
+            # read from the environment the first time, whatever they are now.
+            self.fs, self.root = fsspec.core.url_to_fs(self._url, skip_instance_cache=True)
+        except ImportError:
+            package, extra = _EXTRA_OF.get(protocol, (f"the fsspec backend for {protocol}://",
+                                                      protocol))
+            raise MissingDependencyError(f"artifacts on {protocol}://", package, extra) from None
+        except ValueError as exc:  # fsspec: "Protocol not known: …"
+            raise ConfigError(f"artifact store {url!r}: {exc}; use a local path or an fsspec "
+                              "URL such as s3://bucket/prefix") from None
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _path(self, digest: str) -> str:
+        return f"{self.root}/{_relative(digest)}"
+
+    def put(self, data: bytes) -> str:
+        digest = sha256(data)
+        if not self.exists(digest):
+            try:
+                self.fs.pipe_file(self._path(digest), data)
+            except OSError as exc:
+                raise UnavailableError(f"cannot write artifact to {self._url}: {exc}") from exc
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        path = self._path(digest)
+        try:
+            data: bytes = self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise NotFoundError("artifact", f"sha256:{digest}",
+                                f"expected at {self._url}/{_relative(digest)}") from None
+        except OSError as exc:
+            raise UnavailableError(f"cannot read artifact from {self._url}: {exc}") from exc
+        actual = sha256(data)
+        if actual != digest:
+            raise ArtifactIntegrityError(digest, actual)
+        return data
+
+    def exists(self, digest: str) -> bool:
+        try:
+            return bool(self.fs.exists(self._path(digest)))
+        except OSError as exc:
+            raise UnavailableError(f"cannot reach artifact store {self._url}: {exc}") from exc
+
+
+def open_store(location: str | Path) -> ArtifactStore:
+    """The artifact store at a local path or an fsspec URL (picked by its scheme)."""
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        return FsspecArtifacts(text)
+    return LocalArtifacts(Path(text.removeprefix("file://")).expanduser().resolve())

@@ -1,8 +1,11 @@
 """Registry metadata in SQL (SQLAlchemy Core): SQLite file by default, PostgreSQL by URL.
 
-Model versions, aliases with their full history, deployments with their policy history. Every
-write is one transaction; version numbers are allocated inside it, so concurrent registrations
-of one name get distinct versions.
+Model versions, aliases with their full history, tags, deployments with their policy history.
+Every write is one transaction; version numbers and alias moves are serialized per name (an
+advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so concurrent registrations from
+several processes get distinct versions and alias history stays a chain. The tables are created
+and upgraded by Alembic migrations (``rendezvous.registry.migrate``); the definitions below must
+match the head revision.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from rendezvous import config
-from rendezvous.errors import AlreadyExistsError, ConflictError, NotFoundError
+from rendezvous.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    MissingDependencyError,
+    NotFoundError,
+    UnavailableError,
+)
+from rendezvous.registry import migrate
 
 metadata = sa.MetaData()
 POLICY_WRITE_ATTEMPTS = 50
@@ -41,6 +53,18 @@ model_versions = sa.Table(
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False, default=""),
+    sa.Column("parent", sa.String(160), nullable=True),
+    sa.Column("run_ref", sa.String(512), nullable=False, default=""),
+    sa.Column("code_dirty", sa.Boolean, nullable=True),
+    sa.Column("artifact_uri", sa.String(1024), nullable=True),
+)
+
+model_tags = sa.Table(
+    "model_tags", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),  # 0: the model as a whole
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 aliases = sa.Table(
@@ -98,6 +122,10 @@ class ModelVersion:
     description: str = ""
     created_at: float = 0.0
     created_by: str = ""
+    parent: str | None = None  # the version this one was derived from (name@N)
+    run_ref: str = ""  # an external run, e.g. "mlflow:runs/<id>"
+    code_dirty: bool | None = None  # uncommitted changes in the caller's repository
+    artifact_uri: str | None = None  # None: the registry's local artifact directory
 
     @property
     def ref(self) -> str:
@@ -134,12 +162,26 @@ class SqlStore:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
-        self.engine = sa.create_engine(url, **kwargs)
+        try:
+            self.engine = sa.create_engine(url, **kwargs)
+        except ModuleNotFoundError as exc:
+            raise MissingDependencyError(f"the registry at {url.split('@')[-1]}",
+                                         exc.name or "psycopg", "postgres") from None
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        try:
+            migrate.ensure_current(self.engine)
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise UnavailableError(f"cannot open the registry at {where}: "
+                                   f"{str(exc.orig).strip().splitlines()[0]}") from None
+        except BaseException:
+            self.engine.dispose()
+            raise
         database = self.engine.url.database
-        if url.startswith("sqlite") and database and database != ":memory:":
+        if self.engine.url.get_backend_name() == "sqlite" and database \
+                and database != ":memory:":
             for suffix in ("", "-wal", "-shm"):  # readable by the owner only (a setting)
                 with contextlib.suppress(FileNotFoundError):
                     config.private_file(Path(database + suffix))
@@ -150,9 +192,10 @@ class SqlStore:
     # -- model versions -----------------------------------------------------------------------
 
     def add_version(self, **fields: Any) -> ModelVersion:
-        for _ in range(5):  # concurrent writers may race for the next number
+        for _ in range(5):  # the lock makes a race unlikely; a retry covers the rest
             try:
                 with self.engine.begin() as conn:
+                    _serialize(conn, f"version:{fields['name']}")
                     latest = conn.execute(
                         sa.select(sa.func.max(model_versions.c.version)).where(
                             model_versions.c.name == fields["name"])
@@ -178,16 +221,69 @@ class SqlStore:
         return ModelVersion(**row)
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
-        q = sa.select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
+        return self.search(name=name)
+
+    def search(
+        self, *, name: str | None = None, name_like: str | None = None,
+        tags: Mapping[str, str] | None = None, since: float | None = None,
+        flavor: str | None = None,
+    ) -> list[ModelVersion]:
+        """Versions matching every filter given: exact ``name``, a SQL LIKE pattern on the
+        name, tags (on the version or on its model), created at or after ``since``, flavor."""
+        mv = model_versions
+        q = sa.select(mv).order_by(mv.c.name, mv.c.version)
         if name is not None:
-            q = q.where(model_versions.c.name == name)
+            q = q.where(mv.c.name == name)
+        if name_like is not None:
+            q = q.where(mv.c.name.like(name_like, escape="\\"))
+        if since is not None:
+            q = q.where(mv.c.created_at >= since)
+        if flavor is not None:
+            q = q.where(mv.c.flavor == flavor)
+        for key, value in (tags or {}).items():
+            q = q.where(sa.exists().where(
+                model_tags.c.name == mv.c.name, model_tags.c.version.in_([0, mv.c.version]),
+                model_tags.c.key == key, model_tags.c.value == value))
         with self.engine.connect() as conn:
             return [ModelVersion(**r) for r in conn.execute(q).mappings()]
+
+    def set_description(self, name: str, version: int, text: str) -> None:
+        self.get_version(name, version)
+        with self.engine.begin() as conn:
+            conn.execute(model_versions.update().where(
+                model_versions.c.name == name, model_versions.c.version == version)
+                .values(description=text))
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def set_tags(self, name: str, version: int, tags: Mapping[str, str],
+                 delete: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+        """Set and delete tags of ``name@version`` (version 0: the model); returns them all."""
+        with self.engine.begin() as conn:
+            _serialize(conn, f"tags:{name}")
+            where = (model_tags.c.name == name, model_tags.c.version == version)
+            keys = [*tags, *delete]
+            if keys:
+                conn.execute(model_tags.delete().where(*where, model_tags.c.key.in_(keys)))
+            if tags:
+                conn.execute(model_tags.insert(), [
+                    {"name": name, "version": version, "key": k, "value": v}
+                    for k, v in tags.items()])
+        return self.tags(name, version)
+
+    def tags(self, name: str, version: int) -> dict[str, str]:
+        """Tags of ``name@version`` exactly (version 0: the model's own)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(model_tags.c.key, model_tags.c.value).where(
+                model_tags.c.name == name, model_tags.c.version == version)
+                .order_by(model_tags.c.key)).all()
+        return {k: v for k, v in rows}
 
     # -- aliases ------------------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int | None, by: str) -> AliasChange:
         with self.engine.begin() as conn:
+            _serialize(conn, f"alias:{name}@{alias}")
             old = conn.execute(
                 sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)
             ).scalar()
@@ -307,6 +403,18 @@ class SqlStore:
         with self.engine.connect() as conn:
             return list(conn.execute(sa.select(deployments.c.name).order_by(deployments.c.name))
                         .scalars())
+
+
+def _serialize(conn: sa.Connection, key: str) -> None:
+    """Hold a write lock for ``key`` until the transaction ends, so that read-then-write
+    sequences (next version number, alias from/to) see every earlier writer's commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                     {"k": zlib.crc32(key.encode())})
+    elif conn.dialect.name == "sqlite":
+        # The whole file is one lock; taking it first avoids WAL "stale snapshot" failures
+        # that a deferred transaction hits when it starts writing after another commit.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
