@@ -3,19 +3,21 @@ rendezvous answer, reply. It never calls a model.
 
 Endpoints: Open Inference Protocol v2 (``/v2/health/live|ready``, ``/v2/models/{d}``,
 ``/v2/models/{d}/ready``, ``/v2/models/{d}/infer``), plain JSON records
-(``/v1/deployments/{d}/predict``), status, admin (bearer token) and ``/metrics``.
+(``/v1/deployments/{d}/predict``), MLflow's scoring protocol (``/v1/deployments/{d}/invocations``,
+``/invocations``; ``mlflow.py``), status, admin (bearer token) and ``/metrics``. The OIP
+inference call lives in ``oip.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -23,7 +25,7 @@ import msgspec
 from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.core.messages import Reason, Request, Result
-from rendezvous.core.schema import InferRequest, columns_from_oip, columns_from_records
+from rendezvous.core.schema import columns_from_records
 from rendezvous.errors import (
     AuthError,
     BadRequestError,
@@ -35,8 +37,10 @@ from rendezvous.errors import (
     UnavailableError,
 )
 from rendezvous.hosting.runtime import DeploymentRuntime, Server
+from rendezvous.http import mlflow, oip
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics
+from rendezvous.http.reply import Reply
 from rendezvous.ids import new_request_id
 
 log = logging.getLogger(__name__)
@@ -46,46 +50,10 @@ EXPIRY_SWEEP_S = 0.05
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _JSON = [(b"content-type", b"application/json")]
 _json_decode = msgspec.json.Decoder()
-_oip_decode = msgspec.json.Decoder(InferRequest)
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(slots=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: list[tuple[bytes, bytes]]
-
-
 Handler = Callable[[dict[str, Any], bytes, dict[str, str]], Awaitable[Reply]]
-
-
-def _datatype(values: list[Any]) -> str:
-    v = values
-    while v and isinstance(v, list):
-        v = v[0]
-    if isinstance(v, bool):
-        return "BOOL"
-    if isinstance(v, int):
-        return "INT64"
-    if isinstance(v, float):
-        return "FP64"
-    return "BYTES"
-
-
-def _shape(values: list[Any]) -> list[int]:
-    shape = [len(values)]
-    v = values
-    while v and isinstance(v[0], list):
-        v = v[0]
-        shape.append(len(v))
-    return shape
-
-
-def _flat(values: list[Any]) -> list[Any]:
-    if values and isinstance(values[0], list):
-        return [x for row in values for x in _flat(row)]
-    return values
 
 
 class Proxy:
@@ -108,10 +76,15 @@ class Proxy:
             ("GET", re.compile(r"^/v2/health/live$"), self._live),
             ("GET", re.compile(r"^/v2/health/ready$"), self._ready),
             ("GET", re.compile(r"^/v2$"), self._server_meta),
-            ("POST", re.compile(r"^/v2/models/(?P<d>[^/]+)/infer$"), self._infer),
+            ("POST", re.compile(r"^/v2/models/(?P<d>[^/]+)/infer$"),
+             functools.partial(oip.infer, self)),
             ("GET", re.compile(r"^/v2/models/(?P<d>[^/]+)/ready$"), self._model_ready),
             ("GET", re.compile(r"^/v2/models/(?P<d>[^/]+)$"), self._model_meta),
             ("POST", re.compile(r"^/v1/deployments/(?P<d>[^/]+)/predict$"), self._predict),
+            ("POST", re.compile(r"^/v1/deployments/(?P<d>[^/]+)/invocations$"),
+             functools.partial(mlflow.invocations, self)),
+            ("POST", re.compile(r"^/invocations$"), functools.partial(mlflow.invocations, self)),
+            ("GET", re.compile(r"^/(ping|health)$"), mlflow.ping),
             ("GET", re.compile(r"^/v1/deployments/(?P<d>[^/]+)/status$"), self._status),
             ("GET", re.compile(r"^/v1/deployments$"), self._list),
             ("POST", re.compile(r"^/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
@@ -297,28 +270,6 @@ class Proxy:
                 (b"x-rendezvous-model", (result.model or "").encode()),
                 (b"x-rendezvous-reason", result.reason.value.encode())]
 
-    async def _infer(self, params: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
-        rt = self._runtime(params["d"])
-        try:
-            req = _oip_decode.decode(body)
-        except msgspec.ValidationError as exc:
-            raise BadRequestError(f"not an Open Inference Protocol request: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequestError(f"malformed JSON: {exc}") from None
-        assert rt.signature is not None
-        inputs, n_rows = columns_from_oip(req, rt.signature)
-        result = await self._submit(rt, inputs, n_rows, req.id or headers.get("x-request-id"),
-                                    _meta(req.parameters))
-        self._check(result, rt)
-        self.metrics.observe(rt.name, result)
-        outputs = [{"name": k, "shape": _shape(v), "datatype": _datatype(v), "data": _flat(v)}
-                   for k, v in result.outputs.items()]
-        return Reply(200, _encode({
-            "model_name": rt.name, "model_version": result.model, "id": result.request_id,
-            "parameters": {"reason": result.reason.value,
-                           "policy_version": result.policy_version},
-            "outputs": outputs}), self._headers(result))
-
     async def _predict(self, params: dict[str, str], body: bytes,
                        headers: dict[str, str]) -> Reply:
         rt = self._runtime(params["d"])
@@ -328,7 +279,7 @@ class Proxy:
             raise BadRequestError(f"malformed JSON: {exc}") from None
         meta: dict[str, str] = {}
         if isinstance(doc, dict) and "records" in doc:  # {"records": [...], "meta": {...}}
-            meta = _meta(doc.get("meta") or {})
+            meta = oip.meta_from_parameters(doc.get("meta") or {})
             doc = doc["records"]
         assert rt.signature is not None
         inputs, n_rows = columns_from_records(doc, rt.signature)
@@ -407,9 +358,3 @@ class Proxy:
     async def _metrics(self, *_: Any) -> Reply:
         body, ctype = self.metrics.render()
         return Reply(200, body, [(b"content-type", ctype.encode())])
-
-
-def _meta(raw: Any) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        raise BadRequestError("'meta'/'parameters' must be a JSON object of string tags")
-    return {str(k): str(v) for k, v in raw.items() if isinstance(v, str | int | float | bool)}
