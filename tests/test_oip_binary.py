@@ -181,17 +181,22 @@ async def test_bad_binary_requests_are_400_over_http(registry: Registry, serve: 
 
 
 async def test_kserve_rest_client(registry: Registry, serve: Serve) -> None:
-    kserve = pytest.importorskip("kserve", reason="kserve is not installed (see README)")
-    deploy(registry)
+    # kserve's default protocol is its v1 API (/v1/models/m:predict); v2 is the OIP one.
+    import kserve
+
+    model = deploy(registry)
     async with serve("dep") as client:
         rest = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
         try:
             inputs = [kserve.InferInput(n, [2], "FP64") for n in ("x", "y")]
             inputs[0].set_data_from_numpy(np.array([1.0, 2.0]))
             inputs[1].set_data_from_numpy(np.array([0.0, 1.0]))
-            response = await rest.infer(str(client.base_url),
-                                        kserve.InferRequest("dep", infer_inputs=inputs),
-                                        model_name="dep")
+            request = kserve.InferRequest("dep", infer_inputs=inputs)
+            assert request.to_rest()[1], "kserve sends its default tensors as binary data"
+            headers: dict[str, str] = {}
+            response = await rest.infer(str(client.base_url), request, model_name="dep",
+                                        response_headers=headers)
         finally:
             await rest.close()
+    assert headers["x-rendezvous-model"] == model
     np.testing.assert_array_equal(response.outputs[0].as_numpy(), [2.0, 5.0])
