@@ -157,3 +157,15 @@ async def test_grpc_is_off_unless_a_port_is_set(registry: Registry, home: Path,
     monkeypatch.setenv("RENDEZVOUS_GRPC_PORT", "0")
     async with running(["dep"], home=home, port=0) as (proxy, _), serving(proxy) as address:
         assert address is not None and address.startswith("127.0.0.1:")
+
+
+def test_the_benchmarks_hand_encoded_grpc_body_is_a_model_infer_request() -> None:
+    from bench.payloads import oip_grpc
+
+    body = oip_grpc([0.5, -1.0, 300.0], "bench1")
+    assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+    req = infer_request(pb.ModelInferRequest.FromString(body[5:]))
+    assert pb.ModelInferRequest.FromString(body[5:]).model_name == "bench1"
+    (tensor,) = req.inputs
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("input-0", "FP64", [1, 3])
+    assert tensor.data == [0.5, -1.0, 300.0]

@@ -24,13 +24,15 @@ GRACE_S = 5.0  # on exit, how long calls in flight get to finish
 
 
 @contextlib.asynccontextmanager
-async def serving(proxy: Proxy, *, host: str | None = None, port: int | None = None
-                  ) -> AsyncIterator[str | None]:
+async def serving(proxy: Proxy, *, host: str | None = None, port: int | None = None,
+                  reuse_port: bool = False) -> AsyncIterator[str | None]:
     """Serve gRPC for ``proxy``'s deployments while the block runs; yields ``"host:port"``,
     or None when gRPC is off (``port`` and ``RENDEZVOUS_GRPC_PORT`` unset or -1).
 
     Enter it once the proxy has started (inside ``hosting.serving.running``) and leave it
-    before the proxy stops.
+    before the proxy stops. ``reuse_port``: several processes listen on the same port and
+    the kernel spreads connections across them (``serve --processes N``); otherwise a port
+    in use is an error.
     """
     port = config.GRPC_PORT.get(port)
     if port < 0:
@@ -47,7 +49,7 @@ async def serving(proxy: Proxy, *, host: str | None = None, port: int | None = N
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.MAX_BODY_BYTES.get()),
-        ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+        ("grpc.so_reuseport", int(reuse_port)),
     ])
     server.add_generic_rpc_handlers((handler(proxy),))
     try:
