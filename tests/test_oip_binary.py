@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -180,23 +181,40 @@ async def test_bad_binary_requests_are_400_over_http(registry: Registry, serve: 
     assert "input 'x'" in wrong_type.json()["error"]
 
 
-async def test_kserve_rest_client(registry: Registry, serve: Serve) -> None:
-    # kserve's default protocol is its v1 API (/v1/models/m:predict); v2 is the OIP one.
-    import kserve
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+import kserve
 
+async def main(url):
+    rest = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
+    try:
+        inputs = [kserve.InferInput(n, [2], "FP64") for n in ("x", "y")]
+        inputs[0].set_data_from_numpy(np.array([1.0, 2.0]))
+        inputs[1].set_data_from_numpy(np.array([0.0, 1.0]))
+        request = kserve.InferRequest("dep", infer_inputs=inputs)
+        headers = {}
+        response = await rest.infer(url, request, model_name="dep", response_headers=headers)
+    finally:
+        await rest.close()
+    print(json.dumps({"binary": bool(request.to_rest()[1]),
+                      "predictions": response.outputs[0].as_numpy().tolist(),
+                      "model": headers["x-rendezvous-model"]}))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_kserve_rest_client(registry: Registry, serve: Serve) -> None:
+    # In a process of its own: kserve's and tritonclient's gRPC stubs both define inference.*
+    # in protobuf's process-wide pool, so the two cannot be imported into one process.
+    # kserve's default protocol is its v1 API (/v1/models/m:predict); v2 is the OIP one.
     model = deploy(registry)
     async with serve("dep") as client:
-        rest = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
-        try:
-            inputs = [kserve.InferInput(n, [2], "FP64") for n in ("x", "y")]
-            inputs[0].set_data_from_numpy(np.array([1.0, 2.0]))
-            inputs[1].set_data_from_numpy(np.array([0.0, 1.0]))
-            request = kserve.InferRequest("dep", infer_inputs=inputs)
-            assert request.to_rest()[1], "kserve sends its default tensors as binary data"
-            headers: dict[str, str] = {}
-            response = await rest.infer(str(client.base_url), request, model_name="dep",
-                                        response_headers=headers)
-        finally:
-            await rest.close()
-    assert headers["x-rendezvous-model"] == model
-    np.testing.assert_array_equal(response.outputs[0].as_numpy(), [2.0, 5.0])
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", KSERVE_CLIENT, str(client.base_url),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    answer = json.loads(out.decode().strip().splitlines()[-1])
+    assert answer == {"binary": True, "predictions": [2.0, 5.0], "model": model}
