@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,postgres,s3,xgboost,lightgbm,onnx,mlflow]'
+	$(BIN)/python -m pip install -q -e '.[test,postgres,s3,xgboost,lightgbm,onnx,mlflow,grpc,test-clients]'
 	touch $(STAMP)
 
 demo: $(STAMP)

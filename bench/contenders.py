@@ -136,6 +136,12 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "uvicorn workers"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
               "Rendezvous, champion only, decoy archive; serve --processes 2"),
+    Contender("rendezvous-1-mlflow", rendezvous_contender.prepare_one_mlflow, None,
+              "rendezvous-1 answering MLflow dataframe_split bodies on "
+              "/v1/deployments/bench1/invocations"),
+    Contender("rendezvous-1-grpc", rendezvous_contender.prepare_one_grpc, None,
+              "rendezvous-1 answering OIP v2 gRPC ModelInfer (raw tensors) on "
+              "RENDEZVOUS_GRPC_PORT, loaded by h2load"),
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
               "serve --processes 2"),

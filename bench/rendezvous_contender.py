@@ -16,6 +16,7 @@ Each contender gets a fresh home, so model versions always start at 1.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench.models import cached_build, reference_split, train_reference
 from bench.payloads import Wire
-from bench.server import ServerError, ServerSpec, Workspace, run_step
+from bench.server import ServerError, ServerSpec, Workspace, free_port, run_step
 from bench.venv import ROOT, project_bin
 
 
@@ -130,6 +131,25 @@ def _prepare(ws: Workspace, deployment: str,
 def prepare_one(ws: Workspace) -> ServerSpec:
     """``rendezvous-1``: the champion alone."""
     return _prepare(ws, "bench1")
+
+
+def prepare_one_mlflow(ws: Workspace) -> ServerSpec:
+    """``rendezvous-1-mlflow``: ``rendezvous-1`` answering MLflow ``dataframe_split`` bodies on
+    ``/v1/deployments/bench1/invocations`` (MLflow's scoring protocol)."""
+    spec = _prepare(ws, "bench1")
+    return dataclasses.replace(spec, infer_url=f"{ws.base_url}/v1/deployments/bench1/invocations",
+                               wire=Wire.MLFLOW)
+
+
+def prepare_one_grpc(ws: Workspace) -> ServerSpec:
+    """``rendezvous-1-grpc``: ``rendezvous-1`` answering OIP v2 gRPC ``ModelInfer`` (raw
+    tensor bytes) on its gRPC port (``RENDEZVOUS_GRPC_PORT``, shared by both processes)."""
+    grpc_port = free_port()
+    spec = _prepare(ws, "bench1")
+    return dataclasses.replace(
+        spec, infer_url=f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer",
+        wire=Wire.OIP_GRPC, model="bench1",
+        env={**spec.env, "RENDEZVOUS_GRPC_PORT": str(grpc_port)})
 
 
 def prepare_four(ws: Workspace) -> ServerSpec:

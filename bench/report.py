@@ -75,6 +75,27 @@ def ratios(results: Sequence[Row]) -> list[str]:
         lines.append(f"- {RENDEZVOUS_1} p50 - {FASTAPI} p50 at c=1: n/a "
                      f"(needs both at c=1)")
     lines += scaleout(results)
+    lines += client_paths(results)
+    return lines
+
+
+#: The same deployment as ``rendezvous-1`` reached through another client protocol.
+CLIENT_PATHS = ("rendezvous-1-mlflow", "rendezvous-1-grpc")
+
+
+def client_paths(results: Sequence[Row]) -> list[str]:
+    """Each other client path of ``rendezvous-1`` against its OIP JSON path: throughput and
+    p99 at c=32, p50 at c=1."""
+    lines = []
+    for name in CLIENT_PATHS:
+        for level, what in ((RATIO_LEVEL, "rps"), (RATIO_LEVEL, "p99_ms"), (1, "p50_ms")):
+            path, base = _at(results, name, level), _at(results, RENDEZVOUS_1, level)
+            if path is None or base is None or not base[what]:
+                continue
+            label = {"rps": "throughput", "p99_ms": "p99", "p50_ms": "p50"}[what]
+            lines.append(f"- **{name} {label} / {RENDEZVOUS_1} {label} at c={level}**: "
+                         f"{path[what] / base[what]:.2f}x ({path[what]:.1f} vs "
+                         f"{base[what]:.1f})")
     return lines
 
 

@@ -42,6 +42,8 @@ class ServerSpec:
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 180.0
+    #: The model or deployment name, for wires that carry it in the body (gRPC).
+    model: str = ""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from bench import loadgen, models, payloads, report, venv
 from bench.contenders import CONTENDERS, DEFAULT_CONTENDERS, Contender, select
 from bench.loadgen import LoadError, LoadResult
 from bench.machine import machine_info
-from bench.server import PeakRss, Server, ServerError, Workspace, free_port
+from bench.payloads import Wire
+from bench.server import PeakRss, Server, ServerError, ServerSpec, Workspace, free_port
 
 RESULTS_DIR = venv.BENCH_DIR / "results"
 Row = dict[str, Any]
@@ -83,12 +84,25 @@ def _detail(contender: str, level: int, result: LoadResult) -> dict[str, Any]:
     }
 
 
-def _smoke(server: Server, body: bytes) -> None:
-    """One request before any load: the contender must answer it with a 2xx."""
+def _smoke(server: Server, body: bytes, body_file: Path) -> int:
+    """One request before any load: the contender must answer it with a 2xx (over gRPC: a
+    response message). Returns the size of a good gRPC answer, 0 for HTTP."""
+    if server.spec.wire is Wire.OIP_GRPC:
+        return loadgen.grpc_smoke(server.spec.infer_url, body_file)
     status, answer = server.post(body)
     if not 200 <= status < 300:
         raise ServerError(f"smoke request to {server.spec.infer_url} got {status}: "
                           f"{answer[:500].decode(errors='replace')}")
+    return 0
+
+
+def _load(spec: ServerSpec, body_file: Path, level: int, duration_s: float,
+          ok_message_bytes: int) -> LoadResult:
+    """wrk over HTTP/1.1, h2load for gRPC."""
+    if spec.wire is Wire.OIP_GRPC:
+        return loadgen.run_h2load(spec.infer_url, body_file, connections=level,
+                                  duration_s=duration_s, ok_message_bytes=ok_message_bytes)
+    return loadgen.run_wrk(spec.infer_url, body_file, connections=level, duration_s=duration_s)
 
 
 def _measure(contender: Contender, levels: Sequence[int], duration_s: float, warmup_s: float,
@@ -99,24 +113,28 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
     ws = Workspace(name=name, dir=venv.WORK / name, port=free_port())
     ws.dir.mkdir(parents=True, exist_ok=True)
     spec = contender.prepare(ws)
-    bodies = [payloads.body(spec.wire, r, columns=models.FEATURE_NAMES) for r in rows]
-    bodies_file = loadgen.write_bodies(ws.dir / "bodies.jsonl", bodies)
+    bodies = [payloads.body(spec.wire, r, columns=models.FEATURE_NAMES, model=spec.model)
+              for r in rows]
+    if spec.wire is Wire.OIP_GRPC:  # h2load sends one body: the first row
+        loadgen.ensure_h2load()
+        bodies_file = ws.dir / "body.grpc"
+        bodies_file.write_bytes(bodies[0])
+    else:
+        bodies_file = loadgen.write_bodies(ws.dir / "bodies.jsonl", bodies)
     progress.update(task, advance=1, description=f"{name}: starting")
     out = []
     with Server(spec, log_path=ws.dir / "server.log") as server, \
             PeakRss(server.pid).running() as rss:
-        _smoke(server, bodies[0])
+        ok_bytes = _smoke(server, bodies[0], bodies_file)
         if warmup_s > 0:
             progress.update(task, description=f"{name}: warm-up {warmup_s:g}s at c={max(levels)}")
-            loadgen.run_wrk(spec.infer_url, bodies_file, connections=max(levels),
-                            duration_s=warmup_s)
+            _load(spec, bodies_file, max(levels), warmup_s, ok_bytes)
         progress.update(task, advance=1)
         rss.take_window()
         for level in levels:
             time.sleep(SETTLE_S)
             progress.update(task, description=f"{name}: c={level} for {duration_s:g}s")
-            result = loadgen.run_wrk(spec.infer_url, bodies_file, connections=level,
-                                     duration_s=duration_s)
+            result = _load(spec, bodies_file, level, duration_s, ok_bytes)
             row, detail = _row(name, level, result, rss.take_window()), _detail(name, level, result)
             out.append((row, detail))
             progress.console.print(

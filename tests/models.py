@@ -74,3 +74,10 @@ def make_hanging(above: float) -> Fn:
         return {"predictions": columns["x"] * 4}
 
     return predict
+
+
+def with_probabilities(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
+    """A classifier's two outputs: a label per row and a row of class probabilities."""
+    p = 1 / (1 + np.exp(-(columns["x"] - columns["y"])))
+    return {"predictions": np.where(p > 0.5, "yes", "no"),
+            "probabilities": np.stack([1 - p, p], axis=1)}

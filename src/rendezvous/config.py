@@ -63,6 +63,10 @@ HOME = Setting("RENDEZVOUS_HOME", Path, Path(".rendezvous"),
                "data directory holding the registry, artifacts, streams and archive")
 HOST = Setting("RENDEZVOUS_HOST", str, "127.0.0.1", "address the HTTP server binds to")
 PORT = Setting("RENDEZVOUS_PORT", int, 8000, "port the HTTP server listens on")
+GRPC_PORT = Setting("RENDEZVOUS_GRPC_PORT", int, -1,
+                    "port of the Open Inference Protocol gRPC endpoint, on RENDEZVOUS_HOST; "
+                    "-1 (the default) serves no gRPC, 0 picks a free port; needs "
+                    "pip install 'rendezvous-ml[grpc]'")
 MAX_BODY_BYTES = Setting("RENDEZVOUS_MAX_BODY_BYTES", int, 4 * 1024 * 1024,
                          "largest accepted request body, in bytes (at least 1024)",
                          minimum=1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 import typer
 
 from rendezvous import config
@@ -12,9 +13,7 @@ registry_app = typer.Typer(help="The registry database: schema status and upgrad
 app.add_typer(registry_app, name="registry")
 
 
-def _engine(home: Home, registry: RegistryUrl):  # type: ignore[no-untyped-def]
-    import sqlalchemy as sa
-
+def _engine(home: Home, registry: RegistryUrl) -> sa.Engine:
     from rendezvous.registry import registry_url
 
     return sa.create_engine(registry_url(registry, config.home(home)))

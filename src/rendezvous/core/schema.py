@@ -128,11 +128,14 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {_REPR.repr(value)[:40]}"
 
 
-def _typed(values: list[Any], dt: Datatype, where: str, problems: list[str]) -> list[Any]:
-    """``values`` checked (in C, by msgspec) to be of ``dt``; ints widen to floats. A wrong
-    value is reported as ``<where with {i} filled in>: expected DT, got TYPE VALUE``."""
+def _typed(values: list[Any], dt: Datatype, where: str, problems: list[str], *,
+           strict: bool = True) -> list[Any]:
+    """``values`` checked (in C, by msgspec) to be of ``dt``; ints widen to floats (and, when
+    not ``strict``, text parses as numbers and booleans). A wrong value is reported as
+    ``<where with {i} filled in>: expected DT, got TYPE VALUE``."""
     try:
-        return msgspec.convert(values, _LIST_OF[dt])
+        checked: list[Any] = msgspec.convert(values, _LIST_OF[dt], strict=strict)
+        return checked
     except msgspec.ValidationError as exc:
         m = _INDEX.search(str(exc))
         i = int(m.group(1)) if m else 0
@@ -300,3 +303,44 @@ def to_matrix(columns: Mapping[str, Sequence[Any] | np.ndarray], sig: Signature)
     dts = {_NUMPY[c.datatype] for c in sig.inputs}
     dtype = dts.pop() if len(dts) == 1 else object
     return np.array([columns[n] for n in sig.names], dtype=dtype).T
+
+
+def columns_from_mapping(columns: Any, sig: Signature, *, strict: bool = True
+                         ) -> tuple[dict[str, list[Any]], int]:
+    """Validate columns given by name (``{"x": [1.0, 2.0], "y": [...]}``) and return
+    (columns, n_rows). ``strict=False`` also parses numbers and booleans written as text, as
+    a CSV body carries them.
+
+    >>> columns_from_mapping({"a": [1, 2]}, Signature((Column("a", Datatype.FP64),)))
+    ({'a': [1.0, 2.0]}, 2)
+    """
+    names = sig.names
+    if not isinstance(columns, Mapping) or not columns:
+        raise ValidationError(f"expected an object of columns, e.g. {{\"{names[0]}\": [...]}}"
+                              if names else "expected an object of columns")
+    problems: list[str] = []
+    missing = [n for n in names if n not in columns]
+    extra = sorted(str(k) for k in columns if k not in set(names))
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unknown columns {extra}; expected {names}")
+    lengths = {n: len(v) if isinstance(v, list) else -1 for n, v in columns.items()}
+    problems += [f"column {n!r}: expected a list of values" for n, k in lengths.items() if k < 0]
+    if problems:
+        raise ValidationError("input does not match the deployment's signature", problems)
+    n_rows = lengths[names[0]]
+    uneven = [f"column {n!r}: {k} rows, column {names[0]!r} has {n_rows}"
+              for n, k in lengths.items() if k != n_rows]
+    if uneven or not n_rows:
+        raise ValidationError("input does not match the deployment's signature",
+                              uneven[:MAX_PROBLEMS] or ["the columns hold no rows"])
+    cols = {}
+    for c in sig.inputs:
+        cols[c.name] = _typed(columns[c.name], c.datatype, f"column {c.name!r} row {{i}}",
+                              problems, strict=strict)
+    if problems:
+        raise ValidationError("input does not match the deployment's signature",
+                              problems[:MAX_PROBLEMS])
+    return cols, n_rows
+

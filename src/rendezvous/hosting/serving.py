@@ -28,6 +28,7 @@ from rendezvous.errors import ConfigError
 from rendezvous.hosting.runtime import Server
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.http import Proxy
+from rendezvous.http.grpc import serving as grpc_serving
 
 ALL = "_all"  # run file of a server serving every deployment (names start alphanumeric)
 
@@ -155,14 +156,18 @@ async def running(
     proxy = Proxy(server, admin_token=token)
     await proxy.start()
     try:
-        async with _http(proxy, host, port, sock=sock, lifespan="off") as (_, url):
+        async with (
+            _http(proxy, host, port, sock=sock, lifespan="off") as (_, url),
+            # The OIP gRPC endpoint on its own port when RENDEZVOUS_GRPC_PORT is set.
+            grpc_serving(proxy, host=host, reuse_port=sock is not None) as grpc_address,
+        ):
             # Everything loaded so far (libraries) lives as long as the process: move it out
             # of the collector's sight so full collections stay short while serving.
             gc.collect()
             gc.freeze()
             names = [ALL] if server.serves_all else server.deployment_names
-            files = write_run_files(home, names, {"url": url, "pid": os.getpid(),
-                                                   "token": token}) if run_files else []
+            info = {"url": url, "pid": os.getpid(), "token": token, "grpc": grpc_address}
+            files = write_run_files(home, names, info) if run_files else []
             try:
                 yield proxy, url
             finally:

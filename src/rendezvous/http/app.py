@@ -3,19 +3,21 @@ rendezvous answer, reply. It never calls a model.
 
 Endpoints: Open Inference Protocol v2 (``/v2/health/live|ready``, ``/v2/models/{d}``,
 ``/v2/models/{d}/ready``, ``/v2/models/{d}/infer``), plain JSON records
-(``/v1/deployments/{d}/predict``), status, admin (bearer token) and ``/metrics``.
+(``/v1/deployments/{d}/predict``), MLflow's scoring protocol (``/v1/deployments/{d}/invocations``,
+``/invocations``; ``mlflow.py``), status, admin (bearer token) and ``/metrics``. The OIP
+inference call lives in ``oip.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,12 +26,7 @@ from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.core.messages import Reason, Request, Result
 from rendezvous.core.policy import Policy
-from rendezvous.core.schema import (
-    InferRequest,
-    Signature,
-    columns_from_oip,
-    columns_from_records,
-)
+from rendezvous.core.schema import Signature, columns_from_records
 from rendezvous.errors import (
     AuthError,
     BadRequestError,
@@ -44,9 +41,12 @@ from rendezvous.errors import (
     UnavailableError,
 )
 from rendezvous.hosting.runtime import DeploymentRuntime, Server
+from rendezvous.http import mlflow, oip
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics, backlog
 from rendezvous.http.middleware import token_matches
+from rendezvous.http.reply import Reply
+from rendezvous.http.tensors import datatype_of, shape_of
 from rendezvous.ids import new_request_id
 
 log = logging.getLogger(__name__)
@@ -59,46 +59,10 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _USER = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 _JSON = [(b"content-type", b"application/json")]
 _json_decode = msgspec.json.Decoder()
-_oip_decode = msgspec.json.Decoder(InferRequest)
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(slots=True)
-class Reply:
-    status: int
-    body: bytes
-    headers: list[tuple[bytes, bytes]]
-
-
 Handler = Callable[[dict[str, Any], bytes, dict[str, str]], Awaitable[Reply]]
-
-
-def _datatype(values: list[Any]) -> str:
-    v = values
-    while v and isinstance(v, list):
-        v = v[0]
-    if isinstance(v, bool):
-        return "BOOL"
-    if isinstance(v, int):
-        return "INT64"
-    if isinstance(v, float):
-        return "FP64"
-    return "BYTES"
-
-
-def _shape(values: list[Any]) -> list[int]:
-    shape = [len(values)]
-    v = values
-    while v and isinstance(v[0], list):
-        v = v[0]
-        shape.append(len(v))
-    return shape
-
-
-def _flat(values: list[Any]) -> list[Any]:
-    if values and isinstance(values[0], list):
-        return [x for row in values for x in _flat(row)]
-    return values
 
 
 class Proxy:
@@ -130,10 +94,15 @@ class Proxy:
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
             ("GET", re.compile(r"/v2"), self._server_meta),
-            ("POST", re.compile(r"/v2/models/(?P<d>[^/]+)/infer"), self._infer),
+            ("POST", re.compile(r"/v2/models/(?P<d>[^/]+)/infer"),
+             functools.partial(oip.infer, self)),
             ("GET", re.compile(r"/v2/models/(?P<d>[^/]+)/ready"), self._model_ready),
             ("GET", re.compile(r"/v2/models/(?P<d>[^/]+)"), self._model_meta),
             ("POST", re.compile(r"/v1/deployments/(?P<d>[^/]+)/predict"), self._predict),
+            ("POST", re.compile(r"/v1/deployments/(?P<d>[^/]+)/invocations"),
+             functools.partial(mlflow.invocations, self)),
+            ("POST", re.compile(r"/invocations"), functools.partial(mlflow.invocations, self)),
+            ("GET", re.compile(r"/(ping|health)"), mlflow.ping),
             ("GET", re.compile(r"/v1/deployments/(?P<d>[^/]+)/status"), self._status),
             ("GET", re.compile(r"/v1/deployments"), self._list),
             ("POST", re.compile(r"/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
@@ -365,7 +334,7 @@ class Proxy:
         learned = self.output_types.setdefault(rt.name, {})
         for name, values in result.outputs.items():
             if name not in learned:
-                learned[name] = (_datatype(values), len(_shape(values)))
+                learned[name] = (datatype_of(values), len(shape_of(values)))
 
     def _headers(self, result: Result) -> list[tuple[bytes, bytes]]:
         return [*_JSON, (b"x-request-id", result.request_id.encode()),
@@ -378,21 +347,6 @@ class Proxy:
         if len(body) > OFF_LOOP_BYTES:
             return await asyncio.to_thread(decode, body, *args)
         return decode(body, *args)
-
-    async def _infer(self, params: dict[str, str], body: bytes, headers: dict[str, str]) -> Reply:
-        rt = await self._runtime(params["d"])
-        req, inputs, n_rows = await self._decoded(_decode_oip, body, rt.signature,
-                                                  self.max_rows)
-        result = await self._submit(rt, inputs, n_rows, req.id or headers.get("x-request-id"),
-                                    _meta(req.parameters), body)
-        self._check(result, rt)
-        outputs = [{"name": k, "shape": _shape(v), "datatype": _datatype(v), "data": _flat(v)}
-                   for k, v in result.outputs.items()]
-        return Reply(200, _encode({
-            "model_name": rt.name, "model_version": result.model, "id": result.request_id,
-            "parameters": {"reason": result.reason.value,
-                           "policy_version": result.policy_version},
-            "outputs": outputs}), self._headers(result))
 
     async def _predict(self, params: dict[str, str], body: bytes,
                        headers: dict[str, str]) -> Reply:
@@ -519,23 +473,6 @@ def _who(headers: dict[str, str]) -> str:
     user = headers.get(USER_HEADER, "")
     user = user if _USER.fullmatch(user) else "unknown user"
     return f"{user} (admin token, {headers.get(PEER, 'unknown')})"[:128]
-
-
-def _decode_oip(body: bytes, sig: Signature,
-                max_rows: int) -> tuple[InferRequest, dict[str, list[Any]], int]:
-    try:
-        req = _oip_decode.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequestError(f"not an Open Inference Protocol request: {exc}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 is the latter
-        raise BadRequestError(f"malformed JSON (JSON is UTF-8 text): {exc}") from None
-    declared = max((i.shape[0] for i in req.inputs if i.shape), default=0)
-    if declared > max_rows:
-        raise TooManyRowsError(declared, max_rows)
-    inputs, n_rows = columns_from_oip(req, sig)
-    if n_rows > max_rows:
-        raise TooManyRowsError(n_rows, max_rows)
-    return req, inputs, n_rows
 
 
 def _decode_records(body: bytes, sig: Signature,

@@ -103,8 +103,8 @@ class ProxyMetrics:
         self.latency = Histogram("rendezvous_response_seconds",
                                  "Time from arrival to answer", ["deployment"],
                                  buckets=BUCKETS, registry=self.registry)
-        self.registry.register(_MonitorCollector(server))  # type: ignore[arg-type]
-        self.registry.register(_BacklogCollector(server))  # type: ignore[arg-type]
+        self.registry.register(_MonitorCollector(server))
+        self.registry.register(_BacklogCollector(server))
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 

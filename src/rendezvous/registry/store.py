@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -363,9 +363,9 @@ class SqlStore:
                     "retry")
             latest = conn.execute(sa.select(sa.func.max(policies.c.version)).where(
                 policies.c.deployment == deployment)).scalar() or 0
-            rec = PolicyRecord(deployment, latest + 1, body,
-                               current if parent is CURRENT else parent, action, time.time(),
-                               by, note)
+            parent_version = current if parent is CURRENT else cast("int | None", parent)
+            rec = PolicyRecord(deployment, latest + 1, body, parent_version, action,
+                               time.time(), by, note)
             conn.execute(policies.insert().values(
                 deployment=deployment, version=rec.version, body=body, parent=rec.parent,
                 action=action, at=rec.at, by=by, note=note))
