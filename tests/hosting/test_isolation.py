@@ -151,8 +151,12 @@ async def test_a_corrupt_challenger_artifact_is_failed_and_the_server_serves(
     async with serve("dep") as client:
         r = await client.post("/v1/deployments/dep/predict", json=[{"x": 1.0, "y": 2.0}])
         assert r.status_code == 200 and r.json()["predictions"] == [4.0]
+
+        async def failed() -> bool:  # a shadow may still be loading when the server is ready
+            return (await states(client))[broken]["state"] == "failed"
+
+        await until(failed, "the broken challenger to be reported failed", client)
         meta = (await client.get("/v2/models/dep")).json()["parameters"]["model_states"]
-        assert meta[broken]["state"] == "failed"
         assert "ArtifactIntegrityError" in str(meta[broken]["detail"])
         assert meta[champ]["state"] == "ready"
         problems = client.proxy_app.server.problems()  # type: ignore[attr-defined]
