@@ -102,7 +102,8 @@ class Proxy:
             ("POST", re.compile(r"/v1/deployments/(?P<d>[^/]+)/invocations"),
              functools.partial(mlflow.invocations, self)),
             ("POST", re.compile(r"/invocations"), functools.partial(mlflow.invocations, self)),
-            ("GET", re.compile(r"/(ping|health)"), mlflow.ping),
+            ("GET", re.compile(r"/ping"), mlflow.ping),  # MLflow's scoring server's probes
+            ("GET", re.compile(r"/health"), mlflow.ping),
             ("GET", re.compile(r"/v1/deployments/(?P<d>[^/]+)/status"), self._status),
             ("GET", re.compile(r"/v1/deployments"), self._list),
             ("POST", re.compile(r"/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"

@@ -25,6 +25,8 @@ STATUS: list[tuple[type[e.RendezvousError], int, str]] = [
     (e.LogMismatchError, 503, "log_mismatch"),
     (e.SlaMissError, 504, "sla_miss"),
     (e.ArtifactIntegrityError, 500, "artifact_integrity"),
+    (e.UnsafeArtifactError, 422, "unsafe_artifact"),
+    (e.FlavorError, 422, "flavor_error"),
     (e.RendezvousError, 500, "internal_error"),
 ]
 

@@ -151,4 +151,4 @@ async def invocations(proxy: Proxy, params: dict[str, str], body: bytes,
 
 async def ping(*_: Any) -> Reply:
     """MLflow's health check (``GET /ping``, ``GET /health``): the process is up."""
-    return Reply(200, b"\n", list(JSON))
+    return Reply(200, b"\n", [(b"content-type", b"text/plain; charset=utf-8")])

@@ -133,6 +133,14 @@ _SCHEMAS: dict[str, Any] = {
                                                      "items": {"type": "string"}}}},
     "Status": {"type": "object", "description": "The monitor's live statistics, the policy "
                "version, the live models and the backlog of writes being retried"},
+    "MlflowInput": {"type": "object", "description": "One of MLflow's scoring payloads: "
+                    "dataframe_split, dataframe_records, instances or inputs (CSV as text/csv)",
+                    "properties": {"dataframe_split": {"type": "object"},
+                                   "dataframe_records": {"type": "array"},
+                                   "instances": {"type": "array"},
+                                   "inputs": {}}},
+    "MlflowOutput": {"type": "object", "required": ["predictions"],
+                     "properties": {"predictions": {}}},
     "AdminResult": {"type": "object",
                     "required": ["deployment", "policy_version", "champion"],
                     "properties": {"deployment": {"type": "string"},
@@ -180,6 +188,17 @@ DOCUMENT: dict[str, Any] = {
         "/v1/deployments/{d}/predict": _post(
             "Inference on JSON records", _ref("Records"), _ref("PredictResponse"),
             *_PREDICT_ERRORS, parameters=[_DEPLOYMENT, _REQUEST_ID]),
+        "/v1/deployments/{d}/invocations": _post(
+            "Inference with MLflow scoring-server payloads", _ref("MlflowInput"),
+            _ref("MlflowOutput"), *_PREDICT_ERRORS, parameters=[_DEPLOYMENT, _REQUEST_ID]),
+        "/invocations": _post(
+            "MLflow scoring-server inference when one deployment is served",
+            _ref("MlflowInput"), _ref("MlflowOutput"), *_PREDICT_ERRORS,
+            parameters=[_REQUEST_ID]),
+        "/ping": _get("Liveness, as MLflow's scoring server answers it", {}, params=False,
+                      content={"text/plain": {"schema": {"type": "string"}}}),
+        "/health": _get("Liveness, as MLflow's scoring server answers it", {}, params=False,
+                        content={"text/plain": {"schema": {"type": "string"}}}),
         "/v1/deployments/{d}/status": _get("Live statistics of a deployment", _ref("Status")),
         "/v1/deployments": _get("Deployments served", {"type": "object", "properties": {
             "deployments": {"type": "array", "items": {"type": "string"}}}}, params=False),
@@ -188,6 +207,9 @@ DOCUMENT: dict[str, Any] = {
                  {"type": "object", "required": ["model"],
                   "properties": {"model": {"type": "string"}}}),
         **_admin("rollback", "Restore the policy the current one replaced", None),
+        **_admin("apply", "Record a policy once every model it adds has loaded and warmed up",
+                 {"type": "object", "required": ["policy"],
+                  "properties": {"policy": {"type": "object"}, "note": {"type": "string"}}}),
         "/metrics": _get("Prometheus metrics", {}, params=False,
                          content={"text/plain": {"schema": {"type": "string"}}}),
         "/openapi.json": _get("This document", {"type": "object"}, params=False),

@@ -80,6 +80,7 @@ def _upgrade_lock(engine: sa.Engine) -> Iterator[sa.Connection]:
         with contextlib.ExitStack() as stack:
             if lock_path is not None:
                 fh = stack.enter_context(open(lock_path, "a"))
+                config.private_file(lock_path)
                 fcntl.flock(fh, fcntl.LOCK_EX)
             yield stack.enter_context(engine.connect())
         return
