@@ -24,7 +24,7 @@ from rendezvous.core.messages import Result
 from rendezvous.core.schema import Signature, columns_from_mapping, columns_from_records
 from rendezvous.errors import BadRequestError, TooManyRowsError, ValidationError
 from rendezvous.http.oip import meta_from_parameters
-from rendezvous.http.reply import JSON, Reply
+from rendezvous.http.reply import Reply
 
 if TYPE_CHECKING:
     from rendezvous.http.app import Proxy
