@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -55,6 +56,7 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
     split: dict[str, float] = {}  # model -> weight, among champion-tier models
     decoy: bool = True
     split_key: str = ""  # request meta key to hash for the split; request id when empty
+    alarms: dict[str, Any] = {}  # thresholds of the alarm rules (core.alarms.AlarmSettings)
 
     def validate(self) -> Policy:
         """Check the policy; raise ``ConfigError`` naming the problem and the fix."""
@@ -93,6 +95,9 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
                 raise ConfigError(f"split names {name!r}, which is not a model of the policy")
             if weight <= 0:
                 raise ConfigError(f"split weight for {name!r} must be positive, got {weight}")
+        from rendezvous.core.alarms import AlarmSettings
+
+        AlarmSettings.parse(self.alarms)
         return self
 
     @property

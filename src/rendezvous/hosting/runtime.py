@@ -35,6 +35,7 @@ from rendezvous.registry import Registry
 from rendezvous.roles.decoy import Decoy
 from rendezvous.roles.monitor import Monitor
 from rendezvous.roles.rendezvous import RendezvousServer
+from rendezvous.roles.scorekeeper import Scorekeeper
 from rendezvous.roles.worker import DecodedRequests, Worker
 from rendezvous.streams.base import Retention, Stream, open_stream
 
@@ -146,6 +147,7 @@ class DeploymentRuntime:
         self.rendezvous: RendezvousServer | None = None
         self.decoy: Decoy | None = None
         self.monitor: Monitor | None = None
+        self.scorekeeper: Scorekeeper | None = None
         self.input_topic = messages.topic(name, "input")
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
@@ -216,8 +218,11 @@ class DeploymentRuntime:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
             self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
-            self.monitor = Monitor(self.stream, self.name)
+            self.monitor = Monitor(self.stream, self.name, home=self.server.home,
+                                   registry=registry, policy=policy)
             self._spawn_role("monitor", self.monitor.run)
+            self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
+            self._spawn_role("scorekeeper", self.scorekeeper.run)
         self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
         if self.server.shared:
             self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))
@@ -270,6 +275,8 @@ class DeploymentRuntime:
             await self._start_workers(policy.model_names())
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
+        if self.monitor is not None:
+            self.monitor.set_policy(policy)
         retired = [m for m in self.workers if m not in policy.model_names()] \
             if follows_policy else []
         self.policy, self.policy_version, self.schedule = policy, version, schedule
@@ -345,6 +352,8 @@ class DeploymentRuntime:
             await self.rendezvous.stop()
         if self.decoy is not None:
             await self.decoy.stop()
+        if self.scorekeeper is not None:
+            await self.scorekeeper.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         tasks = list(self._tasks.values())

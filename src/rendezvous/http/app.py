@@ -35,6 +35,8 @@ from rendezvous.errors import (
     UnavailableError,
 )
 from rendezvous.hosting.runtime import DeploymentRuntime, Server
+from rendezvous.http.analytics import ROUTES as ANALYTICS_ROUTES
+from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics
 from rendezvous.ids import new_request_id
@@ -104,6 +106,7 @@ class Proxy:
         # instead of a timer per request.
         self._expiries: deque[tuple[float, str]] = deque()
         self._sweeper: asyncio.Task[None] | None = None
+        analytics = AnalyticsHandlers(server, Reply)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v2/health/live$"), self._live),
             ("GET", re.compile(r"^/v2/health/ready$"), self._ready),
@@ -117,6 +120,7 @@ class Proxy:
             ("POST", re.compile(r"^/v1/admin/deployments/(?P<d>[^/]+)/(?P<op>reload|promote|"
                                 r"rollback)$"), self._admin),
             ("GET", re.compile(r"^/metrics$"), self._metrics),
+            *[(m, re.compile(p), getattr(analytics, h)) for m, p, h in ANALYTICS_ROUTES],
         ]
 
     # -- ASGI ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.errors import NotFoundError, RendezvousError
+from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics
 
@@ -34,6 +35,7 @@ class MonitorApp:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.metrics = ProxyMetrics(server)
+        self.analytics = AnalyticsHandlers(server, lambda *reply: reply)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -58,6 +60,9 @@ class MonitorApp:
             if path == "/metrics":
                 text, ctype = self.metrics.render()
                 return 200, text, [(b"content-type", ctype.encode())]
+            found = self.analytics.answer_get(path)  # compare, drift, …, /dashboard
+            if found is not None:
+                return found
             match = _STATUS.match(path)
             if match is None:
                 raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status, "

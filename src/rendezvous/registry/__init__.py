@@ -31,6 +31,7 @@ from rendezvous.flavors import base as flavors
 from rendezvous.flavors.base import Predictor
 from rendezvous.ids import ModelRef, check_name
 from rendezvous.registry.artifacts import LocalArtifacts
+from rendezvous.registry.reference import drift_reference
 from rendezvous.registry.store import AliasChange, ModelVersion, PolicyRecord, SqlStore
 
 __all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry"]
@@ -141,6 +142,7 @@ class Registry:
         if example is not None:
             # A few training rows: model hosts warm the model up on them before it serves.
             summary["example_rows"] = example_columns(example, signature)
+            summary["reference"] = drift_reference(example, signature, flavor, data, meta)
         digest = self.artifacts.put(data)
         return self.store.add_version(
             name=name, flavor=flavor, digest=digest, flavor_meta=meta,
