@@ -142,7 +142,8 @@ class DeploymentAnalytics:
                 acc.pairs.setdefault(model, PairStats()).add(mine, champ)
                 self.pairs.setdefault(model, PairStats()).add(mine, champ)
             if s.model == self.canary and self.canary_drift is not None and not scored.error:
-                series = {"score": list(scored.scores), "prediction": list(scored.labels)}
+                series: dict[str, list[Any]] = {"score": list(scored.scores),
+                                                "prediction": list(scored.labels)}
                 for report in self.canary_drift.add(series):
                     self._drift("canary_drift", report, at)
 

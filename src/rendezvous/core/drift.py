@@ -10,7 +10,7 @@ for a small one). The test depends on the column and the sample size:
   smaller, so the Kolmogorov p-value stays valid (conservative); the effective sample size
   ``n·m/(n+m)`` counts the reference's own size ``m``, so a small training sample widens the
   threshold instead of raising false alarms.
-- categorical: the chi-square test of homogeneity on the 2 × K table of counts (reference vs
+- categorical: the chi-square test of homogeneity on the 2 x K table of counts (reference vs
   live), categories with fewer than 5 reference rows pooled.
 
 Large samples make every test significant for differences nobody cares about, so a column is
@@ -19,7 +19,7 @@ or total-variation distance, default 0.05).
 
 False alarms by design: each closed block of ``n`` rows spends ``rate_per_million · n / 10⁶``
 of false-alarm probability, split evenly (Bonferroni) over every test run at that block
-(columns × 2 horizons). Summed over blocks, the expected number of false alarms on stationary
+(columns x 2 horizons). Summed over blocks, the expected number of false alarms on stationary
 data is at most ``rate_per_million`` per million rows, whatever the traffic rate, block size or
 number of columns: ``DESIGNED_RATE`` = 0.05 for the input columns plus 0.05 for the canary's
 scores, so 0.1 per million rows in all (the goal is ≤ 1).

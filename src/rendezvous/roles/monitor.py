@@ -192,7 +192,8 @@ class Monitor:
             later = []
             for fb in waiting:
                 scored = self.analytics.book.get(fb.request_id) or archived.get(fb.request_id)
-                if not scored and fb.request_id not in self.analytics.labelled                         and time.monotonic() < give_up:
+                if not scored and fb.request_id not in self.analytics.labelled \
+                        and time.monotonic() < give_up:
                     later.append(fb)
                     continue
                 self.analytics.add_feedback(fb, scored, self.clock())
