@@ -39,6 +39,7 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
                                        streams=streams)).to_dict()
     stats["policy_version"] = rec.version
     stats["roles"] = {m.model: m.role.value for m in pol.models}
+    add_analytics(stats, deployment, home=home, streams=streams)
     if json_out:
         print(json.dumps(stats))
         return
@@ -50,23 +51,49 @@ def print_status(stats: dict[str, Any]) -> None:
     out.print(f"[bold]{stats['deployment']}[/]: {stats['requests']} requests, policy "
               f"{stats['policy_version']}, reasons {stats['reasons']}, response "
               f"{stats.get('response_ms', {})} ms")
+    extra = [c for c in ("accuracy", "agreement")
+             if any(m.get(c) is not None for m in stats["models"].values())]
     table = Table("model", "role", "requests", "on time", "late", "missing", "error", "chosen",
-                  "p50 ms", "p90 ms", "p99 ms")
+                  "p50 ms", "p90 ms", "p99 ms", *extra)
     for model, m in stats["models"].items():
         lat = m["latency_ms"]
         table.add_row(model, roles.get(model, "(retired)"), str(m["requests"]),
                       str(m["on_time"]), str(m["late"]), str(m["missing"]), str(m["error"]),
                       str(m["chosen"]), *(f"{lat[q]:.2f}" if lat[q] is not None else "-"
-                                          for q in ("p50", "p90", "p99")))
+                                          for q in ("p50", "p90", "p99")),
+                      *(f"{m[c]:.3f}" if m.get(c) is not None else "-" for c in extra))
     out.print(table)
+    if stats.get("feedback"):
+        out.print(f"feedback labels: {stats['feedback']}")
+
+
+def add_analytics(stats: dict[str, Any], deployment: str, *, home: Path | None,
+                  streams: str) -> None:
+    """Each model's live accuracy (or MAE) and agreement with the champion, once known."""
+    from rendezvous.cli.analytics import document
+
+    acc = document(deployment, "accuracy", home=home, streams=streams)
+    cmp = document(deployment, "compare", home=home, streams=streams)
+    for model, m in stats["models"].items():
+        a = acc["models"].get(model, {})
+        m["accuracy"] = a.get("accuracy", a.get("mae"))
+        m["agreement"] = cmp["models"].get(model, {}).get("agreement")
+    if any(acc["feedback"].values()):
+        stats["feedback"] = acc["feedback"]
 
 
 @archive_app.command("export")
 def archive_export(deployment: str,
                    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
+                   scores: Annotated[bool, typer.Option(
+                       "--scores", help="Export every model's scores (with status, latency "
+                                        "and policy version) instead of the inputs")] = False,
                    home: Home = None) -> None:
-    """Write every archived input row of DEPLOYMENT to one Parquet file."""
-    n = decoy.export(config.home(home), deployment, out_file)
+    """Write every archived input row (or, with --scores, every score) of DEPLOYMENT to one
+    Parquet file."""
+    from rendezvous.roles.scorekeeper import export_scores
+
+    n = (export_scores if scores else decoy.export)(config.home(home), deployment, out_file)
     out.print(f"wrote {n} rows to {out_file}")
 
 

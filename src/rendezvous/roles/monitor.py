@@ -291,3 +291,60 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
         finally:
             await stream.close()
     return stats
+
+
+async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
+                             streams: str = "embedded",
+                             limit: int = 200_000) -> DeploymentAnalytics:
+    """The deployment's analytics rebuilt from its streams (the last ``limit`` records of
+    each topic, replayed in time order) and the score archive for older labels: what the
+    CLI shows when no server is running."""
+    from rendezvous.roles.scorekeeper import lookup_scores
+    from rendezvous.streams.embedded.log import partition_urls
+
+    policy, _ = await asyncio.to_thread(registry.policy, deployment)
+    a = DeploymentAnalytics(deployment, settings=AlarmSettings.parse(policy.alarms))
+    refs = {}
+    for model in policy.model_names():
+        mv = await asyncio.to_thread(registry.get, model)
+        refs[model] = mv.data_summary.get("reference") or {}
+    a.set_policy(models=policy.model_names(), champion=policy.champion, canary=policy.canary,
+                 deadline_ms=policy.deadline_ms, references=refs)
+    urls = partition_urls(home) if streams == "embedded" else [streams]
+    timeline: list[tuple[int, int, str, bytes]] = []
+    order = {"input": 0, "scores": 1, "results": 2, "feedback": 3}
+    for url in urls:
+        stream = await open_stream(url, home=home)
+        try:
+            for kind, rank in order.items():
+                topic = messages.topic(deployment, kind)
+                last = await stream.last_offset(topic)
+                if not last:
+                    continue
+                start = max(1, last - limit + 1)
+                while start <= last:
+                    records = await stream.read(topic, from_offset=start, limit=10_000)
+                    if not records:
+                        break
+                    timeline += [(r.ts_ns, rank, kind, r.data) for r in records]
+                    start = records[-1].offset + 1
+        finally:
+            await stream.close()
+    timeline.sort(key=lambda t: (t[0], t[1]))
+    feedback: list[Feedback] = []
+    for ts, _, kind, data in timeline:
+        a.tick(ts)
+        if kind == "input":
+            req = messages.request_decoder.decode(data)
+            a.add_inputs(req.inputs, req.received_ns)
+        elif kind == "scores":
+            a.add_scores(messages.scores_decoder.decode(data))
+        elif kind == "results":
+            a.add_result(messages.result_summary_decoder.decode(data))
+        else:
+            feedback.append(messages.feedback_decoder.decode(data))
+    missing = [fb.request_id for fb in feedback if a.book.get(fb.request_id) is None]
+    archived = await asyncio.to_thread(lookup_scores, home, deployment, missing)
+    for fb in feedback:
+        a.add_feedback(fb, a.book.get(fb.request_id) or archived.get(fb.request_id), fb.at_ns)
+    return a
