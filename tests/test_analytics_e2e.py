@@ -170,3 +170,31 @@ async def test_a_restart_keeps_windows_and_never_counts_a_label_twice(
         # The resent label was dropped: by the engine's de-duplication or by the monitor.
         assert all(m["labels"] == 2 for m in acc["models"].values())
         assert acc["feedback"]["unknown"] == 0
+
+
+async def test_prometheus_gauges_and_the_monitor_app(registry: Registry, serve: Serve) -> None:
+    from rendezvous.http.monitor_app import MonitorApp
+
+    refs = classifiers(registry)
+    x, y = training(seed=3, n=30)
+    async with serve("dep") as client:
+        ids = await send(client, x)
+        await client.post("/v1/deployments/dep/feedback", json={"feedback": [
+            {"request_id": r, "label": int(v)} for r, v in zip(ids, y, strict=True)]})
+
+        async def scraped() -> bool:
+            text = (await client.get("/metrics")).text
+            quality = (f'rendezvous_live_quality{{deployment="dep",metric="accuracy",'
+                       f'model="{refs["champion"]}"}}')
+            return quality in text and "rendezvous_agreement{" in text
+
+        await until(scraped)
+        app = MonitorApp(client.proxy_app.server)  # type: ignore[attr-defined]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://monitor") as mon:
+            for doc in ("compare", "drift", "accuracy", "alarms", "windows"):
+                r = await mon.get(f"/v1/deployments/dep/{doc}")
+                assert r.status_code == 200 and r.json()["deployment"] == "dep", r.text
+            assert (await mon.get("/dashboard")).status_code == 200
+            assert (await mon.get("/dashboard/uPlot.iife.min.js")).status_code == 200
+            assert (await mon.get("/v1/deployments/nope/drift")).status_code == 404

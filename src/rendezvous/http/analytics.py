@@ -189,3 +189,47 @@ ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"^/v1/deployments/(?P<d>[^/]+)/feedback$", "feedback"),
     ("GET", r"^/dashboard(?:/(?P<asset>[A-Za-z0-9_.-]+))?/?$", "dashboard"),
 ]
+
+
+class AnalyticsCollector:
+    """Prometheus gauges of every deployment's analytics, computed at scrape time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        firing = GaugeMetricFamily("rendezvous_alarm_firing", "1 while the alarm fires",
+                                   labels=["deployment", "alarm"])
+        agreement = GaugeMetricFamily("rendezvous_agreement",
+                                      "Share of rows where the model agrees with the champion",
+                                      labels=["deployment", "model"])
+        quality = GaugeMetricFamily("rendezvous_live_quality",
+                                    "Live accuracy, AUC, log loss, MAE or RMSE from feedback",
+                                    labels=["deployment", "model", "metric"])
+        drift = GaugeMetricFamily("rendezvous_drift_effect",
+                                  "KS or total-variation distance at the last drift check",
+                                  labels=["deployment", "detector", "column"])
+        labels = GaugeMetricFamily("rendezvous_feedback_labels", "Feedback labels by outcome",
+                                   labels=["deployment", "outcome"])
+        for name, rt in self.server.runtimes.items():
+            a = rt.monitor.analytics if rt.monitor is not None else None
+            if a is None:
+                continue
+            for st in a.alarms.states.values():
+                firing.add_metric([name, st.name], float(st.state == "firing"))
+            for model, p in a.pairs.items():
+                if p.compared:
+                    agreement.add_metric([name, model], p.agree / p.compared)
+            for model, s in a.labels.items():
+                for metric, v in s.to_dict().items():
+                    if metric in ("accuracy", "auc", "log_loss", "mae", "rmse") and v is not None:
+                        quality.add_metric([name, model, metric], v)
+            for kind, det in (("column", a.column_drift), ("canary", a.canary_drift)):
+                if det is not None and det.last is not None:
+                    for col, t in det.last.columns.items():
+                        drift.add_metric([name, kind, col], t.effect)
+            for outcome, n in a.feedback.items():
+                labels.add_metric([name, outcome], n)
+        yield from (firing, agreement, quality, drift, labels)
