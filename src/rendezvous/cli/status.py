@@ -114,7 +114,9 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
     async def main() -> None:
         async with running(["demo"], home=root, port=port) as (proxy, url):
             out.print(f"serving at {url}; sending traffic"
-                      + (f" for {duration:g} s" if duration else " (Ctrl-C stops)"))
+                      + (f" for {duration:g} s" if duration else " (Ctrl-C stops)")
+                      + "; labels for half of it, inputs shifted halfway")
+            out.print(f"dashboard: [bold]{url}/dashboard[/]")
             with Progress(TextColumn("{task.description}"), BarColumn(),
                           TextColumn("{task.fields[n]} replies"), TimeRemainingColumn(),
                           console=out, transient=True) as bar:
@@ -136,7 +138,17 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
             rt = proxy.server.runtimes["demo"]
             stats["roles"] = {m.model: m.role.value for m in rt.policy.models}
             out.print(f"HTTP replies: {dict(replies) if replies else 'interrupted'}")
+            a = rt.monitor.analytics if rt.monitor is not None else None
+            if a is not None:
+                for model, m in stats["models"].items():
+                    acc = a.labels.get(model)
+                    pair = a.pairs.get(model)
+                    m["accuracy"] = acc.to_dict().get("accuracy") if acc else None
+                    m["agreement"] = pair.summary()["agreement"] if pair else None
+                stats["feedback"] = dict(a.feedback)
             print_status(stats)
+            if a is not None:
+                out.print(f"alarms firing: {', '.join(a.alarms.firing) or 'none'}")
             out.print(f"serve it again with: rendezvous serve demo --home {root}")
 
     try:

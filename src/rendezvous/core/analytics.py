@@ -141,11 +141,16 @@ class DeploymentAnalytics:
                                                     self.champion):
                 acc.pairs.setdefault(model, PairStats()).add(mine, champ)
                 self.pairs.setdefault(model, PairStats()).add(mine, champ)
-            if s.model == self.canary and self.canary_drift is not None and not scored.error:
-                series: dict[str, list[Any]] = {"score": list(scored.scores),
-                                                "prediction": list(scored.labels)}
-                for report in self.canary_drift.add(series):
-                    self._drift("canary_drift", report, at)
+            if s.model == self.canary and not scored.error:
+                self.add_canary_scores(scored.scores, scored.labels, at)
+
+    def add_canary_scores(self, scores: Sequence[float], labels: Sequence[str],
+                          at_ns: int) -> None:
+        """The canary's scores (and predicted classes) of some rows, for its drift test."""
+        if self.canary_drift is not None:
+            series: dict[str, Sequence[Any]] = {"score": scores, "prediction": labels}
+            for report in self.canary_drift.add(series):
+                self._drift("canary_drift", report, at_ns)
 
     def add_inputs(self, columns: Mapping[str, Sequence[Any]], at_ns: int) -> None:
         if self.column_drift is not None:

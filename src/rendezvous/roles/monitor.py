@@ -331,7 +331,7 @@ async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
         finally:
             await stream.close()
     timeline.sort(key=lambda t: (t[0], t[1]))
-    feedback: list[Feedback] = []
+    older: list[Feedback] = []  # labels for requests before the replayed records
     for ts, _, kind, data in timeline:
         a.tick(ts)
         if kind == "input":
@@ -342,9 +342,14 @@ async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
         elif kind == "results":
             a.add_result(messages.result_summary_decoder.decode(data))
         else:
-            feedback.append(messages.feedback_decoder.decode(data))
-    missing = [fb.request_id for fb in feedback if a.book.get(fb.request_id) is None]
-    archived = await asyncio.to_thread(lookup_scores, home, deployment, missing)
-    for fb in feedback:
-        a.add_feedback(fb, a.book.get(fb.request_id) or archived.get(fb.request_id), fb.at_ns)
+            fb = messages.feedback_decoder.decode(data)
+            scored = a.book.get(fb.request_id)
+            if scored is None:
+                older.append(fb)
+            else:
+                a.add_feedback(fb, scored, ts)
+    archived = await asyncio.to_thread(lookup_scores, home, deployment,
+                                       [fb.request_id for fb in older])
+    for fb in older:
+        a.add_feedback(fb, archived.get(fb.request_id), fb.at_ns)
     return a
