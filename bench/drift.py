@@ -162,6 +162,11 @@ def baselines(ref_x: np.ndarray, windows_per_size: int, seed: int,
         python = DRIFT_VENV.ensure(log=print)
     except subprocess.CalledProcessError as exc:
         return {"error": f"bench/.venv-drift did not install: {exc}"}
+    has_alibi = subprocess.run([str(python), "-c", "import alibi_detect"],
+                               capture_output=True, check=False).returncode == 0
+    if not has_alibi:  # optional: where it does not install, the table says so
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "alibi-detect",
+                        "pandas<3"], capture_output=True, check=False)
     data = out_dir / "drift-data.npz"
     np.savez(data, ref=ref_x)
     proc = subprocess.run(

@@ -27,7 +27,7 @@ def evidently_flags(ref: pd.DataFrame, cur: pd.DataFrame) -> tuple[bool, bool]:
 
         snap = Report([DataDriftPreset()]).run(current_data=cur, reference_data=ref)
         for m in snap.dict()["metrics"]:
-            if m["metric_id"].startswith("DriftedColumnsCount"):
+            if m.get("metric_name", m.get("metric_id", "")).startswith("DriftedColumnsCount"):
                 share, count = m["value"]["share"], m["value"]["count"]
                 return share >= 0.5, count > 0
         raise RuntimeError("no DriftedColumnsCount in the report")

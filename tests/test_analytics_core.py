@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+from pathlib import Path
 import math
 from collections import Counter
 
@@ -317,3 +318,16 @@ def test_feedback_joins_once_and_counts_unknown_and_invalid() -> None:
 def test_parse_feedback_table(body: bytes, accepted: int, rejected: int) -> None:
     ok, bad, _ = parse_feedback(body, "d", 0)
     assert (len(ok), len(bad)) == (accepted, rejected)
+
+
+def test_alarm_thresholds_come_from_the_spec_file(tmp_path: Path) -> None:
+    from rendezvous.deploy import load_spec
+
+    spec = tmp_path / "d.toml"
+    spec.write_text('name = "d"\n[[models]]\nmodel = "a@1"\nrole = "champion"\n'
+                    '[alarms]\nwindow_s = 5\nmax_error_rate = 0.2\n')
+    _, policy = load_spec(spec)
+    assert AlarmSettings.parse(policy.alarms).max_error_rate == 0.2
+    spec.write_text(spec.read_text() + "typo = 1\n")
+    with pytest.raises(ConfigError, match="typo"):
+        load_spec(spec)[1].validate()  # what `deploy apply` runs before recording it
