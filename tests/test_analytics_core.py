@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import doctest
-from pathlib import Path
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
