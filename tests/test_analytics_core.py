@@ -331,3 +331,17 @@ def test_alarm_thresholds_come_from_the_spec_file(tmp_path: Path) -> None:
     spec.write_text(spec.read_text() + "typo = 1\n")
     with pytest.raises(ConfigError, match="typo"):
         load_spec(spec)[1].validate()  # what `deploy apply` runs before recording it
+
+
+def test_every_closed_window_is_judged_even_when_data_closed_it() -> None:
+    a = analytics.DeploymentAnalytics("d", settings=AlarmSettings(window_s=1, min_requests=1))
+    a.set_policy(models=["m@1"], champion="m@1", canary=None, deadline_ms=100, references={})
+    from rendezvous.core.messages import ModelOutcome, Reason, ResultSummary, Status
+
+    for t in (0, SECOND // 2, SECOND + 1, 2 * SECOND + 1):  # data closes windows 0 and 1
+        a.add_result(ResultSummary(request_id=str(t), model=None, reason=Reason.SLA_MISS,
+                                   received_ns=t, models={"m@1": ModelOutcome(
+                                       status=Status.MISSING)}))
+    a.tick(2 * SECOND + 2)
+    assert a.alarms.states["sla_miss_rate"].state == "firing"
+    assert a.alarms.states["sla_miss_rate"].evidence["requests"] == 1  # the second window

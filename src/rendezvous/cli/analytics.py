@@ -158,7 +158,7 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
         for row in rows:  # CSV has no types: numbers become numbers again
             for cast in (int, float):
                 try:
-                    row["label"] = cast(row.get("label"))
+                    row["label"] = cast(row.get("label") or "")
                     break
                 except (TypeError, ValueError):
                     continue
@@ -190,7 +190,7 @@ def send_labels(deployment: str, rows: list[dict[str, Any]], *,
                                        "or stop it and send the labels offline") from exc
             if r.status_code not in (202, 422):
                 raise RendezvousError(f"the server refused the labels: {r.text}")
-            answer = r.json() if r.status_code == 202 else {
+            answer: dict[str, Any] = r.json() if r.status_code == 202 else {
                 "accepted": 0, "rejected": chunk, "duplicates": 0}
         else:
             accepted, rejected, dup = parse_feedback(body, deployment, time.time_ns())

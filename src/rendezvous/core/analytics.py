@@ -24,6 +24,9 @@ from rendezvous.core.windows import ModelWindow, WindowRing
 __all__ = ["DeploymentAnalytics", "WindowAcc"]
 
 FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid")
+# Recent requests' scores kept in memory: enough to pair every model with the champion (a few
+# seconds) and to join prompt labels; older labels are joined from the score archive.
+SCORE_BOOK = 20_000
 
 
 @dataclass(slots=True)
@@ -75,7 +78,7 @@ class DeploymentAnalytics:
         s = self.settings
         self.ring: WindowRing[WindowAcc] = WindowRing(WindowAcc, width_s=s.window_s,
                                                       keep=s.windows_kept)
-        self.book = ScoreBook()
+        self.book = ScoreBook(capacity=SCORE_BOOK)
         self.pairs: dict[str, PairStats] = {}
         self.labels: dict[str, LabelStats] = {}
         self.alarms = AlarmBook()
@@ -91,6 +94,7 @@ class DeploymentAnalytics:
         self.class_cols: dict[str, dict[str, int]] = {}  # model -> class label -> column
         self.labelled: set[str] = set()
         self.feedback: Counter[str] = Counter({k: 0 for k in FEEDBACK_OUTCOMES})
+        self._judged_ns = -1  # start of the last window the threshold rules have judged
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -259,15 +263,19 @@ class DeploymentAnalytics:
                                 "state": change, "at_ns": at_ns, "evidence": evidence})
 
     def tick(self, now_ns: int) -> None:
-        """Close the window if its time is up: judge it by the threshold rules, and close the
+        """Close the window if its time is up; judge every window closed since the last tick
+        (by this call or by data that arrived later) by the threshold rules, and close the
         drift blocks early so that slow traffic is tested too."""
-        closed = self.ring.roll(now_ns)
-        if not closed:
+        self.ring.roll(now_ns)
+        fresh = [w for w in self.ring.closed if w["start_ns"] > self._judged_ns]
+        if not fresh:
             return
-        for name, firing, evidence in window_checks(
-                closed[-1], champion=self.champion, deadline_ms=self.deadline_ms,
-                settings=self.settings):
-            self._alarm(name, firing, evidence, now_ns)
+        self._judged_ns = fresh[-1]["start_ns"]
+        for w in fresh:
+            for name, firing, evidence in window_checks(
+                    w, champion=self.champion, deadline_ms=self.deadline_ms,
+                    settings=self.settings):
+                self._alarm(name, firing, evidence, now_ns)
         for kind, det in (("column_drift", self.column_drift),
                           ("canary_drift", self.canary_drift)):
             report = det.flush() if det is not None else None
@@ -322,6 +330,8 @@ class DeploymentAnalytics:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.ring.restore(state.get("ring", {}))
+        if self.ring.closed:
+            self._judged_ns = self.ring.closed[-1]["start_ns"]
         self.alarms.restore(state.get("alarms", []))
         self.labelled.update(state.get("labelled", []))
         self.feedback.update(state.get("feedback", {}))

@@ -221,8 +221,9 @@ class DeploymentRuntime:
             self.monitor = Monitor(self.stream, self.name, home=self.server.home,
                                    registry=registry, policy=policy)
             self._spawn_role("monitor", self.monitor.run)
-            self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
-            self._spawn_role("scorekeeper", self.scorekeeper.run)
+            if self.monitor.analytics is not None:
+                self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
+                self._spawn_role("scorekeeper", self.scorekeeper.run)
         self.policy, self.policy_version, self.schedule = policy, rec.version, schedule
         if self.server.shared:
             self._spawn("control", follow_control(self.stream, self.name, seen, self._follow))

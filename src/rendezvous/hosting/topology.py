@@ -104,7 +104,7 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     proxy to traffic.
     """
     # Imported here: the CLI imports this module, and these pull in numpy and pyarrow.
-    from rendezvous.roles import decoy, monitor, rendezvous, scorekeeper, worker
+    from rendezvous.roles import decoy, monitor, rendezvous, worker
 
     topic = messages.topic
     if role is ProcessRole.WORKER:
@@ -116,6 +116,5 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     if role is ProcessRole.DECOY:
         return [(topic(deployment, "input"), decoy.GROUP)] if policy.decoy else []
     if role is ProcessRole.MONITOR:
-        return ([(topic(deployment, t), monitor.GROUP) for t in monitor.TOPICS]
-                + [(topic(deployment, t), scorekeeper.GROUP) for t in ("scores", "results")])
+        return monitor.groups(deployment)
     return []  # the proxy only appends

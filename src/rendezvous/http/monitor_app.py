@@ -1,6 +1,7 @@
 """The monitor's own HTTP endpoint, for when it runs as its own process (``--role monitor``).
 
 Read-only: ``/v1/deployments/{d}/status`` (the same document the all-in-one server serves),
+the analytics documents (``…/compare|drift|accuracy|alarms|windows``) and ``/dashboard``,
 ``/metrics`` (Prometheus), ``/v2/health/live|ready`` and ``/v1/deployments``. The server's
 lifecycle is the caller's: this app only reads it.
 """
@@ -65,7 +66,8 @@ class MonitorApp:
                 return found
             match = _STATUS.match(path)
             if match is None:
-                raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status, "
+                raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status"
+                                    "|compare|drift|accuracy|alarms|windows, /dashboard, "
                                     "/metrics and /v2/health/live|ready")
             name = match["d"]
             if name not in self.server.runtimes:

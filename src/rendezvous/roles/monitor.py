@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics
@@ -43,6 +44,18 @@ FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before
 WEBHOOK_TRIES = 4
 
 
+def groups(deployment: str) -> list[tuple[str, str]]:
+    """The (topic, group) pairs the monitor role reads: its own, and the scorekeeper's that
+    runs beside it, unless analytics are off (``RENDEZVOUS_ANALYTICS=0``)."""
+    from rendezvous.roles import scorekeeper
+
+    topic = messages.topic
+    if not config.ANALYTICS.get():
+        return [(topic(deployment, "results"), GROUP)]
+    return ([(topic(deployment, t), GROUP) for t in TOPICS]
+            + [(topic(deployment, t), scorekeeper.GROUP) for t in ("scores", "results")])
+
+
 def state_path(home: Path, deployment: str) -> Path:
     return home / "monitor" / f"{deployment}.json"
 
@@ -62,7 +75,7 @@ class Monitor:
 
     def __init__(self, stream: Stream, deployment: str, *, home: Path | None = None,
                  registry: Any = None, policy: Policy | None = None,
-                 analytics: bool = True,
+                 analytics: bool | None = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.stream = stream
         self.deployment = deployment
@@ -72,7 +85,8 @@ class Monitor:
         self.clock = clock
         self.settings = AlarmSettings.parse(policy.alarms if policy is not None else None)
         self.analytics: DeploymentAnalytics | None = (
-            DeploymentAnalytics(deployment, settings=self.settings) if analytics else None)
+            DeploymentAnalytics(deployment, settings=self.settings)
+            if config.ANALYTICS.get(analytics) else None)
         self._policy = policy
         self._refs: dict[str, dict[str, Any]] = {}
         self._consumers: list[Any] = []
