@@ -13,10 +13,11 @@ webhook never holds up anything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,17 @@ def groups(deployment: str) -> list[tuple[str, str]]:
         return [(topic(deployment, "results"), GROUP)]
     return ([(topic(deployment, t), GROUP) for t in TOPICS]
             + [(topic(deployment, t), scorekeeper.GROUP) for t in ("scores", "results")])
+
+
+@contextlib.contextmanager
+def _contained(deployment: str, what: str, offset: int) -> Iterator[None]:
+    """Statistics over data of unexpected shape (a model's odd outputs, tensor inputs) skip
+    that record with an error in the log: the monitor's counts must keep going."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset,
+                  exc)
 
 
 def state_path(home: Path, deployment: str) -> Path:
@@ -169,15 +181,19 @@ class Monitor:
                 continue
             self.stats.add(result)
             if self.analytics is not None:
-                self.analytics.add_result(result)
+                with _contained(self.deployment, "result", rec.offset):
+                    self.analytics.add_result(result)
 
     def _on_scores(self, records: list[Any]) -> None:
         assert self.analytics is not None
         for rec in records:
             try:
-                self.analytics.add_scores(messages.scores_decoder.decode(rec.data))
+                scores = messages.scores_decoder.decode(rec.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("monitor %s: undecodable scores %s", self.deployment, rec.offset)
+                continue
+            with _contained(self.deployment, "scores", rec.offset):
+                self.analytics.add_scores(scores)
 
     def _on_inputs(self, records: list[Any]) -> None:
         assert self.analytics is not None
@@ -186,7 +202,8 @@ class Monitor:
                 req = messages.request_decoder.decode(rec.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # the decoy and the workers log undecodable requests already
-            self.analytics.add_inputs(req.inputs, req.received_ns)
+            with _contained(self.deployment, "request", rec.offset):
+                self.analytics.add_inputs(req.inputs, req.received_ns)
 
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from
