@@ -23,7 +23,13 @@ import msgspec
 from rendezvous.core import messages
 from rendezvous.core.analytics import DeploymentAnalytics
 from rendezvous.core.messages import Feedback
-from rendezvous.errors import BadRequestError, NotFoundError, ValidationError
+from rendezvous.errors import (
+    BadRequestError,
+    NotFoundError,
+    StreamError,
+    UnavailableError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from rendezvous.hosting.runtime import Server
@@ -150,9 +156,13 @@ class AnalyticsHandlers:
             raise ValidationError("no label accepted",
                                   [f"[{r['index']}] {r['error']}" for r in rejected[:20]])
         if accepted:
-            await rt.stream.append(messages.topic(name, "feedback"),
-                                   [messages.encode(f) for f in accepted],
-                                   [f"fb-{f.request_id}" for f in accepted])
+            try:
+                await rt.stream.append(messages.topic(name, "feedback"),
+                                       [messages.encode(f) for f in accepted],
+                                       [f"fb-{f.request_id}" for f in accepted])
+            except (StreamError, UnavailableError) as exc:
+                raise UnavailableError(f"the feedback stream is unavailable ({exc}); nothing "
+                                       "was recorded, send the labels again") from exc
         return self.reply(202, _encode({"accepted": len(accepted), "rejected": rejected,
                                         "duplicates": duplicates}), list(_JSON))
 
