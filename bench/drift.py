@@ -249,46 +249,16 @@ def pct(v: float) -> str:
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
+    """drift.png, drawn in bench/.venv-drift (it has matplotlib; the project does not)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        python = DRIFT_VENV.ensure(log=print)
+    except subprocess.CalledProcessError:
         return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    base = doc["baselines"]
-    if "evidently" in base:
-        w = [r["window"] for r in base["evidently"]]
-        left.plot(w, [r["columns_stationary"] for r in base["evidently"]], "o-",
-                  label="Evidently column flags, stationary")
-        left.plot(w, [r["dataset_shifted"] for r in base["evidently"]], "s-",
-                  label="Evidently dataset verdict, shifted (detections)")
-        if base.get("alibi"):
-            left.plot(w, [r["stationary"] for r in base["alibi"]], "^-",
-                      label="alibi-detect KSDrift, stationary")
-    fa = doc["stationary"]["per_million"]
-    left.axhline(fa * 500 / 1e6, color="k", ls="--",
-                 label=f"Rendezvous, per 500-request block ({fa:.2f}/million)")
-    left.set_xscale("log")
-    left.set_xlabel("window (requests)")
-    left.set_ylabel("share of windows flagged")
-    left.legend(fontsize=7)
-    left.set_title("False alarms on stationary traffic")
-    sh = doc["shift"]
-    names = ["column drift", "canary drift", "accuracy (labels)"]
-    meds = [sh["column_drift"]["median"] or 0, sh["canary_drift"]["median"] or 0,
-            doc["labels"]["labels_until_alarm"]["median"] or 0]
-    p90s = [sh["column_drift"]["p90"] or 0, sh["canary_drift"]["p90"] or 0,
-            doc["labels"]["labels_until_alarm"]["p90"] or 0]
-    right.bar(names, meds, label="median")
-    right.scatter(names, p90s, color="k", zorder=3, label="p90")
-    right.axhline(1000, color="r", ls="--", label="goal for column drift")
-    right.set_ylabel("requests (labels) until the alarm")
-    right.set_title("Time to detection")
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    data = path.with_suffix(".plot.json")
+    data.write_text(json.dumps(doc))
+    subprocess.run([str(python), "-m", "bench.drift_baselines", "--plot", str(data), str(path)],
+                   cwd=BENCH_DIR.parent, check=False)
+    data.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ drift benchmark's data. Runs inside ``bench/.venv-drift`` (``bench/drift.py`` st
 prints one JSON line: the share of windows each flags, stationary and shifted.
 
 Usage: python -m bench.drift_baselines DATA.npz WINDOWS_PER_SIZE SEED SIZES N_SHIFTED
+       python -m bench.drift_baselines --plot DRIFT.json OUT.png
 """
 
 from __future__ import annotations
@@ -41,7 +42,52 @@ def evidently_flags(ref: pd.DataFrame, cur: pd.DataFrame) -> tuple[bool, bool]:
         return bool(result["dataset_drift"]), result["number_of_drifted_columns"] > 0
 
 
+def plot(doc: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    base = doc["baselines"]
+    if "evidently" in base:
+        w = [r["window"] for r in base["evidently"]]
+        left.plot(w, [r["columns_stationary"] for r in base["evidently"]], "o-",
+                  label="Evidently column flags, stationary")
+        left.plot(w, [r["dataset_shifted"] for r in base["evidently"]], "s-",
+                  label="Evidently dataset verdict, shifted (detections)")
+        if base.get("alibi"):
+            left.plot(w, [r["stationary"] for r in base["alibi"]], "^-",
+                      label="alibi-detect KSDrift, stationary")
+    fa = doc["stationary"]["per_million"]
+    left.axhline(fa * 500 / 1e6, color="k", ls="--",
+                 label=f"Rendezvous, per 500-request block ({fa:.2f}/million)")
+    left.set_xscale("log")
+    left.set_xlabel("window (requests)")
+    left.set_ylabel("share of windows flagged")
+    left.legend(fontsize=7)
+    left.set_title("False alarms on stationary traffic")
+    sh = doc["shift"]
+    names = ["column drift", "canary drift", "accuracy (labels)"]
+    meds = [sh["column_drift"]["median"] or 0, sh["canary_drift"]["median"] or 0,
+            doc["labels"]["labels_until_alarm"]["median"] or 0]
+    p90s = [sh["column_drift"]["p90"] or 0, sh["canary_drift"]["p90"] or 0,
+            doc["labels"]["labels_until_alarm"]["p90"] or 0]
+    right.bar(names, meds, label="median")
+    right.scatter(names, p90s, color="k", zorder=3, label="p90")
+    right.axhline(1000, color="r", ls="--", label="goal for column drift")
+    right.set_ylabel("requests (labels) until the alarm")
+    right.set_title("Time to detection")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
+    if sys.argv[1] == "--plot":  # python -m bench.drift_baselines --plot DOC.json OUT.png
+        with open(sys.argv[2]) as f:
+            plot(json.load(f), sys.argv[3])
+        return
     data, per_size, seed, sizes, n_shifted = sys.argv[1:6]
     ref_x = np.load(data)["ref"]
     cols = [f"f{i}" for i in range(ref_x.shape[1])]
