@@ -131,22 +131,40 @@ class DeploymentAnalytics:
                                          model == result.model)
 
     def add_scores(self, scores: Sequence[Score]) -> None:
+        canary: list[float] = []
+        canary_labels: list[str] = []
+        canary_at = 0
         for s in scores:
             scored = reduce(s.outputs, error=s.error is not None)
             at = s.finished_ns or s.started_ns
             acc = self.ring.at(at)
             acc.model(s.model).add_scores(scored.scores, scored.labels)
-            if scored.probabilities and len(self.class_cols.get(s.model, {})) < len(
-                    scored.probabilities[0]):
-                cols = self.class_cols.setdefault(s.model, {})
-                for label, probs in zip(scored.labels, scored.probabilities, strict=False):
-                    cols.setdefault(label, max(range(len(probs)), key=probs.__getitem__))
+            if scored.probabilities:
+                self._learn_classes(s.model, scored)
             for model, mine, champ in self.book.add(s.request_id, s.model, scored, at,
                                                     self.champion):
-                acc.pairs.setdefault(model, PairStats()).add(mine, champ)
-                self.pairs.setdefault(model, PairStats()).add(mine, champ)
+                window, total = acc.pairs.get(model), self.pairs.get(model)
+                if window is None:
+                    window = acc.pairs[model] = PairStats()
+                if total is None:
+                    total = self.pairs[model] = PairStats()
+                PairStats.add_all((window, total), mine, champ)
             if s.model == self.canary and not scored.error:
-                self.add_canary_scores(scored.scores, scored.labels, at)
+                canary.extend(scored.scores)
+                canary_labels.extend(scored.labels)
+                canary_at = at
+        if canary or canary_labels:  # one call per batch: the detector's cost is per call
+            self.add_canary_scores(canary, canary_labels, canary_at)
+
+    def _learn_classes(self, model: str, scored: Scored) -> None:
+        """Which probability column is which class: a classifier predicts the class of its
+        highest probability, so each (prediction, argmax) pair names one column."""
+        cols = self.class_cols.get(model)
+        if cols is None:
+            cols = self.class_cols[model] = {}
+        for label, probs in zip(scored.labels, scored.probabilities, strict=False):
+            if label not in cols:
+                cols[label] = max(range(len(probs)), key=probs.__getitem__)
 
     def add_canary_scores(self, scores: Sequence[float], labels: Sequence[str],
                           at_ns: int) -> None:
@@ -197,7 +215,9 @@ class DeploymentAnalytics:
                 continue
             kind = "classification" if sc.classifier else "regression"
             for target in (self.labels, acc.labels):
-                stats = target.setdefault(model, LabelStats(kind))
+                stats = target.get(model)
+                if stats is None:
+                    stats = target[model] = LabelStats(kind)
                 self._count(stats, model, sc, fb.labels)
         self._label_alarms(outcomes, at_ns)
         return "joined"

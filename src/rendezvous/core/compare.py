@@ -26,13 +26,13 @@ from fastdigest import TDigest
 from scipy import stats
 
 from rendezvous.core.accuracy import wilson
-from rendezvous.core.reference import score_series
 from rendezvous.core.windows import digest_quantiles
 
 __all__ = ["PairStats", "ScoreBook", "Scored", "label_key", "reduce", "spearman"]
 
 DIFF_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 RANK_SAMPLE = 2000
+FLUSH_EVERY = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +62,20 @@ def label_key(value: Any) -> str:
 
 def reduce(outputs: Mapping[str, Sequence[Any]], *, error: bool = False) -> Scored:
     """``Scored`` from a model's outputs: a classifier when it gives probabilities or
-    non-numeric predictions."""
+    non-numeric predictions. (On every score of every model: kept to plain type checks.)"""
     if error:
         return Scored(error=True)
-    series = score_series(outputs)
-    preds = series["prediction"]
+    preds = outputs.get("predictions") or ()
     probs = outputs.get("probabilities")
-    classifier = probs is not None or any(isinstance(p, str | bool) for p in preds)
-    return Scored(
-        scores=tuple(series.get("score", ())),
-        labels=tuple(label_key(p) for p in preds) if classifier else (),
-        probabilities=tuple(tuple(float(x) for x in row) for row in probs)
-        if probs is not None and len(probs) and isinstance(probs[0], Sequence) else (),
-    )
+    if probs is not None and len(probs) and isinstance(probs[0], list | tuple):
+        rows = tuple(tuple(row) for row in probs)
+        return Scored(scores=tuple(r[1] if len(r) == 2 else max(r) for r in rows),
+                      labels=tuple(label_key(p) for p in preds), probabilities=rows)
+    if any(type(p) is str or type(p) is bool for p in preds):
+        return Scored(labels=tuple(label_key(p) for p in preds))
+    if all(type(p) is float or type(p) is int for p in preds):
+        return Scored(scores=tuple(float(p) for p in preds))
+    return Scored()
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -99,29 +100,54 @@ class PairStats:
     compared: int = 0  # rows with a class on both sides
     diff: TDigest = field(default_factory=lambda: TDigest(max_centroids=100))
     abs_diff_sum: float = 0.0
+    pending: list[float] = field(default_factory=list)  # differences not yet in ``diff``
     xs: deque[float] = field(default_factory=lambda: deque(maxlen=RANK_SAMPLE))
     ys: deque[float] = field(default_factory=lambda: deque(maxlen=RANK_SAMPLE))
 
     def add(self, model: Scored, champion: Scored) -> None:
-        self.requests += 1
+        """One request's pair."""
+        PairStats.add_all((self,), model, champion)
+
+    @staticmethod
+    def add_all(targets: Sequence[PairStats], model: Scored, champion: Scored) -> None:
+        """One request's pair into several accumulators (a window's and the cumulative one),
+        computed once: this runs for every score of every model."""
         if model.error or champion.error:
-            self.errors += 1
+            for t in targets:
+                t.requests += 1
+                t.errors += 1
             return
-        if model.labels and champion.labels:
-            n = min(len(model.labels), len(champion.labels))
-            self.agree += sum(a == b for a, b in zip(model.labels[:n], champion.labels[:n],
-                                                       strict=True))
-            self.compared += n
-        n = min(len(model.scores), len(champion.scores))
-        self.rows += max(n, min(len(model.labels), len(champion.labels)))
-        if n:
-            d = [a - b for a, b in zip(model.scores[:n], champion.scores[:n], strict=True)]
-            self.diff.batch_update(d)
-            self.abs_diff_sum += sum(abs(v) for v in d)
-            self.xs.extend(model.scores[:n])
-            self.ys.extend(champion.scores[:n])
+        ml, cl = model.labels, champion.labels
+        agree = compared = 0
+        if ml and cl:
+            compared = min(len(ml), len(cl))
+            agree = sum(a == b for a, b in zip(ml[:compared], cl[:compared], strict=True))
+        ms, cs = model.scores, champion.scores
+        n = min(len(ms), len(cs))
+        diffs = [a - b for a, b in zip(ms[:n], cs[:n], strict=True)]
+        abs_sum = sum(d if d >= 0 else -d for d in diffs)
+        rows = max(n, compared)
+        for t in targets:
+            t.requests += 1
+            t.agree += agree
+            t.compared += compared
+            t.rows += rows
+            if n:
+                t.pending.extend(diffs)
+                t.abs_diff_sum += abs_sum
+                t.xs.extend(ms[:n])
+                t.ys.extend(cs[:n])
+                if len(t.pending) >= FLUSH_EVERY:
+                    t._flush()
+
+    def _flush(self) -> None:
+        # One digest update per many pairs: the per-call cost dominates single values.
+        if self.pending:
+            self.diff.batch_update(self.pending)
+            self.pending = []
 
     def summary(self) -> dict[str, Any]:
+        self._flush()
         out: dict[str, Any] = {"requests": self.requests, "rows": self.rows,
                                "errors": self.errors, "agreement": None}
         if self.compared:

@@ -106,6 +106,7 @@ class ModelWindow:
     latency: TDigest = field(default_factory=lambda: TDigest(max_centroids=100))
     scores: TDigest = field(default_factory=lambda: TDigest(max_centroids=100))
     classes: Counter[str] = field(default_factory=Counter)
+    pending: list[float] = field(default_factory=list)  # scores not yet in ``scores``
 
     def add_outcome(self, status: str, latency_ms: float | None, chosen: bool) -> None:
         self.requests += 1
@@ -117,15 +118,21 @@ class ModelWindow:
     def add_scores(self, scores: Sequence[float], labels: Sequence[str] = ()) -> None:
         """Score values (one per row) and, for a classifier, the predicted classes."""
         if scores:
-            self.scores.batch_update(list(scores))
-        if labels:
-            self.classes.update(labels)
+            self.pending.extend(scores)
+            if len(self.pending) >= 512:  # one digest update per many scores
+                self.scores.batch_update(self.pending)
+                self.pending = []
+        for label in labels:
+            self.classes[label] += 1
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"requests": self.requests, "statuses": dict(self.statuses),
                                "chosen": self.chosen,
                                "latency_ms": digest_quantiles(self.latency, LATENCY_QUANTILES,
                                                               3)}
+        if self.pending:
+            self.scores.batch_update(self.pending)
+            self.pending = []
         if self.scores.n_values:
             out["score"] = {"n": self.scores.n_values,
                             **digest_quantiles(self.scores, SCORE_QUANTILES)}

@@ -196,14 +196,30 @@ class Monitor:
                 self.analytics.add_scores(scores)
 
     def _on_inputs(self, records: list[Any]) -> None:
+        """The inputs of a whole batch of requests go to the drift test at once: its cost is
+        per call, not per row."""
         assert self.analytics is not None
+        columns: dict[str, list[Any]] = {}
+        rows = 0
+        last_ns = 0
         for rec in records:
             try:
                 req = messages.request_decoder.decode(rec.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # the decoy and the workers log undecodable requests already
-            with _contained(self.deployment, "request", rec.offset):
-                self.analytics.add_inputs(req.inputs, req.received_ns)
+            for name, values in req.inputs.items():
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = [None] * rows  # a column missing so far
+                col.extend(values)
+            rows += req.n_rows
+            for col in columns.values():  # keep every column aligned with the rows
+                if len(col) < rows:
+                    col.extend([None] * (rows - len(col)))
+            last_ns = req.received_ns
+        if rows:
+            with _contained(self.deployment, "requests up to", records[-1].offset):
+                self.analytics.add_inputs(columns, last_ns)
 
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from

@@ -3,17 +3,17 @@
 Two Parquet datasets beside the decoy's, partitioned by day like it:
 
 - ``<home>/archive/<deployment>/scores/date=YYYY-MM-DD/part-*.parquet``: one row per model per
-  request: ``request_id``, ``model``, ``outputs`` (JSON), ``score``, ``prediction``, ``error``,
-  ``started_ns``, ``finished_ns``, ``worker``;
+  request: ``request_id``, ``model``, ``outputs`` (msgpack, as the worker encoded them),
+  ``error``, ``started_ns``, ``finished_ns``, ``worker``;
 - ``…/results/date=…``: one row per request: ``request_id``, ``chosen``, ``reason``,
   ``policy_version``, ``received_ns``, ``responded_ns`` and ``models`` (JSON: status and
   latency of every model).
 
 Files are written atomically (temp file, then rename) and batches acknowledged only after their
 file is on disk, so a crash re-archives at worst; readers drop such duplicates.
-``export_scores`` joins the two into one row per (request, model) with its status, latency and
-policy version, which is what late labels, comparisons and replay need after the stream log's
-retention has passed.
+``export_scores`` joins the two into one row per (request, model) with its outputs as JSON,
+its score and prediction, status, latency and policy version: what late labels, comparisons
+and replay need after the stream log's retention has passed.
 """
 
 from __future__ import annotations
@@ -47,10 +47,27 @@ GROUP = "scorekeeper"
 _json = msgspec.json.Encoder()
 
 SCORES_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("model", pa.string()), ("outputs", pa.string()),
-    ("score", pa.float64()), ("prediction", pa.string()), ("error", pa.string()),
-    ("started_ns", pa.int64()), ("finished_ns", pa.int64()), ("worker", pa.string()),
+    ("request_id", pa.string()), ("model", pa.string()), ("outputs", pa.binary()),
+    ("error", pa.string()), ("started_ns", pa.int64()), ("finished_ns", pa.int64()),
+    ("worker", pa.string()),
 ])
+
+
+class _ScoreRaw(msgspec.Struct, gc=False):
+    """A ``Score`` whose outputs stay as the worker encoded them (msgpack): archived as they
+    are, decoded only when read back."""
+
+    request_id: str
+    model: str
+    outputs: msgspec.Raw = msgspec.Raw(b"\x80")
+    started_ns: int = 0
+    finished_ns: int = 0
+    error: str | None = None
+    worker: str = ""
+
+
+_scores_raw = msgspec.msgpack.Decoder(list[_ScoreRaw])
+_unpack = msgspec.msgpack.Decoder()
 RESULTS_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("chosen", pa.string()), ("reason", pa.string()),
     ("policy_version", pa.int64()), ("received_ns", pa.int64()), ("responded_ns", pa.int64()),
@@ -60,18 +77,9 @@ RESULTS_SCHEMA = pa.schema([
 
 def score_rows(data: bytes) -> list[dict[str, Any]]:
     """Archive rows from one scores record (a worker's batch of ``Score``)."""
-    rows = []
-    for s in messages.scores_decoder.decode(data):
-        series = score_series(s.outputs) if s.error is None else {}
-        scores, preds = series.get("score") or [], series.get("prediction") or []
-        rows.append({
-            "request_id": s.request_id, "model": s.model,
-            "outputs": _json.encode(s.outputs).decode(),
-            "score": scores[0] if len(scores) == 1 else None,
-            "prediction": str(preds[0]) if len(preds) == 1 else None,
-            "error": s.error, "started_ns": s.started_ns, "finished_ns": s.finished_ns,
-            "worker": s.worker})
-    return rows
+    return [{"request_id": s.request_id, "model": s.model, "outputs": bytes(s.outputs),
+             "error": s.error, "started_ns": s.started_ns, "finished_ns": s.finished_ns,
+             "worker": s.worker} for s in _scores_raw.decode(data)]
 
 
 def result_rows(data: bytes) -> list[dict[str, Any]]:
@@ -216,6 +224,16 @@ def read_scores(home: Path, deployment: str) -> pa.Table:
             for model, o in msgspec.json.decode(r["models"]).items():
                 outcome[(r["request_id"], model)] = (o["status"], o.get("latency_ms"),
                                                      r["policy_version"], r["chosen"] == model)
+    outputs = [_unpack.decode(b) for b in scores["outputs"].to_pylist()]
+    series = [score_series(o) for o in outputs]
+    scores = scores.set_column(scores.schema.get_field_index("outputs"), "outputs", pa.array(
+        [_json.encode(o).decode() for o in outputs], type=pa.string()))
+    scores = scores.append_column("score", pa.array(
+        [x["score"][0] if len(x.get("score") or ()) == 1 else None for x in series],
+        type=pa.float64()))
+    scores = scores.append_column("prediction", pa.array(
+        [str(x["prediction"][0]) if len(x["prediction"]) == 1 else None for x in series],
+        type=pa.string()))
     keys = zip(scores["request_id"].to_pylist(), scores["model"].to_pylist(), strict=True)
     joined = [outcome.get(k, (None, None, None, None)) for k in keys]
     for i, (name, typ) in enumerate([("status", pa.string()), ("latency_ms", pa.float64()),
@@ -259,5 +277,5 @@ def lookup_scores(home: Path, deployment: str,
         t = t.filter(pc.is_in(t["request_id"], value_set=wanted))
         for row in t.to_pylist():
             found.setdefault(row["request_id"], {})[row["model"]] = reduce(
-                msgspec.json.decode(row["outputs"]), error=row["error"] is not None)
+                _unpack.decode(row["outputs"]), error=row["error"] is not None)
     return found
