@@ -5,13 +5,8 @@ One module per group of commands; importing them registers their commands on ``a
 
 from __future__ import annotations
 
-from rendezvous.cli import (  # noqa: F401  (registers commands)
-    analytics,
-    deployments,
-    models,
-    serve,
-    status,
-)
+import rendezvous.cli.analytics  # noqa: F401  (registers compare, drift, alarms, feedback)
+from rendezvous.cli import deployments, models, serve, status  # noqa: F401  (registers commands)
 from rendezvous.cli.common import app, err
 from rendezvous.errors import RendezvousError
 
