@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/rendezvous demo --duration $${DURATION:-20} --home $${RENDEZVOUS_HOME:-.rendezvous}
 
-test: $(STAMP)
+# The dashboard test drives Debian's chromium through Playwright (never `playwright install`).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	S=; [ "$$(id -u)" = 0 ] || S=sudo; $$S apt-get update -q && $$S apt-get install -y -q chromium
+
+test: $(STAMP) | $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

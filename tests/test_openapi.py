@@ -5,6 +5,7 @@ responses that match the document."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,9 @@ def test_every_route_is_documented() -> None:
     documented = {(m.upper(), path) for path, ops in DOCUMENT["paths"].items() for m in ops}
     for method, pattern, _ in routes._routes:
         example = (pattern.pattern.replace("(?P<d>[^/]+)", "{d}").replace("\\.", ".")
-                   .replace("(?P<op>reload|promote|rollback)", "{op}"))
+                   .replace("(?P<op>reload|promote|rollback)", "{op}")
+                   .replace("(?P<asset>[A-Za-z0-9_.-]+)", "{asset}"))
+        example = re.sub(r"\(\?P<\w+>([a-z]+)\)", r"\1", example)  # one literal per route
         paths = ([example.replace("{op}", op) for op in ("reload", "promote", "rollback")]
                  if "{op}" in example else [example])
         for path in paths:

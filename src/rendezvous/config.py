@@ -123,6 +123,9 @@ NATS_ACK_WAIT_S = Setting("RENDEZVOUS_NATS_ACK_WAIT_S", float, 30.0,
 RETENTION_HOURS = Setting("RENDEZVOUS_RETENTION_HOURS", float, 24.0,
                           "how long the stream log keeps records (the decoy's archive keeps "
                           "inputs for good)")
+ANALYTICS = Setting("RENDEZVOUS_ANALYTICS", bool, True,
+                    "meta-analytics in the monitor (comparisons, drift, feedback, alarms) and "
+                    "the score archive; off leaves counts and latency only")
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
 

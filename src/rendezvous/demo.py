@@ -3,7 +3,10 @@
 The champion is a gradient-boosted classifier, the fallback a fast logistic regression, the
 challenger a random forest and the canary a pinned logistic regression trained once on a fixed
 sample. Traffic mixes Open Inference Protocol and plain-record requests, single rows and small
-batches, and a few bad requests (which get their 4xx and change nothing).
+batches, and a few bad requests (which get their 4xx and change nothing). Half of the answered
+requests get their true label back as feedback; halfway through, a quarter of the input columns
+shift by one standard deviation, so the dashboard shows column and canary drift, the accuracy
+falling and the alarms that follow.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from rendezvous.registry import Registry
 
 DEPLOYMENT = "demo"
 N_FEATURES = 12
+SHIFT_SIGMA = 1.0  # how far the shifted columns move, in standard deviations
+# Short windows and baselines so that a 20-second demo shows several points and its alarms.
+DEMO_ALARMS = {"window_s": 2.0, "accuracy_baseline_labels": 1000}
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +66,7 @@ def setup(registry: Registry) -> list[str]:
                                description=f"demo {role.value}")
         specs.append(ModelSpec(mv.ref, role, wait))
         registry.set_alias(name, "canary" if role is Role.CANARY else "live", mv.version)
-    registry.apply_policy(DEPLOYMENT, Policy(deadline_ms=60.0, models=specs),
+    registry.apply_policy(DEPLOYMENT, Policy(deadline_ms=60.0, models=specs, alarms=DEMO_ALARMS),
                           note="created by rendezvous demo")
     return [s.model for s in specs]
 
@@ -75,33 +81,55 @@ def _oip(rows: np.ndarray) -> dict[str, Any]:
 
 
 async def traffic(url: str, duration: float | None, *, concurrency: int = 8,
-                  on_reply: Callable[[int, str], None] | None = None) -> Counter[str]:
-    """Mixed demo traffic until ``duration`` seconds pass (forever when None)."""
-    x, _ = make_data(seed=1)
+                  on_reply: Callable[[int, str], None] | None = None,
+                  label_share: float = 0.5, shift_after_s: float | None = None) -> Counter[str]:
+    """Mixed demo traffic until ``duration`` seconds pass (forever when None). A share of the
+    answered requests get their labels back; after ``shift_after_s`` (default: half the
+    duration, or 30 s) a quarter of the columns shift by ``SHIFT_SIGMA`` standard deviations."""
+    x, y = make_data()
+    x, y = x[5000:], y[5000:]  # the rows held out from training: the same world, unseen
     outcomes: Counter[str] = Counter()
-    stop_at = None if duration is None else time.monotonic() + duration
+    start = time.monotonic()
+    stop_at = None if duration is None else start + duration
+    shift_at = start + (shift_after_s if shift_after_s is not None
+                        else duration / 2 if duration else 30.0)
+    shift = np.zeros(N_FEATURES)
+    shift[: N_FEATURES // 4] = SHIFT_SIGMA * x.std(axis=0)[: N_FEATURES // 4]
     rng = random.Random(0)
+    labels: list[dict[str, Any]] = []
 
     async def one(client: httpx.AsyncClient) -> None:
         while stop_at is None or time.monotonic() < stop_at:
             i = rng.randrange(len(x) - 8)
             kind = rng.random()
+            n = 4 if kind >= 0.9 else 1
+            rows = x[i:i + n] + (shift if time.monotonic() >= shift_at else 0.0)
             if kind < 0.02:  # a bad request: wrong column name
                 r = await client.post(f"/v1/deployments/{DEPLOYMENT}/predict",
                                       json=[{"nope": 1.0}])
             elif kind < 0.5:
-                r = await client.post(f"/v2/models/{DEPLOYMENT}/infer", json=_oip(x[i:i + 1]))
+                r = await client.post(f"/v2/models/{DEPLOYMENT}/infer", json=_oip(rows))
             else:
-                n = 1 if kind < 0.9 else 4
                 r = await client.post(f"/v1/deployments/{DEPLOYMENT}/predict",
-                                      json=_records(x[i:i + n]))
+                                      json=_records(rows))
             model = r.headers.get("x-rendezvous-model", "")
             outcomes[f"{r.status_code}"] += 1
+            if r.status_code == 200 and rng.random() < label_share:
+                labels.append({"request_id": r.headers["x-request-id"],
+                               "labels": y[i:i + n].tolist()})
             if on_reply is not None:
                 on_reply(r.status_code, model)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
-        await asyncio.gather(*(one(client) for _ in range(concurrency)))
-    return outcomes
+    async def feed(client: httpx.AsyncClient) -> None:
+        while stop_at is None or time.monotonic() < stop_at + 1:
+            await asyncio.sleep(0.5)
+            batch, labels[:] = labels[:], []
+            if batch:
+                await client.post(f"/v1/deployments/{DEPLOYMENT}/feedback",
+                                  json={"feedback": batch})
 
+    limits = httpx.Limits(max_connections=concurrency + 1,
+                          max_keepalive_connections=concurrency + 1)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
+        await asyncio.gather(*(one(client) for _ in range(concurrency)), feed(client))
+    return outcomes

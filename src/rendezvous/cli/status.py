@@ -40,6 +40,7 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
                                        streams=streams)).to_dict()
     stats["policy_version"] = rec.version
     stats["roles"] = {m.model: m.role.value for m in pol.models}
+    add_analytics(stats, deployment, home=home, streams=streams)
     live = _live_status(home, deployment)
     if live is not None:
         stats["model_states"] = live.get("model_states", {})
@@ -70,14 +71,17 @@ def print_status(stats: dict[str, Any]) -> None:
     out.print(f"[bold]{stats['deployment']}[/]: {stats['requests']} requests, policy "
               f"{stats['policy_version']}, reasons {stats['reasons']}, response "
               f"{stats.get('response_ms', {})} ms")
+    extra = [c for c in ("accuracy", "agreement")
+             if any(m.get(c) is not None for m in stats["models"].values())]
     table = Table("model", "role", "requests", "on time", "late", "missing", "error", "chosen",
-                  "p50 ms", "p90 ms", "p99 ms")
+                  "p50 ms", "p90 ms", "p99 ms", *extra)
     for model, m in stats["models"].items():
         lat = m["latency_ms"]
         table.add_row(model, roles.get(model, "(retired)"), str(m["requests"]),
                       str(m["on_time"]), str(m["late"]), str(m["missing"]), str(m["error"]),
                       str(m["chosen"]), *(f"{lat[q]:.2f}" if lat[q] is not None else "-"
-                                          for q in ("p50", "p90", "p99")))
+                                          for q in ("p50", "p90", "p99")),
+                      *(f"{m[c]:.3f}" if m.get(c) is not None else "-" for c in extra))
     out.print(table)
     states = stats.get("model_states")
     if states:
@@ -86,14 +90,37 @@ def print_status(stats: dict[str, Any]) -> None:
             hosts.add_row(model, h.get("role", ""), h["state"], h["isolation"],
                           str(h["restarts"]), h["last_exit"] or "-", h["detail"] or "-")
         out.print(hosts)
+    if stats.get("feedback"):
+        out.print(f"feedback labels: {stats['feedback']}")
+
+
+def add_analytics(stats: dict[str, Any], deployment: str, *, home: Path | None,
+                  streams: str) -> None:
+    """Each model's live accuracy (or MAE) and agreement with the champion, once known."""
+    from rendezvous.cli.analytics import document
+
+    acc = document(deployment, "accuracy", home=home, streams=streams)
+    cmp = document(deployment, "compare", home=home, streams=streams)
+    for model, m in stats["models"].items():
+        a = acc["models"].get(model, {})
+        m["accuracy"] = a.get("accuracy", a.get("mae"))
+        m["agreement"] = cmp["models"].get(model, {}).get("agreement")
+    if any(acc["feedback"].values()):
+        stats["feedback"] = acc["feedback"]
 
 
 @archive_app.command("export")
 def archive_export(deployment: str,
                    out_file: Annotated[Path, typer.Option("--out", help="Parquet file to write")],
+                   scores: Annotated[bool, typer.Option(
+                       "--scores", help="Export every model's scores (with status, latency "
+                                        "and policy version) instead of the inputs")] = False,
                    home: Home = None) -> None:
-    """Write every archived input row of DEPLOYMENT to one Parquet file."""
-    n = decoy.export(config.home(home), deployment, out_file)
+    """Write every archived input row (or, with --scores, every score) of DEPLOYMENT to one
+    Parquet file."""
+    from rendezvous.roles.scorekeeper import export_scores
+
+    n = (export_scores if scores else decoy.export)(config.home(home), deployment, out_file)
     out.print(f"wrote {n} rows to {out_file}")
 
 
@@ -114,7 +141,9 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
     async def main() -> None:
         async with running(["demo"], home=root, port=port) as (proxy, url):
             out.print(f"serving at {url}; sending traffic"
-                      + (f" for {duration:g} s" if duration else " (Ctrl-C stops)"))
+                      + (f" for {duration:g} s" if duration else " (Ctrl-C stops)")
+                      + "; labels for half of it, inputs shifted halfway")
+            out.print(f"dashboard: [bold]{url}/dashboard[/]")
             with Progress(TextColumn("{task.description}"), BarColumn(),
                           TextColumn("{task.fields[n]} replies"), TimeRemainingColumn(),
                           console=out, transient=True) as bar:
@@ -136,7 +165,17 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
             rt = proxy.server.runtimes["demo"]
             stats["roles"] = {m.model: m.role.value for m in rt.policy.models}
             out.print(f"HTTP replies: {dict(replies) if replies else 'interrupted'}")
+            a = rt.monitor.analytics if rt.monitor is not None else None
+            if a is not None:
+                for model, m in stats["models"].items():
+                    acc = a.labels.get(model)
+                    pair = a.pairs.get(model)
+                    m["accuracy"] = acc.to_dict().get("accuracy") if acc else None
+                    m["agreement"] = pair.summary()["agreement"] if pair else None
+                stats["feedback"] = dict(a.feedback)
             print_status(stats)
+            if a is not None:
+                out.print(f"alarms firing: {', '.join(a.alarms.firing) or 'none'}")
             out.print(f"serve it again with: rendezvous serve demo --home {root}")
 
     try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -72,6 +73,7 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
     split: dict[str, float] = {}  # model -> weight, among champion-tier models
     decoy: bool = True
     split_key: str = ""  # request meta key to hash for the split; request id when empty
+    alarms: dict[str, Any] = {}  # thresholds of the alarm rules (core.alarms.AlarmSettings)
 
     def validate(self) -> Policy:
         """Check the policy; raise ``ConfigError`` naming the problem and the fix."""
@@ -121,6 +123,9 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
                     "traffic among champion and fallback models: give it one of those roles")
             if weight <= 0:
                 raise ConfigError(f"split weight for {name!r} must be positive, got {weight}")
+        from rendezvous.core.alarms import AlarmSettings
+
+        AlarmSettings.parse(self.alarms)
         return self
 
     @property

@@ -49,6 +49,7 @@ from rendezvous.registry import PolicyRecord, Registry
 from rendezvous.roles.decoy import Decoy
 from rendezvous.roles.monitor import Monitor
 from rendezvous.roles.rendezvous import RendezvousServer
+from rendezvous.roles.scorekeeper import Scorekeeper
 from rendezvous.roles.scoring import DecodedRequests
 from rendezvous.roles.worker import Worker
 from rendezvous.streams.base import Record, Retention, Stream, open_stream
@@ -96,6 +97,7 @@ class DeploymentRuntime:
         self.rendezvous: RendezvousServer | None = None
         self.decoy: Decoy | None = None
         self.monitor: Monitor | None = None
+        self.scorekeeper: Scorekeeper | None = None
         self.input_topic = messages.topic(name, "input")
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
@@ -186,8 +188,12 @@ class DeploymentRuntime:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
             self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
-            self.monitor = Monitor(self.stream, self.name)
+            self.monitor = Monitor(self.stream, self.name, home=self.server.home,
+                                   registry=self.server.registry, policy=self.policy)
             self._spawn_role("monitor", self.monitor.run)
+            if self.monitor.analytics is not None:
+                self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
+                self._spawn_role("scorekeeper", self.scorekeeper.run)
         self._spawn("registry", self._watch_registry())
         if self.server.shared:
             # Model states travel between processes on the control topic: worker processes
@@ -261,6 +267,8 @@ class DeploymentRuntime:
             await self._start_models(policy.models, schedule=schedule)
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
+        if self.monitor is not None:
+            self.monitor.set_policy(policy)
         retired = [m for m in self.hosts if m not in policy.model_names()] \
             if follows_policy else []
         self.policy, self.policy_version, self.schedule = policy, version, schedule
@@ -334,6 +342,8 @@ class DeploymentRuntime:
             await self.rendezvous.stop()
         if self.decoy is not None:
             await self.decoy.stop()
+        if self.scorekeeper is not None:
+            await self.scorekeeper.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         tasks = list(self._tasks.values())

@@ -123,7 +123,7 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     if role is ProcessRole.DECOY:
         return [(topic(deployment, "input"), decoy.GROUP)] if policy.decoy else []
     if role is ProcessRole.MONITOR:
-        return [(topic(deployment, "results"), monitor.GROUP)]
+        return monitor.groups(deployment)
     return []  # the proxy only appends
 
 

@@ -42,6 +42,8 @@ from rendezvous.errors import (
 )
 from rendezvous.hosting.runtime import DeploymentRuntime, Server
 from rendezvous.http import mlflow, oip
+from rendezvous.http.analytics import ROUTES as ANALYTICS_ROUTES
+from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics, backlog
 from rendezvous.http.middleware import token_matches
@@ -90,6 +92,7 @@ class Proxy:
         # instead of a timer per request.
         self._expiries: deque[tuple[float, tuple[str, str], float]] = deque()
         self._sweeper: asyncio.Task[None] | None = None
+        analytics = AnalyticsHandlers(server, Reply)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
@@ -112,6 +115,7 @@ class Proxy:
              self._apply_policy),
             ("GET", re.compile(r"/metrics"), self._metrics),
             ("GET", re.compile(r"/openapi\.json"), self._openapi),
+            *[(m, re.compile(p), getattr(analytics, h)) for m, p, h in ANALYTICS_ROUTES],
         ]
 
     # -- ASGI ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from rendezvous.core.messages import Result
+from rendezvous.http.analytics import AnalyticsCollector
 
 if TYPE_CHECKING:
     from rendezvous.hosting.runtime import DeploymentRuntime, Server
@@ -105,6 +106,7 @@ class ProxyMetrics:
                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_MonitorCollector(server))
         self.registry.register(_BacklogCollector(server))
+        self.registry.register(AnalyticsCollector(server))  # alarms, agreement, accuracy, drift
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 

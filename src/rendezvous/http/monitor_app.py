@@ -1,6 +1,7 @@
 """The monitor's own HTTP endpoint, for when it runs as its own process (``--role monitor``).
 
 Read-only: ``/v1/deployments/{d}/status`` (the same document the all-in-one server serves),
+the analytics documents (``…/compare|drift|accuracy|alarms|windows``) and ``/dashboard``,
 ``/metrics`` (Prometheus), ``/v2/health/live|ready`` and ``/v1/deployments``. The server's
 lifecycle is the caller's: this app only reads it.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.errors import NotFoundError, RendezvousError
+from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics
 
@@ -34,6 +36,7 @@ class MonitorApp:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.metrics = ProxyMetrics(server)
+        self.analytics = AnalyticsHandlers(server, lambda *reply: reply)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -58,9 +61,13 @@ class MonitorApp:
             if path == "/metrics":
                 text, ctype = self.metrics.render()
                 return 200, text, [(b"content-type", ctype.encode())]
+            found = self.analytics.answer_get(path)  # compare, drift, …, /dashboard
+            if found is not None:
+                return found
             match = _STATUS.fullmatch(path)
             if match is None:
-                raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status, "
+                raise NotFoundError("path", path, "the monitor serves /v1/deployments/{d}/status"
+                                    "|compare|drift|accuracy|alarms|windows, /dashboard, "
                                     "/metrics and /v2/health/live|ready")
             name = match["d"]
             if name not in self.server.runtimes:

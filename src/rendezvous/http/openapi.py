@@ -210,6 +210,34 @@ DOCUMENT: dict[str, Any] = {
         **_admin("apply", "Record a policy once every model it adds has loaded and warmed up",
                  {"type": "object", "required": ["policy"],
                   "properties": {"policy": {"type": "object"}, "note": {"type": "string"}}}),
+        **{f"/v1/deployments/{{d}}/{doc}": _get(summary, {"type": "object"})
+           for doc, summary in (
+               ("compare", "Every model against the champion on the same requests"),
+               ("drift", "Canary and input-column drift against the training reference"),
+               ("accuracy", "Live accuracy (or MAE, RMSE) per model from feedback labels"),
+               ("alarms", "Alarm states with since and evidence"),
+               ("windows", "Per-window statistics (what the dashboard plots)"))},
+        "/v1/deployments/{d}/feedback": {"post": {
+            "summary": "Labels for earlier requests: one {request_id, label} or "
+                       "{feedback: [...]}",
+            "parameters": [_DEPLOYMENT],
+            "requestBody": {"required": True, "content": _json({"type": "object"})},
+            "responses": {"202": {"description": "What was accepted, rejected (and why) and "
+                                                 "duplicated", "content": _json({
+                                                     "type": "object"})},
+                          **_errors(*_ALWAYS, "413", "422", "503")}}},
+        "/dashboard": _get("The live dashboard (HTML)", {}, params=False,
+                           content={"text/html": {"schema": {"type": "string"}}}),
+        "/dashboard/{asset}": {"get": {
+            "summary": "A file of the dashboard (its script, styles, plotting library)",
+            "parameters": [{"name": "asset", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": {
+                "text/html": {"schema": {"type": "string"}},
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}},
+                "text/plain": {"schema": {"type": "string"}}}},
+                **_errors(*_ALWAYS)}}},
         "/metrics": _get("Prometheus metrics", {}, params=False,
                          content={"text/plain": {"schema": {"type": "string"}}}),
         "/openapi.json": _get("This document", {"type": "object"}, params=False),

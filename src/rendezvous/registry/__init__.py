@@ -30,6 +30,7 @@ from rendezvous.flavors.base import Predictor
 from rendezvous.ids import ModelRef, check_name
 from rendezvous.registry import lineage
 from rendezvous.registry.artifacts import ArtifactStore, LocalArtifacts, open_store
+from rendezvous.registry.reference import drift_reference
 from rendezvous.registry.store import AliasChange, ModelVersion, PolicyRecord, SqlStore
 
 __all__ = ["AliasChange", "ModelVersion", "PolicyRecord", "Registry", "registry_url"]
@@ -190,6 +191,7 @@ class Registry:
         if example is not None:
             # A few training rows: model hosts warm the model up on them before it serves.
             summary["example_rows"] = example_columns(example, signature)
+            summary["reference"] = drift_reference(example, signature, flavor, data, meta)
         parent_ref = str(self.resolve(parent)) if parent else None
         dirty: bool | None = None
         if not code_version:

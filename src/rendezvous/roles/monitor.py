@@ -1,15 +1,37 @@
-"""Meta-analytics: consumes a deployment's results and keeps live statistics."""
+"""Meta-analytics: consumes a deployment's results, scores, inputs and feedback labels.
+
+The monitor keeps ``DeploymentStats`` (counts and latency since start) and, unless
+``analytics=False``, a ``DeploymentAnalytics`` (``core.analytics``): windows, paired
+comparisons with the champion, drift against the references recorded at registration, live
+accuracy from feedback and alarms. It persists the analytics state (closed windows, alarms,
+labels already counted) under ``<home>/monitor/<deployment>.json`` whenever a window closes and
+before it acknowledges feedback, so a restart keeps its history and never counts a label twice.
+Alarm changes go to the webhook, if one is set, from a task of their own: a slow or dead
+webhook never holds up anything else.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from rendezvous import config
 from rendezvous.core import messages
+from rendezvous.core.alarms import AlarmSettings
+from rendezvous.core.analytics import DeploymentAnalytics
+from rendezvous.core.compare import Scored
+from rendezvous.core.messages import Feedback
+from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
+from rendezvous.errors import RendezvousError
 from rendezvous.streams.base import Stream, open_stream, partitions
 
 log = logging.getLogger(__name__)
@@ -17,31 +39,280 @@ log = logging.getLogger(__name__)
 __all__ = ["DeploymentStats", "Monitor", "stats_from_log"]
 
 GROUP = "monitor"
+TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, in its group
+TICK_S = 1.0
+FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before "unknown"
+WEBHOOK_TRIES = 4
+
+
+def groups(deployment: str) -> list[tuple[str, str]]:
+    """The (topic, group) pairs the monitor role reads: its own, and the scorekeeper's that
+    runs beside it, unless analytics are off (``RENDEZVOUS_ANALYTICS=0``)."""
+    from rendezvous.roles import scorekeeper
+
+    topic = messages.topic
+    if not config.ANALYTICS.get():
+        return [(topic(deployment, "results"), GROUP)]
+    return ([(topic(deployment, t), GROUP) for t in TOPICS]
+            + [(topic(deployment, t), scorekeeper.GROUP) for t in ("scores", "results")])
+
+
+@contextlib.contextmanager
+def _contained(deployment: str, what: str, offset: int) -> Iterator[None]:
+    """Statistics over data of unexpected shape (a model's odd outputs, tensor inputs) skip
+    that record with an error in the log: the monitor's counts must keep going."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset,
+                  exc)
+
+
+def state_path(home: Path, deployment: str) -> Path:
+    return home / "monitor" / f"{deployment}.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class Monitor:
-    """Keeps ``DeploymentStats`` current from the results stream."""
+    """Keeps ``DeploymentStats`` and the deployment's analytics current from its streams."""
 
-    def __init__(self, stream: Stream, deployment: str) -> None:
+    def __init__(self, stream: Stream, deployment: str, *, home: Path | None = None,
+                 registry: Any = None, policy: Policy | None = None,
+                 analytics: bool | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.stream = stream
         self.deployment = deployment
         self.stats = DeploymentStats(deployment)
-        self._consumer: Any = None
+        self.home = home
+        self.registry = registry
+        self.clock = clock
+        self.settings = AlarmSettings.parse(policy.alarms if policy is not None else None)
+        self.analytics: DeploymentAnalytics | None = (
+            DeploymentAnalytics(deployment, settings=self.settings)
+            if config.ANALYTICS.get(analytics) else None)
+        self._policy = policy
+        self._refs: dict[str, dict[str, Any]] = {}
+        self._consumers: list[Any] = []
+        self._wake = asyncio.Event()
+        if self.analytics is not None and home is not None:
+            path = state_path(home, deployment)
+            if path.exists():
+                try:
+                    self.analytics.restore(msgspec.json.decode(path.read_bytes()))
+                except (msgspec.DecodeError, OSError, TypeError, KeyError) as exc:
+                    log.error("monitor %s: ignoring unreadable state %s (%s)", deployment,
+                              path, exc)
+
+    # -- policy and references ------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        """Follow a new policy: champion, canary, deadline, and the models' references."""
+        self._policy = policy
+        if self.analytics is not None:
+            self._apply_policy()
+
+    def _apply_policy(self) -> None:
+        pol = self._policy
+        if pol is None or self.analytics is None:
+            return
+        self.analytics.set_policy(models=pol.model_names(), champion=pol.champion,
+                                  canary=pol.canary, deadline_ms=pol.deadline_ms,
+                                  references=self._refs)
+
+    async def _load_references(self) -> None:
+        if self.registry is None or self._policy is None:
+            return
+        for model in self._policy.model_names():
+            if model in self._refs:
+                continue
+            try:
+                mv = await asyncio.to_thread(self.registry.get, model)
+            except RendezvousError as exc:
+                log.warning("monitor %s: no reference for %s (%s)", self.deployment, model, exc)
+                continue
+            self._refs[model] = mv.data_summary.get("reference") or {}
+        self._apply_policy()
+
+    # -- the loops ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._consumer = self.stream.consume(messages.topic(self.deployment, "results"), GROUP,
-                                             start="latest", max_batch=2048)
-        async for batch in self._consumer:
-            for rec in batch.records:
-                try:
-                    self.stats.add(messages.result_summary_decoder.decode(rec.data))
-                except msgspec.DecodeError:
-                    log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
+        topic = messages.topic
+        loops = [self._pump(topic(self.deployment, "results"), self._on_results)]
+        background: list[asyncio.Future[None]] = []
+        if self.analytics is not None:
+            await self._load_references()
+            loops += [self._pump(topic(self.deployment, "scores"), self._on_scores),
+                      self._pump(topic(self.deployment, "input"), self._on_inputs),
+                      self._pump(topic(self.deployment, "feedback"), self._on_feedback,
+                                 max_batch=500)]
+            background = [asyncio.ensure_future(self._tick()),
+                          asyncio.ensure_future(self._webhook())]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in background:
+                task.cancel()
+
+    async def _pump(self, topic: str, handle: Callable[[list[Any]], Any], *,
+                    max_batch: int = 2048) -> None:
+        consumer = self.stream.consume(topic, GROUP, start="latest", max_batch=max_batch)
+        self._consumers.append(consumer)
+        async for batch in consumer:
+            done = handle(batch.records)
+            if asyncio.iscoroutine(done):
+                await done
             await batch.ack()
 
+    def _on_results(self, records: list[Any]) -> None:
+        for rec in records:
+            try:
+                result = messages.result_summary_decoder.decode(rec.data)
+            except msgspec.DecodeError:
+                log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
+                continue
+            self.stats.add(result)
+            if self.analytics is not None:
+                with _contained(self.deployment, "result", rec.offset):
+                    self.analytics.add_result(result)
+
+    def _on_scores(self, records: list[Any]) -> None:
+        assert self.analytics is not None
+        for rec in records:
+            try:
+                scores = messages.scores_decoder.decode(rec.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("monitor %s: undecodable scores %s", self.deployment, rec.offset)
+                continue
+            with _contained(self.deployment, "scores", rec.offset):
+                self.analytics.add_scores(scores)
+
+    def _on_inputs(self, records: list[Any]) -> None:
+        """The inputs of a whole batch of requests go to the drift test at once: its cost is
+        per call, not per row."""
+        assert self.analytics is not None
+        columns: dict[str, list[Any]] = {}
+        rows = 0
+        last_ns = 0
+        for rec in records:
+            try:
+                req = messages.request_decoder.decode(rec.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue  # the decoy and the workers log undecodable requests already
+            for name, values in req.inputs.items():
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = [None] * rows  # a column missing so far
+                col.extend(values)
+            rows += req.n_rows
+            for col in columns.values():  # keep every column aligned with the rows
+                if len(col) < rows:
+                    col.extend([None] * (rows - len(col)))
+            last_ns = req.received_ns
+        if rows:
+            with _contained(self.deployment, "requests up to", records[-1].offset):
+                self.analytics.add_inputs(columns, last_ns)
+
+    async def _on_feedback(self, records: list[Any]) -> None:
+        """Join each label with its request's scores (recent ones from memory, older ones from
+        the score archive); labels whose scores have not arrived yet wait a little. The state
+        is written before the batch is acknowledged."""
+        assert self.analytics is not None
+        waiting: list[Feedback] = []
+        for rec in records:
+            try:
+                waiting.append(messages.feedback_decoder.decode(rec.data))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("monitor %s: undecodable feedback %s", self.deployment, rec.offset)
+        give_up = time.monotonic() + FEEDBACK_WAIT_S
+        while waiting:
+            archived = await self._lookup([fb.request_id for fb in waiting
+                                           if self.analytics.book.get(fb.request_id) is None])
+            later = []
+            for fb in waiting:
+                scored = self.analytics.book.get(fb.request_id) or archived.get(fb.request_id)
+                if not scored and fb.request_id not in self.analytics.labelled \
+                        and time.monotonic() < give_up:
+                    later.append(fb)
+                    continue
+                self.analytics.add_feedback(fb, scored, self.clock())
+            waiting = later
+            if waiting:
+                await asyncio.sleep(0.5)
+        await self._persist()
+
+    async def _lookup(self, ids: list[str]) -> dict[str, dict[str, Scored]]:
+        if not ids or self.home is None:
+            return {}
+        from rendezvous.roles.scorekeeper import lookup_scores
+
+        try:
+            return await asyncio.to_thread(lookup_scores, self.home, self.deployment, ids)
+        except OSError as exc:
+            log.warning("monitor %s: cannot read the score archive (%s)", self.deployment, exc)
+            return {}
+
+    async def _tick(self) -> None:
+        assert self.analytics is not None
+        while True:
+            await asyncio.sleep(TICK_S)
+            closed = len(self.analytics.ring.closed)
+            self.analytics.tick(self.clock())
+            if self.analytics.events:
+                self._wake.set()
+            if len(self.analytics.ring.closed) != closed:
+                await self._persist()
+
+    async def _persist(self) -> None:
+        if self.analytics is None or self.home is None:
+            return
+        data = msgspec.json.encode(self.analytics.to_state())
+        await asyncio.to_thread(_write_atomic, state_path(self.home, self.deployment), data)
+
+    async def _webhook(self) -> None:
+        """POST each alarm change (JSON) to the webhook, retried with backoff; changes that
+        cannot be delivered are logged and dropped, never queued without bound."""
+        assert self.analytics is not None
+        events = self.analytics.events
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            url = self.settings.webhook_url
+            while events:
+                event = events.popleft()
+                if url:
+                    await post_with_retries(url, event)
+
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.close()
+        for consumer in self._consumers:
+            await consumer.close()
+        await self._persist()
+
+
+async def post_with_retries(url: str, body: dict[str, Any], *, tries: int = WEBHOOK_TRIES,
+                            backoff_s: float = 0.5) -> bool:
+    """POST ``body`` as JSON; retried on errors and 5xx. True when delivered."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        for attempt in range(tries):
+            try:
+                r = await client.post(url, json=body)
+                if r.status_code < 500:
+                    return r.status_code < 400
+            except httpx.HTTPError as exc:
+                log.warning("alarm webhook %s: %s (try %d of %d)", url, exc, attempt + 1, tries)
+            await asyncio.sleep(backoff_s * 2 ** attempt)
+    log.error("alarm webhook %s: giving up on %s", url, body.get("alarm"))
+    return False
 
 
 async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedded",
@@ -66,3 +337,64 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
         finally:
             await stream.close()
     return stats
+
+
+async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
+                             streams: str = "embedded",
+                             limit: int = 200_000) -> DeploymentAnalytics:
+    """The deployment's analytics rebuilt from its streams (the last ``limit`` records of
+    each topic, replayed in time order) and the score archive for older labels: what the
+    CLI shows when no server is running."""
+    from rendezvous.roles.scorekeeper import lookup_scores
+
+    policy, _ = await asyncio.to_thread(registry.policy, deployment)
+    a = DeploymentAnalytics(deployment, settings=AlarmSettings.parse(policy.alarms))
+    refs = {}
+    for model in policy.model_names():
+        mv = await asyncio.to_thread(registry.get, model)
+        refs[model] = mv.data_summary.get("reference") or {}
+    a.set_policy(models=policy.model_names(), champion=policy.champion, canary=policy.canary,
+                 deadline_ms=policy.deadline_ms, references=refs)
+    urls = partitions(streams, home=home)
+    timeline: list[tuple[int, int, str, bytes]] = []
+    order = {"input": 0, "scores": 1, "results": 2, "feedback": 3}
+    for url in urls:
+        stream = await open_stream(url, home=home, read_only=True)
+        try:
+            for kind, rank in order.items():
+                topic = messages.topic(deployment, kind)
+                last = await stream.last_offset(topic)
+                if not last:
+                    continue
+                start = max(1, last - limit + 1)
+                while start <= last:
+                    records = await stream.read(topic, from_offset=start, limit=10_000)
+                    if not records:
+                        break
+                    timeline += [(r.ts_ns, rank, kind, r.data) for r in records]
+                    start = records[-1].offset + 1
+        finally:
+            await stream.close()
+    timeline.sort(key=lambda t: (t[0], t[1]))
+    older: list[Feedback] = []  # labels for requests before the replayed records
+    for ts, _, kind, data in timeline:
+        a.tick(ts)
+        if kind == "input":
+            req = messages.request_decoder.decode(data)
+            a.add_inputs(req.inputs, req.received_ns)
+        elif kind == "scores":
+            a.add_scores(messages.scores_decoder.decode(data))
+        elif kind == "results":
+            a.add_result(messages.result_summary_decoder.decode(data))
+        else:
+            fb = messages.feedback_decoder.decode(data)
+            scored = a.book.get(fb.request_id)
+            if scored is None:
+                older.append(fb)
+            else:
+                a.add_feedback(fb, scored, ts)
+    archived = await asyncio.to_thread(lookup_scores, home, deployment,
+                                       [fb.request_id for fb in older])
+    for fb in older:
+        a.add_feedback(fb, archived.get(fb.request_id), fb.at_ns)
+    return a

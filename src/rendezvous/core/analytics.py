@@ -1,0 +1,380 @@
+"""One deployment's meta-analytics, assembled from the pure pieces. Pure: no I/O, no clocks.
+
+``DeploymentAnalytics`` takes what the monitor reads (results, scores, inputs, feedback),
+keeps per-window and cumulative statistics, runs the drift and accuracy detectors and the
+alarm rules, and answers the JSON documents of ``/compare``, ``/drift``, ``/accuracy`` and
+``/alarms``. Alarm state changes are queued in ``events`` for the webhook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector
+from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
+from rendezvous.core.compare import PairStats, ScoreBook, Scored, label_key, reduce
+from rendezvous.core.drift import DriftDetector, DriftReport
+from rendezvous.core.messages import Feedback, ResultSummary, Score
+from rendezvous.core.windows import ModelWindow, WindowRing
+
+__all__ = ["DeploymentAnalytics", "WindowAcc"]
+
+FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid")
+# Recent requests' scores kept in memory: enough to pair every model with the champion (a few
+# seconds) and to join prompt labels; older labels are joined from the score archive.
+SCORE_BOOK = 20_000
+
+
+@dataclass(slots=True)
+class WindowAcc:
+    """Everything one window keeps."""
+
+    requests: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    models: dict[str, ModelWindow] = field(default_factory=dict)
+    pairs: dict[str, PairStats] = field(default_factory=dict)
+    labels: dict[str, LabelStats] = field(default_factory=dict)
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)  # worst report per kind
+
+    def model(self, name: str) -> ModelWindow:
+        m = self.models.get(name)
+        if m is None:
+            m = self.models[name] = ModelWindow()
+        return m
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "reasons": dict(self.reasons),
+            "models": {m: w.summary() for m, w in sorted(self.models.items())},
+            "compare": {m: p.summary() for m, p in sorted(self.pairs.items())},
+            "accuracy": {m: s.to_dict() for m, s in sorted(self.labels.items())},
+            "drift": self.drift,
+        }
+
+
+def _drift_point(report: DriftReport) -> dict[str, Any]:
+    """What a window remembers of a drift check: per column -log10(p), effect, threshold."""
+    import math
+
+    def lp(p: float) -> float:
+        return round(-math.log10(max(p, 1e-300)), 4)
+
+    return {"alpha": report.alpha, "threshold": lp(report.alpha), "drifted": report.drifted,
+            "columns": {c: {"neg_log10_p": lp(t.p_value), "effect": round(t.effect, 6)}
+                        for c, t in report.columns.items()}}
+
+
+class DeploymentAnalytics:
+    """See the module docstring. ``references``: model -> the ``reference`` recorded in its
+    version's ``data_summary`` at registration (may be empty)."""
+
+    def __init__(self, deployment: str, *, settings: AlarmSettings | None = None) -> None:
+        self.deployment = deployment
+        self.settings = settings or AlarmSettings()
+        s = self.settings
+        self.ring: WindowRing[WindowAcc] = WindowRing(WindowAcc, width_s=s.window_s,
+                                                      keep=s.windows_kept)
+        self.book = ScoreBook(capacity=SCORE_BOOK)
+        self.pairs: dict[str, PairStats] = {}
+        self.labels: dict[str, LabelStats] = {}
+        self.alarms = AlarmBook()
+        self.events: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.champion: str | None = None
+        self.canary: str | None = None
+        self.deadline_ms = 100.0
+        self.models: list[str] = []
+        self.column_drift: DriftDetector | None = None
+        self.canary_drift: DriftDetector | None = None
+        self.drops: dict[str, DropDetector] = {}
+        self.paired: dict[str, PairedDetector] = {}
+        self.class_cols: dict[str, dict[str, int]] = {}  # model -> class label -> column
+        self.labelled: set[str] = set()
+        self.feedback: Counter[str] = Counter({k: 0 for k in FEEDBACK_OUTCOMES})
+        self._judged_ns = -1  # start of the last window the threshold rules have judged
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def set_policy(self, *, models: Sequence[str], champion: str | None, canary: str | None,
+                   deadline_ms: float, references: Mapping[str, dict[str, Any]]) -> None:
+        """Follow a policy (version): which model is champion and canary, and their
+        references. Detectors restart only when their reference changes."""
+        s = self.settings
+        if champion != self.champion or self.column_drift is None:
+            cols = (references.get(champion or "") or {}).get("columns") or {}
+            self.column_drift = DriftDetector(
+                cols, rate_per_million=s.drift_rate_per_million, block_rows=s.drift_block_rows,
+                min_effect=s.drift_min_effect) if cols and s.column_drift else None
+            self.paired = {}
+        if canary != self.canary or (canary and self.canary_drift is None):
+            scores = (references.get(canary or "") or {}).get("scores") or {}
+            # One series is enough: the score when the model has one, else the prediction.
+            pick = {k: v for k, v in scores.items() if k == "score"} or scores
+            self.canary_drift = DriftDetector(
+                pick, rate_per_million=s.drift_rate_per_million, block_rows=s.drift_block_rows,
+                min_effect=s.drift_min_effect) if pick and s.canary_drift else None
+        self.champion, self.canary = champion, canary
+        self.deadline_ms = deadline_ms
+        self.models = list(models)
+
+    # -- intake -------------------------------------------------------------------------------
+
+    def add_result(self, result: ResultSummary) -> None:
+        acc = self.ring.at(result.received_ns or 0)
+        acc.requests += 1
+        acc.reasons[result.reason.value] += 1
+        for model, outcome in result.models.items():
+            acc.model(model).add_outcome(outcome.status.value, outcome.latency_ms,
+                                         model == result.model)
+
+    def add_scores(self, scores: Sequence[Score]) -> None:
+        canary: list[float] = []
+        canary_labels: list[str] = []
+        canary_at = 0
+        for s in scores:
+            scored = reduce(s.outputs, error=s.error is not None)
+            at = s.finished_ns or s.started_ns
+            acc = self.ring.at(at)
+            acc.model(s.model).add_scores(scored.scores, scored.labels)
+            if scored.probabilities:
+                self._learn_classes(s.model, scored)
+            for model, mine, champ in self.book.add(s.request_id, s.model, scored, at,
+                                                    self.champion):
+                window, total = acc.pairs.get(model), self.pairs.get(model)
+                if window is None:
+                    window = acc.pairs[model] = PairStats()
+                if total is None:
+                    total = self.pairs[model] = PairStats()
+                PairStats.add_all((window, total), mine, champ)
+            if s.model == self.canary and not scored.error:
+                canary.extend(scored.scores)
+                canary_labels.extend(scored.labels)
+                canary_at = at
+        if canary or canary_labels:  # one call per batch: the detector's cost is per call
+            self.add_canary_scores(canary, canary_labels, canary_at)
+
+    def _learn_classes(self, model: str, scored: Scored) -> None:
+        """Which probability column is which class: a classifier predicts the class of its
+        highest probability, so each (prediction, argmax) pair names one column."""
+        cols = self.class_cols.get(model)
+        if cols is None:
+            cols = self.class_cols[model] = {}
+        for label, probs in zip(scored.labels, scored.probabilities, strict=False):
+            if label not in cols:
+                cols[label] = max(range(len(probs)), key=probs.__getitem__)
+
+    def add_canary_scores(self, scores: Sequence[float], labels: Sequence[str],
+                          at_ns: int) -> None:
+        """The canary's scores (and predicted classes) of some rows, for its drift test."""
+        if self.canary_drift is not None:
+            series: dict[str, Sequence[Any]] = {"score": scores, "prediction": labels}
+            for report in self.canary_drift.add(series):
+                self._drift("canary_drift", report, at_ns)
+
+    def add_inputs(self, columns: Mapping[str, Sequence[Any]], at_ns: int) -> None:
+        if self.column_drift is not None:
+            for report in self.column_drift.add(columns):
+                self._drift("column_drift", report, at_ns)
+
+    def _drift(self, kind: str, report: DriftReport, at_ns: int) -> None:
+        point = _drift_point(report)
+        acc = self.ring.at(at_ns)
+        prev = acc.drift.get(kind)
+        if prev is None or report.drifted or not prev["drifted"]:
+            acc.drift[kind] = point
+        self._alarm(kind, bool(report.drifted), report.to_dict(), at_ns)
+
+    def add_feedback(self, fb: Feedback, scored: Mapping[str, Scored] | None,
+                     at_ns: int) -> str:
+        """Join one label with every model's score of its request; returns the outcome
+        (``joined``, ``duplicate``, ``unknown`` or ``invalid``), counted once per id."""
+        if fb.request_id in self.labelled:
+            self.feedback["duplicate"] += 1
+            return "duplicate"
+        if not scored:
+            self.feedback["unknown"] += 1
+            return "unknown"
+        labels = [label_key(v) for v in fb.labels]
+        acc = self.ring.at(at_ns)
+        outcomes: dict[str, list[float]] = {}
+        for model, sc in scored.items():
+            if sc.error:
+                continue
+            got = self._outcomes(model, sc, labels, fb.labels)
+            if got is None:
+                self.feedback["invalid"] += 1
+                return "invalid"
+            outcomes[model] = got
+        self.labelled.add(fb.request_id)
+        self.feedback["joined"] += 1
+        for model, sc in scored.items():
+            if model not in outcomes:
+                continue
+            kind = "classification" if sc.classifier else "regression"
+            for target in (self.labels, acc.labels):
+                stats = target.get(model)
+                if stats is None:
+                    stats = target[model] = LabelStats(kind)
+                self._count(stats, model, sc, fb.labels)
+        self._label_alarms(outcomes, at_ns)
+        return "joined"
+
+    def _outcomes(self, model: str, sc: Scored, labels: list[str],
+                  raw: list[Any]) -> list[float] | None:
+        if sc.classifier:
+            return [float(p == y) for p, y in zip(sc.labels, labels, strict=False)]
+        try:
+            return [-abs(p - float(y)) for p, y in zip(sc.scores, raw, strict=False)]
+        except (TypeError, ValueError):
+            return None
+
+    def _count(self, stats: LabelStats, model: str, sc: Scored, raw: list[Any]) -> None:
+        if not sc.classifier:
+            for p, y in zip(sc.scores, raw, strict=False):
+                stats.add_error(p - float(y))
+            return
+        cols = self.class_cols.get(model, {})
+        for i, (pred, y) in enumerate(zip(sc.labels, raw, strict=False)):
+            y = label_key(y)
+            probs = sc.probabilities[i] if i < len(sc.probabilities) else ()
+            col = cols.get(y)
+            prob_true = probs[col] if probs and col is not None else None
+            binary = len(probs) == 2 and col is not None
+            stats.add_outcome(correct=pred == y, prob_true=prob_true,
+                              score=probs[1] if binary else None,
+                              positive=(col == 1) if binary else None)
+
+    def _label_alarms(self, outcomes: dict[str, list[float]], at_ns: int) -> None:
+        s = self.settings
+        for model, values in outcomes.items():
+            if s.accuracy_drop:
+                det = self.drops.get(model)
+                if det is None:
+                    det = self.drops[model] = DropDetector(
+                        baseline=s.accuracy_baseline_labels, min_drop=s.accuracy_min_drop,
+                        rate_per_million=s.labels_rate_per_million)
+                for v in values:
+                    check = det.add(v)
+                    if check is not None:
+                        self._alarm(f"accuracy_drop:{model}", check.firing, check.evidence,
+                                    at_ns)
+        champ = outcomes.get(self.champion or "")
+        if not s.champion_worse or champ is None:
+            return
+        rivals = [m for m in outcomes if m != self.champion and m != self.canary]
+        for model in rivals:
+            det2 = self.paired.get(model)
+            if det2 is None:
+                det2 = self.paired[model] = PairedDetector(
+                    rate_per_million=s.labels_rate_per_million, n_challengers=len(rivals))
+            for mine, theirs in zip(outcomes[model], champ, strict=False):
+                check = det2.add(mine - theirs)
+                if check is not None:
+                    self._alarm(f"champion_worse:{model}", check.firing, check.evidence, at_ns)
+
+    def _alarm(self, name: str, firing: bool, evidence: dict[str, Any], at_ns: int) -> None:
+        change = self.alarms.update(name, firing, evidence, now_ns=at_ns,
+                                    clear_after=self.settings.clear_after)
+        if change is not None:
+            self.events.append({"deployment": self.deployment, "alarm": name,
+                                "state": change, "at_ns": at_ns, "evidence": evidence})
+
+    def tick(self, now_ns: int) -> None:
+        """Close the window if its time is up; judge every window closed since the last tick
+        (by this call or by data that arrived later) by the threshold rules, and close the
+        drift blocks early so that slow traffic is tested too."""
+        self.ring.roll(now_ns)
+        fresh = [w for w in self.ring.closed if w["start_ns"] > self._judged_ns]
+        if not fresh:
+            return
+        self._judged_ns = fresh[-1]["start_ns"]
+        for w in fresh:
+            for name, firing, evidence in window_checks(
+                    w, champion=self.champion, deadline_ms=self.deadline_ms,
+                    settings=self.settings):
+                self._alarm(name, firing, evidence, now_ns)
+        for kind, det in (("column_drift", self.column_drift),
+                          ("canary_drift", self.canary_drift)):
+            report = det.flush() if det is not None else None
+            if report is not None:
+                self._drift(kind, report, now_ns)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def compare(self) -> dict[str, Any]:
+        return {"deployment": self.deployment, "champion": self.champion,
+                "models": {m: p.summary() for m, p in sorted(self.pairs.items())},
+                "windows": [{"start_ns": w["start_ns"], "compare": w["compare"]}
+                            for w in self.ring.series()]}
+
+    def drift(self) -> dict[str, Any]:
+        def det(d: DriftDetector | None) -> dict[str, Any] | None:
+            if d is None:
+                return None
+            return {"rows_seen": d.rows_seen, "block_rows": d.block_rows,
+                    "rate_per_million": d.rate, "min_effect": d.min_effect,
+                    "last": d.last.to_dict() if d.last else None}
+
+        return {"deployment": self.deployment, "canary": self.canary,
+                "reference_model": self.champion,
+                "designed_false_alarms_per_million_rows":
+                    (self.settings.drift_rate_per_million
+                     * sum(d is not None for d in (self.column_drift, self.canary_drift))),
+                "canary_drift": det(self.canary_drift), "column_drift": det(self.column_drift),
+                "windows": [{"start_ns": w["start_ns"], "drift": w["drift"]}
+                            for w in self.ring.series()]}
+
+    def accuracy(self) -> dict[str, Any]:
+        return {"deployment": self.deployment, "feedback": dict(self.feedback),
+                "models": {m: s.to_dict() for m, s in sorted(self.labels.items())},
+                "windows": [{"start_ns": w["start_ns"], "accuracy": w["accuracy"]}
+                            for w in self.ring.series()]}
+
+    def alarms_doc(self) -> dict[str, Any]:
+        return {"deployment": self.deployment, "firing": self.alarms.firing,
+                "alarms": self.alarms.to_list(), "settings": dataclasses.asdict(_Shown(
+                    self.settings.clear_after, self.settings.webhook_url != ""))}
+
+    def windows(self) -> list[dict[str, Any]]:
+        return self.ring.series()
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        return {"ring": self.ring.to_state(), "alarms": self.alarms.to_list(),
+                "labelled": sorted(self.labelled), "feedback": dict(self.feedback),
+                "labels": {m: _label_state(s) for m, s in self.labels.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.ring.restore(state.get("ring", {}))
+        if self.ring.closed:
+            self._judged_ns = self.ring.closed[-1]["start_ns"]
+        self.alarms.restore(state.get("alarms", []))
+        self.labelled.update(state.get("labelled", []))
+        self.feedback.update(state.get("feedback", {}))
+        for model, raw in state.get("labels", {}).items():
+            self.labels[model] = _label_from(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    clear_after: int
+    webhook: bool
+
+
+def _label_state(s: LabelStats) -> dict[str, Any]:
+    return {f.name: (list(getattr(s, f.name)) if f.name in ("pos", "neg")
+                     else getattr(s, f.name)) for f in dataclasses.fields(s)}
+
+
+def _label_from(raw: Mapping[str, Any]) -> LabelStats:
+    s = LabelStats(raw.get("kind", "classification"))
+    for f in dataclasses.fields(s):
+        if f.name in raw and f.name not in ("pos", "neg", "kind"):
+            setattr(s, f.name, raw[f.name])
+    s.pos.extend(raw.get("pos", []))
+    s.neg.extend(raw.get("neg", []))
+    return s

@@ -1,0 +1,347 @@
+"""The pure statistics of meta-analytics: tables of cases and properties (Hypothesis)."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rendezvous.core import (
+    accuracy,
+    alarms,
+    analytics,
+    compare,
+    drift,
+    reference,
+    windows,
+)
+from rendezvous.core.accuracy import (
+    DropDetector,
+    LabelStats,
+    PairedDetector,
+    auc_ci,
+    mean_ci,
+    wilson,
+)
+from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
+from rendezvous.core.compare import PairStats, ScoreBook, label_key, reduce, spearman
+from rendezvous.core.drift import DriftDetector, chi2_homogeneity, ks_binned
+from rendezvous.core.messages import Feedback
+from rendezvous.core.policy import ModelSpec, Policy, Role
+from rendezvous.core.reference import OTHER, column_reference, score_series
+from rendezvous.core.windows import WindowRing
+from rendezvous.errors import ConfigError
+from rendezvous.http.analytics import parse_feedback
+
+SECOND = 10**9
+
+
+@pytest.mark.parametrize("module", [accuracy, alarms, analytics, compare, drift, reference,
+                                    windows])
+def test_docstring_examples(module: object) -> None:
+    failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert failed == 0
+
+
+# -- references -------------------------------------------------------------------------------
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=300))
+def test_numeric_reference_counts_every_value_once(values: list[float]) -> None:
+    ref = column_reference(values)
+    assert ref["kind"] == "numeric" and ref["n"] == len(values) == sum(ref["counts"])
+    assert ref["edges"] == sorted(set(ref["edges"]))
+    assert len(ref["counts"]) == len(ref["edges"]) + 1
+
+
+def test_categorical_reference_pools_the_rare_tail() -> None:
+    values = [f"c{i}" for i in range(60)] + ["c0"] * 10
+    ref = column_reference(values)
+    assert ref["kind"] == "categorical" and sum(ref["counts"].values()) == 70
+    assert ref["counts"]["c0"] == 11 and ref["counts"][OTHER] == 10
+
+
+@pytest.mark.parametrize(("outputs", "expected"), [
+    ({"predictions": [1], "probabilities": [[0.25, 0.75]]}, {"prediction": [1], "score": [0.75]}),
+    ({"predictions": ["b"], "probabilities": [[0.1, 0.7, 0.2]]},
+     {"prediction": ["b"], "score": [0.7]}),
+    ({"predictions": [3.5, 1.0]}, {"prediction": [3.5, 1.0], "score": [3.5, 1.0]}),
+    ({"predictions": ["x"]}, {"prediction": ["x"]}),
+])
+def test_score_series(outputs: dict[str, list[object]], expected: dict[str, list[object]]) -> None:
+    assert score_series(outputs) == expected
+
+
+# -- windows ----------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(0, 600 * SECOND), min_size=1, max_size=200),
+       st.integers(1, 120), st.integers(1, 20))
+def test_windows_lose_nothing_and_close_in_order(times: list[int], width_s: int,
+                                                 keep: int) -> None:
+    ring: WindowRing[Counter[str]] = WindowRing(Counter, width_s=width_s, keep=10_000,
+                                                summarize=dict)
+    for t in sorted(times):
+        ring.at(t)["n"] += 1
+    series = ring.series()
+    assert sum(w.get("n", 0) for w in series) == len(times)
+    starts = [w["start_ns"] for w in series]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert all(s % (width_s * SECOND) == 0 for s in starts)
+    small: WindowRing[Counter[str]] = WindowRing(Counter, width_s=width_s, keep=keep,
+                                                 summarize=dict)
+    small.restore(ring.to_state())
+    assert len(small.closed) == min(keep, len(ring.closed))
+
+
+def test_a_late_point_counts_in_the_open_window() -> None:
+    ring: WindowRing[Counter[str]] = WindowRing(Counter, width_s=1, keep=5, summarize=dict)
+    ring.at(5 * SECOND)["n"] += 1
+    ring.at(7 * SECOND)["n"] += 1
+    ring.at(6 * SECOND)["n"] += 1  # late
+    assert [w.get("n") for w in ring.series()] == [1, 2]
+
+
+# -- drift ------------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(0, 1000), min_size=2, max_size=30).flatmap(
+    lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 1000), min_size=len(a),
+                                             max_size=len(a)))))
+def test_ks_is_a_distance_with_a_p_value(pair: tuple[list[int], list[int]]) -> None:
+    a, b = pair
+    d, p = ks_binned(a, b)
+    assert 0 <= d <= 1 and 0 <= p <= 1
+    assert ks_binned(b, a)[0] == pytest.approx(d)
+    assert ks_binned(a, a) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(("live", "drifted"), [
+    ({"a": 500, "b": 500}, False),
+    ({"a": 520, "b": 480}, False),
+    ({"a": 700, "b": 300}, True),
+    ({"a": 500, "b": 300, "new": 200}, True),
+])
+def test_chi2_table(live: dict[str, int], drifted: bool) -> None:
+    _, p, tv = chi2_homogeneity({"a": 5000, "b": 5000}, live)
+    assert (p < 1e-6 and tv >= 0.05) is drifted
+
+
+def ref_normal(rng: np.random.Generator, n: int = 8000) -> dict[str, dict[str, object]]:
+    return {f"c{i}": column_reference(rng.normal(size=n).tolist()) for i in range(4)}
+
+
+def test_drift_detector_fires_on_a_half_sigma_shift_and_not_on_the_same_data() -> None:
+    rng = np.random.default_rng(0)
+    det = DriftDetector(ref_normal(rng), block_rows=500)
+    for _ in range(20):
+        reports = det.add({f"c{i}": rng.normal(size=500).tolist() for i in range(4)})
+        assert reports and not reports[0].drifted
+    cols = {f"c{i}": rng.normal(size=500).tolist() for i in range(4)}
+    cols["c1"] = (rng.normal(size=500) + 0.5).tolist()
+    (report,) = det.add(cols)
+    assert report.drifted == ["c1"]
+
+
+@given(st.lists(st.integers(1, 700), min_size=1, max_size=30), st.integers(50, 500))
+@settings(max_examples=30, deadline=None)
+def test_drift_spends_its_false_alarm_budget_by_rows(batches: list[int], block: int) -> None:
+    rng = np.random.default_rng(1)
+    det = DriftDetector({"x": column_reference(rng.normal(size=500).tolist())},
+                        block_rows=block, rate_per_million=1.0)
+    reports = []
+    for n in batches:
+        reports += det.add({"x": rng.normal(size=n).tolist()})
+    assert len(reports) == sum(batches) // block
+    # Spent = sum over blocks of alpha x tests at that block; never more than rows / 10^6.
+    spent = sum(r.alpha * (1 if i == 0 else 2) for i, r in enumerate(reports))
+    assert spent <= sum(batches) / 1e6 * 1.0000001
+
+
+# -- accuracy ---------------------------------------------------------------------------------
+
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_wilson_contains_the_estimate(k: int, extra: int) -> None:
+    n = k + extra
+    lo, hi = wilson(k, n)
+    assert 0 <= lo <= hi <= 1
+    if n:
+        assert lo - 1e-12 <= k / n <= hi + 1e-12
+
+
+@pytest.mark.parametrize(("pos", "neg", "auc"), [
+    ([0.9, 0.8], [0.1, 0.2], 1.0), ([0.1], [0.9], 0.0), ([0.5, 0.5], [0.5], 0.5),
+    ([0.9, 0.2], [0.5], 0.5)])
+def test_auc_table(pos: list[float], neg: list[float], auc: float) -> None:
+    got = auc_ci(pos, neg)
+    assert got is not None and got[0] == pytest.approx(auc)
+    assert auc_ci(pos, []) is None
+
+
+def test_mean_ci_and_regression_metrics() -> None:
+    m, lo, hi = mean_ci(10.0, 30.0, 5)
+    assert m == 2 and lo < 2 < hi
+    s = LabelStats("regression")
+    for e in (1.0, -1.0, 3.0, -3.0):
+        s.add_error(e)
+    d = s.to_dict()
+    assert d["mae"] == 2 and d["rmse"] == pytest.approx(math.sqrt(5))
+    assert d["mae_ci"][0] < 2 < d["mae_ci"][1]
+
+
+def test_drop_detector_fires_on_a_drop_and_stays_quiet_without_one() -> None:
+    rng = np.random.default_rng(3)
+    quiet = DropDetector(baseline=2000)
+    assert not any(c.firing for c in (quiet.add(float(rng.random() < 0.9))
+                                      for _ in range(20_000)) if c)
+    loud = DropDetector(baseline=2000)
+    for _ in range(2000):
+        loud.add(float(rng.random() < 0.9))
+    fired_at = None
+    for i in range(10_000):
+        c = loud.add(float(rng.random() < 0.8))
+        if c and c.firing:
+            fired_at = i
+            break
+    assert fired_at is not None and fired_at < 2000
+
+
+def test_paired_detector_needs_a_real_gain() -> None:
+    det = PairedDetector()
+    checks = [det.add(1.0 if i % 10 == 0 else 0.0) for i in range(1000)]
+    assert any(c and c.firing for c in checks)
+    det = PairedDetector()
+    checks = [det.add([1.0, -1.0][i % 2]) for i in range(1000)]
+    assert not any(c and c.firing for c in checks)
+
+
+# -- comparisons ------------------------------------------------------------------------------
+
+@given(st.lists(st.integers(-1000, 1000), min_size=3, max_size=50, unique=True))
+def test_spearman_of_a_monotone_map_is_one(xs: list[int]) -> None:
+    assert spearman(xs, [x ** 3 + 1 for x in xs]) == pytest.approx(1.0)
+    assert spearman(xs, [-x for x in xs]) == pytest.approx(-1.0)
+    assert spearman(xs, [1.0] * len(xs)) is None
+
+
+def test_score_book_pairs_each_model_once_whatever_the_order() -> None:
+    book = ScoreBook(capacity=10)
+    a, c = reduce({"predictions": [1.0]}), reduce({"predictions": [2.0]})
+    assert book.add("r1", "chal@1", a, 0, "champ@1") == []
+    assert [p[0] for p in book.add("r1", "champ@1", c, 0, "champ@1")] == ["chal@1"]
+    assert book.add("r1", "chal@1", a, 0, "champ@1") == []  # redelivered: no second pair
+    for i in range(20):
+        book.add(f"x{i}", "m", a, 0, None)
+    assert len(book.entries) == 10 and book.get("r1") is None
+
+
+def test_pair_stats_agreement_and_differences() -> None:
+    p = PairStats()
+    champ = reduce({"predictions": [1, 0], "probabilities": [[0.2, 0.8], [0.7, 0.3]]})
+    p.add(reduce({"predictions": [1, 1], "probabilities": [[0.4, 0.6], [0.4, 0.6]]}), champ)
+    p.add(reduce({}, error=True), champ)
+    s = p.summary()
+    assert s["agreement"] == 0.5 and s["errors"] == 1 and s["requests"] == 2
+    assert s["mean_abs_diff"] == pytest.approx(0.25)
+    assert label_key(1.0) == label_key(1) == label_key("1")
+
+
+# -- alarms and feedback ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("verdicts", "states"), [
+    ([True], ["firing"]),
+    ([False, False], ["ok", "ok"]),
+    ([True, False, False, False], ["firing", "firing", "firing", "resolved"]),
+    ([True, False, True, False, False, False, True],
+     ["firing", "firing", "firing", "firing", "firing", "resolved", "firing"]),
+])
+def test_alarm_states(verdicts: list[bool], states: list[str]) -> None:
+    book = AlarmBook()
+    got = []
+    for t, v in enumerate(verdicts):
+        book.update("a", v, {}, now_ns=t, clear_after=3)
+        got.append(book.states["a"].state)
+    assert got == states
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"nope": 1}, "nope"), ({"window_s": 0}, "window_s"),
+    ({"max_error_rate": 2}, "max_error_rate"), ({"clear_after": "x"}, "clear_after")])
+def test_bad_alarm_settings_name_the_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AlarmSettings.parse(raw)
+    with pytest.raises(ConfigError, match=message):
+        Policy(models=[ModelSpec("a@1", Role.CHAMPION)], alarms=raw).validate()
+
+
+def test_window_checks_table() -> None:
+    s = AlarmSettings(min_requests=10)
+    summary = {"requests": 100, "reasons": {"sla_miss": 5},
+               "models": {"c@1": {"requests": 100, "statuses": {"error": 10},
+                                  "latency_ms": {"p99": 120.0}}}}
+    got = {n: f for n, f, _ in window_checks(summary, champion="c@1", deadline_ms=100,
+                                              settings=s)}
+    assert got == {"sla_miss_rate": True, "error_rate:c@1": True, "p99_over_deadline": True}
+    assert window_checks({"requests": 5}, champion=None, deadline_ms=1, settings=s) == []
+
+
+def test_feedback_joins_once_and_counts_unknown_and_invalid() -> None:
+    a = analytics.DeploymentAnalytics("d")
+    a.set_policy(models=["m@1"], champion="m@1", canary=None, deadline_ms=100,
+                 references={})
+    scored = {"m@1": reduce({"predictions": [2.0]})}
+    fb = Feedback(request_id="r", deployment="d", labels=[3.0], at_ns=0)
+    assert a.add_feedback(fb, scored, 0) == "joined"
+    assert a.add_feedback(fb, scored, 0) == "duplicate"
+    assert a.add_feedback(Feedback(request_id="u", deployment="d", labels=[1], at_ns=0),
+                          None, 0) == "unknown"
+    assert a.add_feedback(Feedback(request_id="v", deployment="d", labels=["x"], at_ns=0),
+                          scored, 0) == "invalid"
+    assert a.labels["m@1"].to_dict()["mae"] == 1.0
+    restored = analytics.DeploymentAnalytics("d")
+    restored.restore(a.to_state())
+    assert restored.add_feedback(fb, scored, 0) == "duplicate"
+    assert restored.labels["m@1"].n == 1
+
+
+@pytest.mark.parametrize(("body", "accepted", "rejected"), [
+    (b'{"request_id": "a", "label": 1}', 1, 0),
+    (b'{"request_id": "a", "labels": [1, 0]}', 1, 0),
+    (b'{"request_id": "a", "labels": []}', 0, 1),
+    (b'{"request_id": "../x", "label": 1}', 0, 1),
+    (b'{"request_id": "a", "label": null}', 0, 1),
+    (b'{"feedback": [{"request_id": "a", "label": "cat"}, 3]}', 1, 1),
+])
+def test_parse_feedback_table(body: bytes, accepted: int, rejected: int) -> None:
+    ok, bad, _ = parse_feedback(body, "d", 0)
+    assert (len(ok), len(bad)) == (accepted, rejected)
+
+
+def test_alarm_thresholds_come_from_the_spec_file(tmp_path: Path) -> None:
+    from rendezvous.deploy import load_spec
+
+    spec = tmp_path / "d.toml"
+    spec.write_text('name = "d"\n[[models]]\nmodel = "a@1"\nrole = "champion"\n'
+                    '[alarms]\nwindow_s = 5\nmax_error_rate = 0.2\n')
+    _, policy = load_spec(spec)
+    assert AlarmSettings.parse(policy.alarms).max_error_rate == 0.2
+    spec.write_text(spec.read_text() + "typo = 1\n")
+    with pytest.raises(ConfigError, match="typo"):
+        load_spec(spec)[1].validate()  # what `deploy apply` runs before recording it
+
+
+def test_every_closed_window_is_judged_even_when_data_closed_it() -> None:
+    a = analytics.DeploymentAnalytics("d", settings=AlarmSettings(window_s=1, min_requests=1))
+    a.set_policy(models=["m@1"], champion="m@1", canary=None, deadline_ms=100, references={})
+    from rendezvous.core.messages import ModelOutcome, Reason, ResultSummary, Status
+
+    for t in (0, SECOND // 2, SECOND + 1, 2 * SECOND + 1):  # data closes windows 0 and 1
+        a.add_result(ResultSummary(request_id=str(t), model=None, reason=Reason.SLA_MISS,
+                                   received_ns=t, models={"m@1": ModelOutcome(
+                                       status=Status.MISSING)}))
+    a.tick(2 * SECOND + 2)
+    assert a.alarms.states["sla_miss_rate"].state == "firing"
+    assert a.alarms.states["sla_miss_rate"].evidence["requests"] == 1  # the second window
