@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,12 +43,28 @@ def serve(home: Path) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncCl
     import contextlib
 
     @contextlib.asynccontextmanager
-    async def _serve(*deployments: str, **kwargs: object) -> AsyncIterator[httpx.AsyncClient]:
+    async def _serve(*deployments: str, settled: bool = True,
+                     **kwargs: object) -> AsyncIterator[httpx.AsyncClient]:
         async with (
             running(list(deployments), home=home, port=0, **kwargs) as (proxy, url),
             httpx.AsyncClient(base_url=url, timeout=10) as client,
         ):
             client.proxy_app = proxy  # type: ignore[attr-defined]
+            if settled:  # shadows too: tests count their scores from the first request on
+                await settle(proxy.server)
             yield client
 
     return _serve
+
+
+async def settle(server: Any, timeout_s: float = 120.0) -> None:
+    """Wait until every model host of ``server`` is ready or failed. The server is ready once
+    its candidates are; shadows may still be loading then."""
+    import asyncio
+
+    from rendezvous.hosting.protocol import HostState
+
+    for rt in server.runtimes.values():
+        await asyncio.gather(*(h.settled(timeout_s=timeout_s) for h in rt.hosts.values()))
+    assert all(h.state in (HostState.READY, HostState.FAILED)
+               for rt in server.runtimes.values() for h in rt.hosts.values())

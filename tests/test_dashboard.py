@@ -85,8 +85,8 @@ async def test_dashboard_plots_hold_what_the_json_endpoints_report(
     checked = 0
     for w in closed:
         t = w["start_ns"] / 1e9
-        if t not in charts["latency"]["data"][0]:
-            continue
+        if t not in charts["latency"]["data"][0] or not w["requests"]:
+            continue  # (a window may hold only late scores or labels)
         m = w["models"][champ]
         assert _value(charts["latency"], f"{champ} p50", t) == m["latency_ms"]["p50"]
         assert _value(charts["latency"], f"{champ} p99", t) == m["latency_ms"]["p99"]
