@@ -145,6 +145,12 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
               "serve --processes 2"),
+    Contender("rendezvous-4-no-analytics", rendezvous_contender.prepare_four_without_analytics,
+              None, "rendezvous-4 with RENDEZVOUS_ANALYTICS=0"),
+    Contender("rendezvous-1-thread", rendezvous_contender.prepare_one_thread, None,
+              "rendezvous-1 with isolation = \"thread\" (the model in the serving process)"),
+    Contender("rendezvous-4-thread", rendezvous_contender.prepare_four_thread, None,
+              "rendezvous-4 with isolation = \"thread\" for every model"),
     *(Contender(f"rendezvous-nats-w{n}", rendezvous_contender.prepare_nats(n), None,
                 f"Rendezvous, the 4-model deployment with every role its own process on "
                 f"NATS JetStream (serve --streams local-nats), {n} worker process(es) per model")

@@ -125,22 +125,26 @@ def sequential(url: str, n: int) -> dict[str, Any]:
     """``n`` requests one after another: latency of each answer, failures, who answered."""
     lat: list[float] = []
     failed = champion = 0
+    why: dict[str, int] = {}
     with httpx.Client(base_url=url, timeout=5) as client:
         for _ in range(n):
             t0 = time.perf_counter()
             try:
                 r = client.post("/v1/deployments/dep/predict", json=[BODY])
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 failed += 1
+                why[type(exc).__name__] = why.get(type(exc).__name__, 0) + 1
                 continue
             if r.status_code != 200:
                 failed += 1
+                why[str(r.status_code)] = why.get(str(r.status_code), 0) + 1
                 continue
             lat.append((time.perf_counter() - t0) * 1000)
             champion += r.json().get("model") == "champ@1"
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
     return {"c1_p50_ms": round(statistics.median(lat), 2) if lat else None,
             "c1_p99_ms": round(q[98], 2) if lat else None, "c1_failed": failed,
+            "c1_failures": why,
             "c1_champion": champion, "c1_requests": n}
 
 
@@ -179,7 +183,8 @@ def run_one(sc: Scenario, *, requests: int, duration_s: float, work: Path) -> di
 
 def markdown(doc: dict[str, Any]) -> str:
     rows = doc["results"]
-    cols = ["scenario", "c1_p50_ms", "c1_p99_ms", "c1_failed", "c1_champion", "c32_rps",
+    cols = ["scenario", "c1_p50_ms", "c1_p99_ms", "c1_failed", "c1_failures", "c1_champion",
+            "c32_rps",
             "c32_p50_ms", "c32_p99_ms", "c32_errors", "restarts", "server_died"]
     out = ["# Isolation benchmark", "", f"Machine: {doc['machine']}", "",
            f"Command: `{doc['command']}`", "",

@@ -76,10 +76,19 @@ model = "hgb-canary@1"
 role = "canary"
 """
 
+def _in_threads(spec: str) -> str:
+    """The same models with ``isolation = "thread"`` (in the serving process)."""
+    return spec.replace('role = "', 'isolation = "thread"\nrole = "')
+
+
 #: Deployment name -> (models it needs, spec text).
 DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
     "bench1": (["hgb"], f'name = "bench1"\ndeadline_ms = 200\n\n{_CHAMPION}'),
     "bench4": (list(MODELS), f'name = "bench4"\ndeadline_ms = 200\n\n{_CHAMPION}{_OTHERS}'),
+    "bench1t": (["hgb"], f'name = "bench1t"\ndeadline_ms = 200\n\n'
+                         f'{_in_threads(_CHAMPION)}'),
+    "bench4t": (list(MODELS), f'name = "bench4t"\ndeadline_ms = 200\n\n'
+                              f'{_in_threads(_CHAMPION + _OTHERS)}'),
 }
 
 #: Added to ``rendezvous serve``. Two serving processes, one per core of the reference
@@ -155,6 +164,23 @@ def prepare_one_grpc(ws: Workspace) -> ServerSpec:
 def prepare_four(ws: Workspace) -> ServerSpec:
     """``rendezvous-4``: champion, fallback, challenger and canary score every request."""
     return _prepare(ws, "bench4")
+
+
+def prepare_four_without_analytics(ws: Workspace) -> ServerSpec:
+    """``rendezvous-4-no-analytics``: ``rendezvous-4`` with ``RENDEZVOUS_ANALYTICS=0`` (no
+    comparisons, drift, accuracy or score archive): what the analytics cost."""
+    spec = _prepare(ws, "bench4")
+    return dataclasses.replace(spec, env={**spec.env, "RENDEZVOUS_ANALYTICS": "0"})
+
+
+def prepare_one_thread(ws: Workspace) -> ServerSpec:
+    """``rendezvous-1-thread``: ``rendezvous-1`` with its model in the serving process."""
+    return _prepare(ws, "bench1t")
+
+
+def prepare_four_thread(ws: Workspace) -> ServerSpec:
+    """``rendezvous-4-thread``: ``rendezvous-4`` with every model in the serving process."""
+    return _prepare(ws, "bench4t")
 
 
 def prepare_nats(replicas: int) -> Callable[[Workspace], ServerSpec]:
