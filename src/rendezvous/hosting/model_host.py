@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from rendezvous.core import messages
 from rendezvous.hosting.protocol import HEADER, HostReport, HostState, ScoreBatch, frame, from_host
 from rendezvous.hosting.supervisor import Backoff, describe_exit
@@ -212,6 +214,9 @@ class ModelHost:
                 head = await reader.readexactly(HEADER.size)
                 msg = from_host.decode(await reader.readexactly(HEADER.unpack(head)[0]))
             except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._kill(f"sent a malformed frame ({exc})")  # restarted like a crash
                 return
             if isinstance(msg, HostReport):
                 if msg.state is HostState.READY:
