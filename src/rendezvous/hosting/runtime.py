@@ -486,8 +486,8 @@ class Server:
         for name, rt in self.runtimes.items():
             for model, why in rt.failed_models().items():
                 lines.append(
-                    f"{name}: model {model} failed to load: {why}. Fix: register a working "
-                    f"version and `rendezvous deploy apply` a policy naming it (or leaving "
+                    f"{name}: model {model} failed to load: {why.rstrip('.')}. Fix: register a "
+                    "working version and `rendezvous deploy apply` a policy naming it (or leaving "
                     f"{model} out); {name} serves with its other models meanwhile")
             if not rt.ready:
                 lines.append(f"{name}: no candidate model is ready, so it answers 503 until a "

@@ -94,6 +94,19 @@ def uvicorn_config(app: Any, host: str, port: int, *,
                           proxy_headers=False)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; a port in use is one line naming the fix."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
+                          "--port or stop the server using it") from None
+    # Accepted connections inherit it: answers are not held back for the client's delayed ACK.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn leaving signals alone: whoever runs the event loop decides what they do."""
 
@@ -108,17 +121,14 @@ async def _http(app: Any, host: str | None, port: int | None, *,
                 sock: socket.socket | None = None) -> AsyncIterator[tuple[uvicorn.Server, str]]:
     """Run uvicorn in this event loop; yields (server, base URL) once it listens, and shuts it
     down (letting requests in flight finish) on exit."""
-    uv = _Uvicorn(uvicorn_config(app, config.HOST.get(host), config.PORT.get(port),
-                                 lifespan=lifespan))
-    task = asyncio.ensure_future(uv.serve(sockets=[sock] if sock is not None else None))
+    bind_host, bind_port = config.HOST.get(host), config.PORT.get(port)
+    uv = _Uvicorn(uvicorn_config(app, bind_host, bind_port, lifespan=lifespan))
+    # Bound here rather than by uvicorn, which ends the process (sys.exit) when it cannot bind.
+    task = asyncio.ensure_future(uv.serve(sockets=[sock or _listen(bind_host, bind_port)]))
     while not uv.started:
         if task.done():
-            # uvicorn logs why (e.g. the port is in use) and exits; say it in one line.
-            with contextlib.suppress(SystemExit):
-                await task
-            where = f"{uv.config.host}:{uv.config.port}" if sock is None else "its socket"
-            raise ConfigError(f"cannot listen on {where} (in use, or not an address of this "
-                              "machine); pick another --port or stop the server using it")
+            await task  # surfaces the startup error
+            raise RuntimeError("the HTTP server stopped during startup")
         await asyncio.sleep(0.02)
     addr = uv.servers[0].sockets[0].getsockname()
     try:
