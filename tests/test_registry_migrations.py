@@ -80,3 +80,13 @@ def test_a_newer_schema_is_refused(home: Path, backend_url: str) -> None:
     engine.dispose()
     with pytest.raises(ConfigError, match="newer than this Rendezvous knows"):
         Registry(home, url=backend_url)
+
+
+def test_head_from_file_names_is_alembics_head() -> None:
+    """``migrate.head()`` reads the scripts' file names (no Alembic import on open): it must
+    agree with Alembic, so a new script must be named after its revision."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate._alembic_config())
+    assert migrate.head() == script.get_current_head()
+    assert len(script.get_heads()) == 1
