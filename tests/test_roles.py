@@ -228,10 +228,12 @@ async def _until(check: object, timeout_s: float = 30.0, log: Path | None = None
                              f"{tail}") from None
 
 
-def _launch(home: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def _launch(home: Path, port: int, log: Path, *extra: str,
+            deployments: tuple[str, ...] = (DEP,)) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "rendezvous.cli", "serve", DEP, "--streams", "local-nats",
+            [sys.executable, "-m", "rendezvous.cli", "serve", *deployments, "--streams",
+             "local-nats",
              "--home", str(home), "--port", str(port), *extra],
             cwd=ROOT, env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
 
@@ -270,7 +272,8 @@ async def test_local_nats_runs_every_role_as_its_own_process(registry: Registry,
     refs = two_models(registry)
     challenger = register_callable(registry, "chal", "tests.models:doubler")
     home, port, log = registry.home, free_port(), tmp_path / "launcher.log"
-    launcher = _launch(home, port, log, "--replicas", "2")
+    # Naming no deployment: every one, including those created while serving.
+    launcher = _launch(home, port, log, "--replicas", "2", deployments=())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             await _serving(client, launcher, log)
@@ -311,6 +314,18 @@ async def test_local_nats_runs_every_role_as_its_own_process(registry: Registry,
                 return bool(r.json().get("model") == refs["fallback"])
 
             await _until(promoted, log=log)
+
+            # A deployment created while serving: its workers start, the other role
+            # processes add it, and the proxy opens it once they all read its streams.
+            _cli(home, "deploy", "create", "late", "--champion", refs["champion"],
+                 "--deadline-ms", "300")
+
+            async def late_answers() -> bool:
+                r = await client.post("/v1/deployments/late/predict", json=[{"x": 1, "y": 2}])
+                assert r.status_code in (200, 404, 503), r.text
+                return r.status_code == 200 and r.json()["model"] == refs["champion"]
+
+            await _until(late_answers, 60, log=log)
         pids = set(_role_processes(home))
         launcher.send_signal(signal.SIGINT)  # one Ctrl-C stops them all
         assert launcher.wait(45) == 0, log.read_text()

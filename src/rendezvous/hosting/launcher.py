@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import IO
 
 import httpx
-import nats.errors
-import nats.js.errors
 
 from rendezvous import config
 from rendezvous.core.policy import Policy
@@ -44,8 +42,8 @@ from rendezvous.errors import ConfigError, RendezvousError, StreamError
 from rendezvous.hosting.supervisor import PARENT_ENV, Child, Supervisor
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
+from rendezvous.streams.base import Stream
 from rendezvous.streams.nats.engine import NatsStream
-from rendezvous.streams.nats.mapping import durable_name, stream_name
 from rendezvous.streams.nats.server import LocalNatsServer
 
 __all__ = ["Launcher", "parent_gone", "role_command", "run_replicas", "wait_for_groups"]
@@ -87,14 +85,12 @@ def role_command(
     return args
 
 
-async def wait_for_groups(stream: NatsStream, pairs: Iterable[tuple[str, str]], *,
+async def wait_for_groups(stream: Stream, pairs: Iterable[tuple[str, str]], *,
                           timeout_s: float = START_TIMEOUT_S,
                           children: Iterable[Child] = ()) -> None:
-    """Return once every (topic, group) exists and a member is pulling from it.
-
-    A member that pulls has bound the group, so whatever is appended from now on reaches it.
-    Raises if a child exits meanwhile or ``timeout_s`` passes.
-    """
+    """Return once a member reads every (topic, group) (``Stream.unread`` is empty), so that
+    nothing appended afterwards is missed. Raises if a child exits meanwhile or ``timeout_s``
+    passes."""
     waiting = list(pairs)
     watched = list(children)
     deadline = time.monotonic() + timeout_s
@@ -104,15 +100,7 @@ async def wait_for_groups(stream: NatsStream, pairs: Iterable[tuple[str, str]], 
             raise RendezvousError(
                 f"{dead[0].label} exited with code {dead[0].proc.returncode} while starting "  # type: ignore[union-attr]
                 "(its error is printed above); nothing was opened to traffic")
-        still = []
-        for topic, group in waiting:
-            try:
-                info = await stream.js.consumer_info(stream_name(topic), durable_name(group))
-                if not info.num_waiting:
-                    still.append((topic, group))
-            except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
-                still.append((topic, group))
-        waiting = still
+        waiting = await stream.unread(waiting)
         if waiting and time.monotonic() > deadline:
             names = ", ".join(f"{g} on {t}" for t, g in waiting)
             raise RendezvousError(f"roles did not start reading within {timeout_s:g} s: {names}")
@@ -134,6 +122,7 @@ class Launcher:
             raise RendezvousError(f"--replicas {replicas}: run at least 1 worker per model")
         self.home = config.home(home)
         self.deployments = list(deployments or [])
+        self.serves_all = not self.deployments  # and those created while serving
         self.host = config.HOST.get(host)
         self.port = config.PORT.get(port)
         self.monitor_port = monitor_port if monitor_port is not None else (
@@ -180,7 +169,7 @@ class Launcher:
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
         self._stream = await NatsStream.connect(self.nats.url, name="rendezvous-launcher")
         backends = [self._spawn_role(ProcessRole.RENDEZVOUS)]
-        if any(p.decoy for p in self._policies.values()):
+        if self.serves_all or any(p.decoy for p in self._policies.values()):
             backends.append(self._spawn_role(ProcessRole.DECOY))
         backends.append(self._spawn_role(ProcessRole.MONITOR, port=self.monitor_port))
         for name, policy in self._policies.items():
@@ -202,7 +191,18 @@ class Launcher:
                 await asyncio.sleep(0.5)
 
     async def _follow_registry(self, reg: Registry, versions: dict[str, int]) -> None:
-        """Policy changes reach the launcher as they reach every process: from the registry."""
+        """Policy changes reach the launcher as they reach every process: from the registry.
+        Serving every deployment, one created meanwhile gets its workers (the other roles'
+        processes add it themselves)."""
+        if self.serves_all:
+            try:
+                for name in await asyncio.to_thread(reg.deployments):
+                    if name not in versions:
+                        self.say(f"serving {name}, created while serving")
+                        versions[name] = 0
+                        self.deployments.append(name)
+            except RendezvousError as exc:
+                self.say(f"cannot list the registry's deployments ({exc}); retrying")
         for name in versions:
             try:
                 policy, rec = await asyncio.to_thread(reg.policy, name)
@@ -237,7 +237,8 @@ class Launcher:
                 await asyncio.sleep(0.05)
 
     def _spawn_role(self, role: ProcessRole, *, port: int | None = None) -> Child:
-        args = role_command(self.deployments, role, streams=self.nats.url, home=self.home,
+        names = [] if self.serves_all else self.deployments
+        args = role_command(names, role, streams=self.nats.url, home=self.home,
                             host=self.host if port is not None else None, port=port,
                             registry_url=self.registry_url)
         return self.sup.spawn(Child(role.value, role, args))

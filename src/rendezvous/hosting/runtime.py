@@ -44,7 +44,7 @@ from rendezvous.hosting.protocol import HostState
 from rendezvous.hosting.reports import HostReports, follow_hosts, report_hosts
 from rendezvous.hosting.returns import LocalReturns
 from rendezvous.hosting.thread_host import ThreadHost
-from rendezvous.hosting.topology import ProcessRole, Roles
+from rendezvous.hosting.topology import ProcessRole, Roles, groups_of
 from rendezvous.registry import PolicyRecord, Registry
 from rendezvous.roles.decoy import Decoy
 from rendezvous.roles.monitor import Monitor
@@ -60,6 +60,7 @@ __all__ = ["DeploymentRuntime", "Host", "Server"]
 
 TOPICS = ("input", "scores", "results", "feedback", "control")
 REGISTRY_WATCH_S = 0.5  # how often a process looks for a policy recorded by another one
+READERS_WARN_S = 10.0  # a proxy waiting this long for the other roles says which are missing
 RESTART_S = 1.0  # pause before restarting a role that failed (e.g. its engine went away)
 
 
@@ -104,6 +105,9 @@ class DeploymentRuntime:
         self._stopping = False
         self._decoded = DecodedRequests()  # thread-hosted models decode each request once
         self._reported = HostReports()  # states other processes report (shared engines)
+        # A proxy apart from the other roles opens once they read (see ``_await_readers``).
+        self.unread: list[tuple[str, str]] = []
+        self._readers_ok = server.roles.everything or not server.shared
 
     @property
     def stream(self) -> Stream:
@@ -113,6 +117,8 @@ class DeploymentRuntime:
     def ready(self) -> bool:
         """Serving: some candidate's host is ready. A process without workers goes by what
         the worker processes report; with no report yet it does not hold traffic back."""
+        if not self._readers_ok:
+            return False
         states = self.model_states()
         if ProcessRole.WORKER not in self.server.roles and not states:
             return True
@@ -195,6 +201,8 @@ class DeploymentRuntime:
                 self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
                 self._spawn_role("scorekeeper", self.scorekeeper.run)
         self._spawn("registry", self._watch_registry())
+        if not self._readers_ok:
+            self._spawn("readers", self._await_readers())
         if self.server.shared:
             # Model states travel between processes on the control topic: worker processes
             # report theirs, the others (proxies, the monitor) follow the reports.
@@ -316,6 +324,31 @@ class DeploymentRuntime:
                 except RendezvousError as exc:
                     log.error("%s: cannot apply policy %s: %s", self.name, rec.version, exc)
 
+    async def _await_readers(self) -> None:
+        """A proxy running apart from the other roles opens this deployment to traffic only
+        once every group they read has a reader: groups start at the newest record, so a
+        request appended earlier would be missed (unanswered, unarchived)."""
+        started = time.monotonic()
+        warned = False
+        while True:
+            pairs = [pair for role in ProcessRole
+                     for pair in groups_of(self.name, self.policy, role)]
+            try:
+                self.unread = await self.stream.unread(pairs)
+            except RendezvousError as exc:
+                log.warning("%s: cannot ask the engine who reads (%s); retrying", self.name,
+                            exc)
+            else:
+                if not self.unread:
+                    self._readers_ok = True
+                    return
+            if not warned and time.monotonic() - started > READERS_WARN_S:
+                warned = True
+                log.warning("%s: not open to traffic yet: nobody reads %s; start those roles "
+                            "(`rendezvous serve %s --role …`)", self.name,
+                            ", ".join(f"{g} on {t}" for t, g in self.unread), self.name)
+            await asyncio.sleep(0.1)
+
     async def _retire(self, models: list[str], *, force: bool = False) -> None:
         for model in models:
             if model in self.policy.model_names() and not force:  # came back meanwhile
@@ -387,12 +420,18 @@ class Server:
         self.shared = False  # True when other processes may share the engine (NATS)
         self._started = False
         self._adding = asyncio.Lock()
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
         """Started, connected to its engine, and every deployment has a warm candidate."""
         return self._started and self.returns.connected and all(
             rt.ready for rt in self.runtimes.values())
+
+    def accepting(self, rt: DeploymentRuntime) -> bool:
+        """Whether requests for ``rt``'s deployment are taken now: one deployment starting
+        (e.g. created while serving) does not hold the others back."""
+        return self._started and self.returns.connected and rt.ready
 
     async def start(self) -> None:
         if self.serves_all:
@@ -420,6 +459,25 @@ class Server:
             await self.stop()
             raise
         self._started = True
+        if self.serves_all and self.shared:
+            # Processes of one role learn of a deployment created while serving from the
+            # registry, as they learn of policy changes (a proxy adds it on first use).
+            self._watch = asyncio.create_task(self._watch_deployments())
+
+    async def _watch_deployments(self) -> None:
+        while True:
+            await asyncio.sleep(REGISTRY_WATCH_S)
+            try:
+                names = await asyncio.to_thread(self.registry.deployments)
+            except RendezvousError as exc:
+                log.warning("cannot list the registry's deployments (%s); retrying", exc)
+                continue
+            for name in names:
+                if name not in self.runtimes:
+                    try:
+                        await self.add(name)
+                    except RendezvousError as exc:
+                        log.error("cannot serve the new deployment %s: %s", name, exc)
 
     async def add(self, name: str) -> DeploymentRuntime:
         """Serve deployment ``name`` (already recorded in the registry) from now on."""
@@ -472,6 +530,10 @@ class Server:
 
     async def stop(self) -> None:
         self._started = False
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         for rt in self.runtimes.values():
             await rt.stop()
         await self.returns.close()

@@ -228,9 +228,11 @@ class Proxy:
 
     async def _submit(self, rt: DeploymentRuntime, inputs: dict[str, list[Any]], n_rows: int,
                       client_id: str | None, meta: dict[str, str], body: bytes) -> Result:
-        if not self.server.ready or not self._writable():
-            raise UnavailableError("the server is starting, stopping or cannot reach its "
-                                   "stream engine; retry shortly")
+        if not self.server.accepting(rt) or not self._writable():
+            raise UnavailableError(
+                f"deployment {rt.name} is starting, stopping or cannot reach its stream engine"
+                + (f" (nobody reads {', '.join(g for _, g in rt.unread)} yet)"
+                   if rt.unread else "") + "; retry shortly")
         key: tuple[str, str] | None = None
         digest = b""
         if client_id is not None:

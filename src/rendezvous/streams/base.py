@@ -14,7 +14,7 @@ Engines register themselves by URL scheme (``open_stream("embedded", home=...)``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -128,6 +128,11 @@ class Stream(Protocol):
         """How results reach a proxy in another process on this engine; None when the engine
         lives in one process (proxies and rendezvous servers then meet in memory). An engine
         with a transport is shared: roles of one deployment may run in several processes."""
+
+    async def unread(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (topic, group) pairs no member is reading yet. Groups start at the newest
+        record, so a record appended before its group has a reader would be missed by it: a
+        proxy opens a deployment to traffic once this is empty for the roles it needs."""
 
 
 class ReturnChannel(Protocol):

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,6 +458,11 @@ class EmbeddedStream:
     def return_transport(self) -> None:
         """None: one process owns an embedded log, so results never leave it."""
         return None
+
+    async def unread(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """None: every role reading an embedded log runs in its process, started before its
+        proxy opens."""
+        return []
 
     async def close(self) -> None:
         if self._closed:

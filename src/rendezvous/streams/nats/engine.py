@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -42,6 +42,7 @@ from rendezvous.streams.nats.mapping import (
     MSG_ID_HEADER,
     check_topic,
     deliver_policy,
+    durable_name,
     parse_ack_reply,
     read_start,
     stream_config,
@@ -276,6 +277,19 @@ class NatsStream:
             except nats.js.errors.NotFoundError:
                 return 0
         return int(info.state.last_seq)
+
+    async def unread(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Pairs whose durable consumer does not exist yet or has no pull waiting: a member
+        that pulls has bound the group, so whatever is appended from then on reaches it."""
+        missing = []
+        for topic, group in pairs:
+            try:
+                info = await self.js.consumer_info(stream_name(topic), durable_name(group))
+                if not info.num_waiting:
+                    missing.append((topic, group))
+            except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
+                missing.append((topic, group))
+        return missing
 
     def return_transport(self) -> NatsReturns:
         """Results travel to proxies in other processes over core NATS on this connection."""
