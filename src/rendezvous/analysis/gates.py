@@ -147,7 +147,8 @@ def _paired(accuracy: Mapping[str, Any], champion: str | None,
 
 
 def _metric(accuracy: Mapping[str, Any], model: str) -> str:
-    kind = ((accuracy.get("models") or {}).get(model) or {}).get("kind")
+    paired = ((accuracy.get("paired") or {}).get("models") or {}).get(model) or {}
+    kind = paired.get("kind") or ((accuracy.get("models") or {}).get(model) or {}).get("kind")
     return "-MAE" if kind == "regression" else "accuracy"
 
 

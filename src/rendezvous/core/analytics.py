@@ -342,11 +342,16 @@ class DeploymentAnalytics:
     def accuracy(self) -> dict[str, Any]:
         return {"deployment": self.deployment, "feedback": dict(self.feedback),
                 "models": {m: s.to_dict() for m, s in sorted(self.labels.items())},
-                "paired": {"champion": self.champion,
-                           "models": {m: p.to_dict()
-                                      for m, p in sorted(self.paired_labels.items())}},
+                "paired": self.paired_doc(),
                 "windows": [{"start_ns": w["start_ns"], "accuracy": w["accuracy"]}
                             for w in self.ring.series()]}
+
+    def paired_doc(self) -> dict[str, Any]:
+        """Each model's labelled outcomes minus the current champion's on the same rows."""
+        return {"champion": self.champion,
+                "models": {m: {**p.to_dict(), "kind": self.labels[m].kind
+                               if m in self.labels else None}
+                           for m, p in sorted(self.paired_labels.items())}}
 
     def alarms_doc(self) -> dict[str, Any]:
         return {"deployment": self.deployment, "firing": self.alarms.firing,
