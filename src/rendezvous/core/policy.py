@@ -121,14 +121,14 @@ class Gates(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fie
         for name in ("min_agreement", "max_error_rate"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
-                raise ConfigError(f"[gates] {name} = {v} must be in [0, 1]; e.g. 0.9")
+                raise ConfigError(f"[gates] {name} = {v:g} must be in [0, 1]; e.g. 0.9")
         if not 0.5 <= self.confidence < 1:
-            raise ConfigError(f"[gates] confidence = {self.confidence} must be in [0.5, 1); "
+            raise ConfigError(f"[gates] confidence = {self.confidence:g} must be in [0.5, 1); "
                               "e.g. 0.95")
         for name in ("accuracy_margin", "max_score_diff", "watch_s"):
             v = getattr(self, name)
             if v is not None and v < 0:
-                raise ConfigError(f"[gates] {name} = {v} must be 0 or more")
+                raise ConfigError(f"[gates] {name} = {v:g} must be 0 or more")
         return self
 
 
