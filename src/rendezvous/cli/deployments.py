@@ -139,7 +139,7 @@ def gate_table(title: str, report: dict[str, Any]) -> Table:
 
 
 def _notify(home: Path | None, deployment: str, op: str,
-            body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+            body: dict[str, Any] | None = None, *, announce: bool = True) -> dict[str, Any] | None:
     """Tell a running server (if any) to apply the change now; returns its answer."""
     from rendezvous.hosting.serving import read_run_file
 
@@ -168,7 +168,9 @@ def _notify(home: Path | None, deployment: str, op: str,
             why = r.text
         raise RendezvousError(f"the running server refused {op}: {why}")
     answer: dict[str, Any] = r.json()
-    out.print(f"running server at {info['url']} switched to policy {answer['policy_version']}")
+    if announce:
+        out.print(f"running server at {info['url']} switched to policy "
+                  f"{answer['policy_version']}")
     return answer
 
 
@@ -186,7 +188,8 @@ def promote(deployment: str,
     from rendezvous.hosting.serving import read_run_file
 
     try:
-        answer = _notify(home, deployment, "promote", {"model": model, "force": force}) \
+        answer = _notify(home, deployment, "promote", {"model": model, "force": force},
+                         announce=not json_out) \
             if read_run_file(config.home(home), deployment) else None
         if answer is not None:
             report, version = answer["gates"], answer["policy_version"]
