@@ -201,8 +201,8 @@ def promote(deployment: str,
         raise
     _show_gates(deployment, {**report, "policy_version": version}, json_out)
     if not json_out:
-        forced = " (forced)" if force and not report["passed"] else ""
-        out.print(f"{deployment}: {model} is champion{forced} (policy version {version})")
+        forced = ", forced past the refusing gates" if force and not report["passed"] else ""
+        out.print(f"{deployment}: {model} is champion (policy version {version}){forced}")
 
 
 def _promote_offline(deployment: str, model: str, force: bool, home: Path | None,
