@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -42,6 +42,9 @@ from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import ConflictError, RendezvousError
 from rendezvous.streams.base import Stream, open_stream, partitions
+
+if TYPE_CHECKING:
+    from rendezvous.registry.store import PolicyRecord
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ class Monitor:
 
     # -- policy and references ------------------------------------------------------------------
 
-    def set_policy(self, policy: Policy, record: Any = None) -> None:
+    def set_policy(self, policy: Policy, record: PolicyRecord | None = None) -> None:
         """Follow a new policy: champion, canary, deadline, and the models' references;
         ``record`` (its ``PolicyRecord``): a promotion starts the watch, anything else ends
         it."""
@@ -135,7 +138,7 @@ class Monitor:
         if record is not None:
             self._follow(policy, record)
 
-    def _follow(self, policy: Policy, record: Any) -> None:
+    def _follow(self, policy: Policy, record: PolicyRecord) -> None:
         gates = policy.promotion_gates()
         start_ns = int(record.at * 1e9)
         until_ns = start_ns + int(gates.watch_s * 1e9)
