@@ -81,3 +81,18 @@ def with_probabilities(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[s
     p = 1 / (1 + np.exp(-(columns["x"] - columns["y"])))
     return {"predictions": np.where(p > 0.5, "yes", "no"),
             "probabilities": np.stack([1 - p, p], axis=1)}
+
+
+def make_threshold(cut: float, flip: bool = False, fail_after: int | None = None) -> Fn:
+    """A classifier answering ``"yes"`` when ``x > cut`` (the opposite with ``flip``); with
+    ``fail_after``, it raises on every call after that many (warm-up calls count)."""
+    calls = {"n": 0}
+
+    def predict(columns: Mapping[str, np.ndarray], n_rows: int) -> dict[str, Any]:
+        calls["n"] += 1
+        if fail_after is not None and calls["n"] > fail_after:
+            raise ValueError(f"failing after {fail_after} calls")
+        yes = (columns["x"] > cut) != flip
+        return {"predictions": np.where(yes, "yes", "no")}
+
+    return predict

@@ -84,7 +84,9 @@ def test_offline_promote_rollback_and_status(capsys: pytest.CaptureFixture[str],
                     "--challenger", "clf@2", "--deadline-ms", "50")
     assert code == 0 and "policy version 1" in out
     code, out = run(capsys, monkeypatch, home, "promote", "dep", "clf@2")
-    assert code == 0 and "clf@2 is champion (policy version 2)" in out
+    assert code == 1 and "refused by" in out and "requests" in out and "--force" in out
+    code, out = run(capsys, monkeypatch, home, "promote", "dep", "clf@2", "--force")
+    assert code == 0 and "clf@2 is champion (policy version 2), forced" in out
     code, out = run(capsys, monkeypatch, home, "rollback", "dep")
     assert code == 0 and "policy version 3" in out
     code, out = run(capsys, monkeypatch, home, "deploy", "history", "dep")

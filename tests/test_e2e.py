@@ -141,8 +141,8 @@ async def test_promote_and_rollback_under_traffic_lose_nothing(registry: Registr
 
         tasks = [asyncio.create_task(traffic()) for _ in range(4)]
         await asyncio.sleep(0.4)
-        r = await client.post("/v1/admin/deployments/dep/promote", json={"model": new},
-                              headers=auth)
+        r = await client.post("/v1/admin/deployments/dep/promote",
+                              json={"model": new, "force": True}, headers=auth)
         assert r.status_code == 200, r.text
         assert r.json()["champion"] == new
         await asyncio.sleep(0.4)

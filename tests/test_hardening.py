@@ -271,7 +271,8 @@ async def test_the_audit_trail_records_who_asked(registry: Registry, serve: Serv
         ModelSpec(champ, Role.CHAMPION), ModelSpec(other, Role.CHALLENGER)]))
     async with serve("dep") as client:
         token = client.proxy_app.admin_token  # type: ignore[attr-defined]
-        r = await client.post("/v1/admin/deployments/dep/promote", json={"model": other},
+        r = await client.post("/v1/admin/deployments/dep/promote",
+                              json={"model": other, "force": True},
                               headers={"authorization": f"Bearer {token}",
                                        "x-rendezvous-user": "alice"})
         assert r.status_code == 200, r.text
@@ -293,7 +294,8 @@ async def test_a_cli_promote_through_a_running_server_records_the_user(
         ModelSpec(champ, Role.CHAMPION), ModelSpec(other, Role.CHALLENGER)]))
     async with serve("dep"):
         result = await asyncio.to_thread(
-            CliRunner().invoke, app, ["promote", "dep", other, "--home", str(registry.home)])
+            CliRunner().invoke, app, ["promote", "dep", other, "--force", "--home",
+                                        str(registry.home)])
         assert result.exit_code == 0, result.output
         assert "running server" in result.output
     last = registry.policy_history("dep")[-1]
@@ -313,7 +315,7 @@ async def test_concurrent_admin_writes_are_200_or_409(registry: Registry, serve:
             if i % 2:
                 return await client.post("/v1/admin/deployments/dep/rollback", headers=auth)
             return await client.post("/v1/admin/deployments/dep/promote", headers=auth,
-                                     json={"model": refs[1 + (i // 2) % 2]})
+                                     json={"model": refs[1 + (i // 2) % 2], "force": True})
 
         answers = await asyncio.gather(*(one(i) for i in range(16)))
     assert all(r.status_code in (200, 409, 422) for r in answers), [

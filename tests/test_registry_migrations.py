@@ -29,6 +29,11 @@ def _first_schema_with_data(url: str) -> None:
         conn.execute(sa.text("INSERT INTO aliases VALUES ('old', 'live', 1)"))
         conn.execute(sa.text("INSERT INTO alias_history (name, alias, from_version, "
                              "to_version, at, by) VALUES ('old', 'live', NULL, 1, 0, 'me')"))
+        conn.execute(sa.text(
+            "INSERT INTO policies (deployment, version, body, parent, action, at, by, note) "
+            "VALUES ('dep', 1, '{\"models\": [{\"model\": \"old@1\", \"role\": "
+            "\"champion\"}]}', NULL, 'apply', 0, 'me', '')"))
+        conn.execute(sa.text("INSERT INTO deployments VALUES ('dep', 1, 0)"))
     engine.dispose()
 
 
@@ -42,6 +47,11 @@ def test_first_schema_to_head_keeps_data(home: Path, backend_url: str) -> None:
         reg.tag("old@1", {"stage": "legacy"})  # the new tables work on old rows
         assert reg.search(tags={"stage": "legacy"})[0].ref == "old@1"
         assert [h.to_version for h in reg.alias_history("old")] == [1]
+        # Policy records of the first schema read back without evidence; new ones keep it.
+        assert [(r.action, r.evidence) for r in reg.policy_history("dep")] == [("apply", None)]
+        pol, _ = reg.policy("dep")
+        reg.apply_policy("dep", pol, action="promote", evidence={"forced": True})
+        assert reg.policy_history("dep")[-1].evidence == {"forced": True}
 
 
 def test_an_old_schema_without_auto_upgrade_names_the_command(

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from rendezvous.analysis.gates import GateReport, evaluate
 from rendezvous.core.policy import ModelSpec, Policy, Role
-from rendezvous.errors import ConfigError, ModelLoadError
+from rendezvous.errors import ConfigError, GatesFailedError, ModelLoadError
 from rendezvous.ids import check_name
 from rendezvous.registry import PolicyRecord, Registry
 
@@ -81,6 +84,36 @@ def apply_policy(registry: Registry, name: str, policy: Policy, *, by: str | Non
     if failed:
         raise ModelLoadError(name, failed)
     return registry.apply_policy(name, resolved, by=by, note=note)
+
+
+def promote(registry: Registry, deployment: str, model: str, *,
+            documents: Mapping[str, Any], force: bool = False,
+            by: str | None = None) -> tuple[PolicyRecord, GateReport]:
+    """Promote ``model`` (``NAME@VERSION`` or an alias) to champion of ``deployment`` if the
+    policy's gates pass on the monitor's ``documents`` (``compare``, ``accuracy`` and
+    ``windows``); raises ``GatesFailedError`` with every row otherwise, unless ``force``.
+    The promotion is recorded with the gate rows and the ``forced`` flag as its evidence.
+    The one path of ``rendezvous promote`` and ``POST /v1/admin/deployments/{d}/promote``.
+
+    >>> rec, report = promote(reg, "fraud", "fraud@4", documents=docs)  # doctest: +SKIP
+    """
+    policy, rec = registry.policy(deployment)
+    ref = str(registry.resolve(model))
+    if ref == policy.champion:
+        raise ConfigError(f"{ref} is already the champion of {deployment!r}; nothing to "
+                          "promote")
+    windows = documents.get("windows") or {}
+    report = evaluate(policy.promotion_gates(), policy, ref,
+                      compare=documents.get("compare") or {},
+                      accuracy=documents.get("accuracy") or {},
+                      windows=windows.get("windows", []) if isinstance(windows, Mapping)
+                      else windows)
+    evidence = {**report.to_dict(), "forced": force, "from_policy": rec.version}
+    if not report.passed and not force:
+        raise GatesFailedError(deployment, ref, evidence)
+    new = registry.promote(deployment, ref, by=by, evidence=evidence,
+                           expect_current=rec.version)
+    return new, report
 
 
 def apply(registry: Registry, path: Path, *, by: str | None = None) -> PolicyRecord:

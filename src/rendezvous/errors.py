@@ -6,6 +6,8 @@ status codes in one table (``rendezvous.http.errors``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RendezvousError(Exception):
     """Root of all Rendezvous errors."""
@@ -128,6 +130,21 @@ class ModelLoadError(RendezvousError):
 class ConflictError(RendezvousError):
     """The request conflicts with what is already recorded (a reused request id with other
     data, a policy changed meanwhile); the caller decides again and retries."""
+
+
+class GatesFailedError(ConflictError):
+    """A promotion refused by its gates; ``report`` holds every gate row (JSON). Wait for more
+    evidence, fix the challenger, or promote with ``--force`` (recorded as forced)."""
+
+    def __init__(self, deployment: str, model: str, report: dict[str, Any]) -> None:
+        self.report = report
+        failing = [r for r in report.get("rows", []) if r.get("refuses")]
+        lines = "; ".join(f"{r['gate']}: {r['outcome']} (required {r['required']}, observed "
+                          f"{r['observed']})" for r in failing)
+        super().__init__(
+            f"deployment {deployment!r}: promoting {model} is refused by {len(failing)} "
+            f"gate(s): {lines}. Wait for more evidence, or promote with --force (recorded "
+            "in the policy history as forced)")
 
 
 class TooManyRowsError(RendezvousError):

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["DropDetector", "LabelStats", "PairedDetector", "auc_ci", "mean_ci", "wilson"]
+__all__ = ["DropDetector", "LabelStats", "PairedDetector", "PairedOutcomes", "auc_ci",
+           "mean_ci", "paired_bounds", "wilson"]
 
 Z95 = 1.959963984540054
 AUC_SAMPLE = 20_000  # labelled scores kept per model for the AUC (the most recent)
@@ -60,6 +61,45 @@ def mean_ci(total: float, total_sq: float, n: int,
     var = max(0.0, total_sq / n - mean * mean) * n / max(1, n - 1)
     half = z * math.sqrt(var / n)
     return mean, mean - half, mean + half
+
+
+def paired_bounds(n: int, mean: float, sd: float,
+                  confidence: float) -> tuple[float, float] | None:
+    """One-sided Student t bounds of a mean paired difference: ``(lower, upper)``, each
+    holding at ``confidence`` on its own side; None with fewer than 2 pairs.
+
+    >>> lo, hi = paired_bounds(100, 0.05, 0.3, 0.95); round(lo, 4), round(hi, 4)
+    (0.0002, 0.0998)
+    >>> paired_bounds(20, -1.0, 0.0, 0.95)
+    (-1.0, -1.0)
+    """
+    if n < 2:
+        return None
+    half = float(stats.t.ppf(confidence, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(slots=True)
+class PairedOutcomes:
+    """One model's labelled outcomes minus the champion's on the same rows (1 = correct for
+    classification; minus the absolute error for regression): count, mean and standard
+    deviation of the differences, for the promotion gates and the watch after a promotion."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, diff: float) -> None:
+        self.n += 1
+        self.total += diff
+        self.total_sq += diff * diff
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.n == 0:
+            return {"pairs": 0, "mean_diff": None, "sd": None}
+        mean = self.total / self.n
+        var = max(0.0, self.total_sq / self.n - mean * mean) * self.n / max(1, self.n - 1)
+        return {"pairs": self.n, "mean_diff": round(mean, 9), "sd": round(math.sqrt(var), 9)}
 
 
 def auc_ci(pos: Sequence[float], neg: Sequence[float],

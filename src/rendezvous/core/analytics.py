@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector
+from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector, PairedOutcomes
 from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
 from rendezvous.core.compare import PairStats, ScoreBook, Scored, label_key, reduce
 from rendezvous.core.drift import DriftDetector, DriftReport
@@ -91,6 +91,8 @@ class DeploymentAnalytics:
         self.canary_drift: DriftDetector | None = None
         self.drops: dict[str, DropDetector] = {}
         self.paired: dict[str, PairedDetector] = {}
+        # model -> its labelled outcomes minus the champion's, since that champion took over
+        self.paired_labels: dict[str, PairedOutcomes] = {}
         self.class_cols: dict[str, dict[str, int]] = {}  # model -> class label -> column
         self.labelled: set[str] = set()
         self.feedback: Counter[str] = Counter({k: 0 for k in FEEDBACK_OUTCOMES})
@@ -109,6 +111,7 @@ class DeploymentAnalytics:
                 cols, rate_per_million=s.drift_rate_per_million, block_rows=s.drift_block_rows,
                 min_effect=s.drift_min_effect) if cols and s.column_drift else None
             self.paired = {}
+            self.paired_labels = {}
         if canary != self.canary or (canary and self.canary_drift is None):
             scores = (references.get(canary or "") or {}).get("scores") or {}
             # One series is enough: the score when the model has one, else the prediction.
@@ -262,7 +265,16 @@ class DeploymentAnalytics:
                         self._alarm(f"accuracy_drop:{model}", check.firing, check.evidence,
                                     at_ns)
         champ = outcomes.get(self.champion or "")
-        if not s.champion_worse or champ is None:
+        if champ is None:
+            return
+        for model, values in outcomes.items():
+            if model != self.champion:
+                paired = self.paired_labels.get(model)
+                if paired is None:
+                    paired = self.paired_labels[model] = PairedOutcomes()
+                for mine, theirs in zip(values, champ, strict=False):
+                    paired.add(mine - theirs)
+        if not s.champion_worse:
             return
         rivals = [m for m in outcomes if m != self.champion and m != self.canary]
         for model in rivals:
@@ -330,8 +342,16 @@ class DeploymentAnalytics:
     def accuracy(self) -> dict[str, Any]:
         return {"deployment": self.deployment, "feedback": dict(self.feedback),
                 "models": {m: s.to_dict() for m, s in sorted(self.labels.items())},
+                "paired": self.paired_doc(),
                 "windows": [{"start_ns": w["start_ns"], "accuracy": w["accuracy"]}
                             for w in self.ring.series()]}
+
+    def paired_doc(self) -> dict[str, Any]:
+        """Each model's labelled outcomes minus the current champion's on the same rows."""
+        return {"champion": self.champion,
+                "models": {m: {**p.to_dict(), "kind": self.labels[m].kind
+                               if m in self.labels else None}
+                           for m, p in sorted(self.paired_labels.items())}}
 
     def alarms_doc(self) -> dict[str, Any]:
         return {"deployment": self.deployment, "firing": self.alarms.firing,

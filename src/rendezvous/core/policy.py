@@ -65,6 +65,73 @@ class ModelSpec(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
         return self.max_predict_ms if self.max_predict_ms is not None else 10 * deadline_ms
 
 
+class Gates(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """The ``[gates]`` table: what a challenger must show before ``promote`` makes it champion,
+    and how long the new champion is watched afterwards. Every key is optional; a policy
+    without the table gets these defaults:
+
+    - ``min_requests = 200``: requests scored by both the challenger and the champion;
+    - ``min_agreement`` (classifiers: share of rows where they agree) and ``max_score_diff``
+      (the largest of |p5| and |p95| of the score difference): off unless set;
+    - ``accuracy_margin = 0.02`` at ``confidence = 0.95``: on the labelled requests both
+      scored, the challenger's accuracy (for regression: minus its absolute error) is not
+      worse than the champion's by more than the margin, by a one-sided paired t bound on
+      the per-request differences. It passes once ``min_labels = 100`` pairs show it; a
+      challenger shown worse (its upper bound below minus the margin) fails with any number
+      of pairs (10 at least); in between it refuses for want of data. A deployment that gets
+      no labels at all is not held back by this gate unless ``require_labels = true``;
+    - ``p99_within_wait = true``: the challenger's p99 latency (worst kept window) within the
+      ``wait_ms`` it gets as champion (the champion's, else the deadline);
+    - ``max_error_rate = 0.01``: the challenger's share of errors over the kept windows;
+    - ``watch_s = 600``: after a promotion, the monitor watches the new champion this long and
+      rolls back by itself if its error rate or SLA-miss alarm fires or the previous champion
+      beats it on the labels by more than the margin at the confidence (0 turns it off).
+
+    >>> Gates.parse({"min_requests": 50}).min_requests
+    50
+    """
+
+    min_requests: int = 200
+    min_agreement: float | None = None
+    max_score_diff: float | None = None
+    accuracy_margin: float = 0.02
+    confidence: float = 0.95
+    min_labels: int = 100
+    require_labels: bool = False
+    p99_within_wait: bool = True
+    max_error_rate: float = 0.01
+    watch_s: float = 600.0
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any] | Gates | None) -> Gates:
+        """Gates from a policy's ``gates`` table (None: the defaults); a bad key or value is a
+        ``ConfigError`` naming it and the fix."""
+        if isinstance(raw, Gates):
+            return raw.validate()
+        try:
+            return msgspec.convert(raw or {}, cls).validate()
+        except msgspec.ValidationError as exc:
+            known = ", ".join(cls.__struct_fields__)
+            raise ConfigError(f"[gates]: {exc}; known keys: {known}") from None
+
+    def validate(self) -> Gates:
+        for name in ("min_requests", "min_labels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"[gates] {name} = {getattr(self, name)} must be 0 or more")
+        for name in ("min_agreement", "max_error_rate"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise ConfigError(f"[gates] {name} = {v:g} must be in [0, 1]; e.g. 0.9")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"[gates] confidence = {self.confidence:g} must be in [0.5, 1); "
+                              "e.g. 0.95")
+        for name in ("accuracy_margin", "max_score_diff", "watch_s"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"[gates] {name} = {v:g} must be 0 or more")
+        return self
+
+
 class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A deployment's policy as users write it; stored (versioned) in the registry."""
 
@@ -74,6 +141,7 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
     decoy: bool = True
     split_key: str = ""  # request meta key to hash for the split; request id when empty
     alarms: dict[str, Any] = {}  # thresholds of the alarm rules (core.alarms.AlarmSettings)
+    gates: Gates | None = None  # promotion gates and watch period; None: ``Gates()`` defaults
 
     def validate(self) -> Policy:
         """Check the policy; raise ``ConfigError`` naming the problem and the fix."""
@@ -126,7 +194,12 @@ class Policy(msgspec.Struct, kw_only=True, omit_defaults=True):
         from rendezvous.core.alarms import AlarmSettings
 
         AlarmSettings.parse(self.alarms)
+        self.promotion_gates()
         return self
+
+    def promotion_gates(self) -> Gates:
+        """The gates a promotion must pass: the policy's ``[gates]``, else the defaults."""
+        return Gates.parse(self.gates)
 
     @property
     def champion(self) -> str | None:

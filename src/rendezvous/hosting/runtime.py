@@ -267,8 +267,9 @@ class DeploymentRuntime:
 
     # -- policy changes -------------------------------------------------------------------
 
-    async def _apply(self, policy: Policy, version: int) -> None:
+    async def _apply(self, policy: Policy, record: PolicyRecord) -> None:
         """Switch this process's roles to ``policy`` (call with the lock held)."""
+        version = record.version
         schedule = policy.schedule(self.name, version)
         follows_policy = ProcessRole.WORKER in self.server.roles and not self.server.roles.models
         if follows_policy:
@@ -276,7 +277,7 @@ class DeploymentRuntime:
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
         if self.monitor is not None:
-            self.monitor.set_policy(policy)
+            self.monitor.set_policy(policy, record)
         retired = [m for m in self.hosts if m not in policy.model_names()] \
             if follows_policy else []
         self.policy, self.policy_version, self.schedule = policy, version, schedule
@@ -305,7 +306,7 @@ class DeploymentRuntime:
         async with self._lock:
             policy, rec = await asyncio.to_thread(self.server.registry.policy, self.name)
             if rec.version != self.policy_version:
-                await self._apply(policy, rec.version)
+                await self._apply(policy, rec)
             return rec.version
 
     async def _watch_registry(self) -> None:

@@ -133,6 +133,36 @@ class AnalyticsHandlers:
                                 "the monitor runs with analytics off")
         return rt.monitor.analytics
 
+    async def gate_documents(self, name: str) -> dict[str, Any]:
+        """The documents the promotion gates read (``compare``, ``accuracy``, ``windows``):
+        from this process's monitor, or from the ``serve --role monitor`` process that
+        advertised itself under the data directory."""
+        rt = self.server.runtimes.get(name)
+        if rt is not None and rt.monitor is not None and rt.monitor.analytics is not None:
+            a = rt.monitor.analytics
+            return {"compare": a.compare(), "accuracy": a.accuracy(),
+                    "windows": a.windows()}
+        import json
+
+        import httpx
+
+        from rendezvous.hosting.serving import monitor_run_file
+
+        try:
+            url = json.loads(monitor_run_file(self.server.home, name).read_text())["url"]
+            async with httpx.AsyncClient(timeout=30) as client:
+                docs = {}
+                for kind in ("compare", "accuracy", "windows"):
+                    r = await client.get(f"{url}/v1/deployments/{name}/{kind}")
+                    r.raise_for_status()
+                    docs[kind] = r.json()
+        except (OSError, KeyError, ValueError, httpx.HTTPError) as exc:
+            raise UnavailableError(
+                f"deployment {name!r}: cannot read the monitor's analytics for the promotion "
+                f"gates ({exc}); start the monitor role, or promote with force") from None
+        docs["windows"] = docs["windows"].get("windows", [])
+        return docs
+
     def document(self, name: str, kind: str) -> bytes:
         a = self.analytics(name)
         doc: Any = {"compare": a.compare, "drift": a.drift, "accuracy": a.accuracy,

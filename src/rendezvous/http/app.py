@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from rendezvous import config
+from rendezvous import config, deploy
 from rendezvous.core import messages
 from rendezvous.core.messages import Reason, Request, Result
 from rendezvous.core.policy import Policy
@@ -92,7 +92,7 @@ class Proxy:
         # instead of a timer per request.
         self._expiries: deque[tuple[float, tuple[str, str], float]] = deque()
         self._sweeper: asyncio.Task[None] | None = None
-        analytics = AnalyticsHandlers(server, Reply)
+        analytics = self.analytics = AnalyticsHandlers(server, Reply)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"/v2/health/live"), self._live),
             ("GET", re.compile(r"/v2/health/ready"), self._ready),
@@ -445,20 +445,29 @@ class Proxy:
         rt = await self._runtime(params["d"])
         registry = self.server.registry
         by = _who(headers)
+        gates: dict[str, Any] | None = None
         if params["op"] == "promote":
             try:
                 doc = _json_decode.decode(body or b"{}")
             except (msgspec.DecodeError, UnicodeDecodeError):
                 doc = None
             model = doc.get("model") if isinstance(doc, dict) else None
-            if not isinstance(model, str):
-                raise BadRequestError('promote needs a JSON body {"model": "NAME@VERSION"}')
-            await asyncio.to_thread(registry.promote, rt.name, model, by=by)
+            force = doc.get("force", False) if isinstance(doc, dict) else False
+            if not isinstance(model, str) or not isinstance(force, bool):
+                raise BadRequestError('promote needs a JSON body {"model": "NAME@VERSION", '
+                                      '"force": false}')
+            docs = await self.analytics.gate_documents(rt.name)
+            _, report = await asyncio.to_thread(deploy.promote, registry, rt.name, model,
+                                                documents=docs, force=force, by=by)
+            gates = {**report.to_dict(), "forced": force}
         elif params["op"] == "rollback":
             await asyncio.to_thread(registry.rollback, rt.name, by=by)
         version = await rt.reload()
-        return Reply(200, _encode({"deployment": rt.name, "policy_version": version,
-                                   "champion": rt.policy.champion}), list(_JSON))
+        answer: dict[str, Any] = {"deployment": rt.name, "policy_version": version,
+                                  "champion": rt.policy.champion}
+        if gates is not None:
+            answer["gates"] = gates
+        return Reply(200, _encode(answer), list(_JSON))
 
     async def _openapi(self, *_: Any) -> Reply:
         from rendezvous.http.openapi import ENCODED

@@ -13,6 +13,7 @@ STATUS: list[tuple[type[e.RendezvousError], int, str]] = [
     (e.AuthError, 401, "unauthorized"),
     (e.NotFoundError, 404, "not_found"),
     (e.AlreadyExistsError, 409, "conflict"),
+    (e.GatesFailedError, 409, "gates_failed"),
     (e.ConflictError, 409, "conflict"),
     (e.RequestTimeoutError, 408, "request_timeout"),
     (e.TooManyRowsError, 413, "too_many_rows"),
@@ -48,6 +49,8 @@ def error_body(exc: e.RendezvousError, request_id: str | None = None) -> tuple[i
         body["problems"] = exc.problems
     if isinstance(exc, e.ModelLoadError):
         body["failures"] = exc.failures
+    if isinstance(exc, e.GatesFailedError):
+        body["gates"] = exc.report
     if request_id:
         body["request_id"] = request_id
     headers: list[Any] = []

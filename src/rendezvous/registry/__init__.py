@@ -24,7 +24,7 @@ import msgspec
 from rendezvous import config
 from rendezvous.core.policy import Policy, promote
 from rendezvous.core.schema import Signature, example_columns, infer_signature
-from rendezvous.errors import ConfigError, NotFoundError, UnsafeArtifactError
+from rendezvous.errors import ConfigError, ConflictError, NotFoundError, UnsafeArtifactError
 from rendezvous.flavors import base as flavors
 from rendezvous.flavors.base import Predictor
 from rendezvous.ids import ModelRef, check_name
@@ -331,12 +331,14 @@ class Registry:
 
     def apply_policy(self, deployment: str, policy: Policy, *, by: str | None = None,
                      action: str = "apply", note: str = "",
-                     expect_current: int | None = None) -> PolicyRecord:
-        """Record ``policy`` as the deployment's new current version (all models must exist)."""
+                     expect_current: int | None = None,
+                     evidence: dict[str, Any] | None = None) -> PolicyRecord:
+        """Record ``policy`` as the deployment's new current version (all models must exist);
+        ``evidence`` (JSON) is kept with the record."""
         resolved = self.resolve_policy(deployment, policy)
         return self.store.add_policy(deployment, msgspec.to_builtins(resolved), action=action,
                                      by=by or current_user(), note=note,
-                                     expect_current=expect_current)
+                                     expect_current=expect_current, evidence=evidence)
 
     def resolve_policy(self, deployment: str, policy: Policy) -> Policy:
         """``policy`` with aliases resolved to versions, validated, signatures checked."""
@@ -368,27 +370,45 @@ class Registry:
         pol, _ = self.policy(deployment)
         return self.signature(pol.champion or pol.models[0].model)
 
-    def promote(self, deployment: str, model: str, *, by: str | None = None) -> PolicyRecord:
-        """Make ``model`` the champion; the old champion keeps scoring as a challenger."""
+    def promote(self, deployment: str, model: str, *, by: str | None = None,
+                evidence: dict[str, Any] | None = None,
+                expect_current: int | None = None) -> PolicyRecord:
+        """Make ``model`` the champion; the old champion keeps scoring as a challenger. The
+        promotion gates are not checked here (``rendezvous.deploy.promote`` checks them):
+        ``evidence`` is what they showed. ``expect_current``: the policy version the caller
+        judged (a ``ConflictError`` if it changed meanwhile)."""
         pol, rec = self.policy(deployment)
+        if expect_current is not None and rec.version != expect_current:
+            raise ConflictError(
+                f"deployment {deployment!r} changed meanwhile (policy {expect_current} is now "
+                f"{rec.version}); look at `rendezvous deploy history {deployment}` and retry")
         new = promote(pol, str(self.resolve(model)))
         return self.apply_policy(deployment, new, by=by, action="promote",
                                  note=f"promote {new.champion} (was {pol.champion})",
-                                 expect_current=rec.version)
+                                 expect_current=rec.version, evidence=evidence)
 
-    def rollback(self, deployment: str, *, by: str | None = None) -> PolicyRecord:
-        """Restore the policy that the current one replaced."""
+    def rollback(self, deployment: str, *, by: str | None = None, action: str = "rollback",
+                 note: str = "", evidence: dict[str, Any] | None = None,
+                 expect_current: int | None = None) -> PolicyRecord:
+        """Restore the policy that the current one replaced. ``expect_current``: roll back
+        only from that policy version (a ``ConflictError`` if it changed meanwhile), so that
+        of several processes that decide the same rollback, one records it."""
         _, rec = self.policy(deployment)
+        if expect_current is not None and rec.version != expect_current:
+            raise ConflictError(
+                f"deployment {deployment!r} is at policy {rec.version}, not {expect_current}; "
+                "it changed meanwhile, nothing was rolled back")
         if rec.parent is None:
             raise ConfigError(
                 f"deployment {deployment!r} is at its first policy (version {rec.version}); "
                 "there is nothing to roll back to"
             )
         prev = self.store.policy(deployment, rec.parent)
+        what = f"rollback to policy {prev.version} (from {rec.version})"
         return self.store.add_policy(
-            deployment, prev.body, action="rollback", by=by or current_user(), parent=prev.parent,
-            note=f"rollback to policy {prev.version} (from {rec.version})",
-            expect_current=rec.version,
+            deployment, prev.body, action=action, by=by or current_user(), parent=prev.parent,
+            note=f"{what}: {note}" if note else what, expect_current=rec.version,
+            evidence=evidence,
         )
 
     def policy_history(self, deployment: str) -> list[PolicyRecord]:

@@ -95,6 +95,8 @@ policies = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("by", sa.String(128), nullable=False),
     sa.Column("note", sa.Text, nullable=False, default=""),
+    # What justified the change (a promotion's gate rows, an automatic rollback's alarms)
+    sa.Column("evidence", sa.JSON, nullable=True),
 )
 
 deployments = sa.Table(
@@ -142,6 +144,7 @@ class PolicyRecord:
     at: float
     by: str
     note: str = ""
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,7 @@ class SqlStore:
     def add_policy(
         self, deployment: str, body: dict[str, Any], *, action: str, by: str,
         parent: int | object | None = CURRENT, note: str = "",
-        expect_current: int | None = None,
+        expect_current: int | None = None, evidence: dict[str, Any] | None = None,
     ) -> PolicyRecord:
         """Append a policy version and make it current. ``parent`` (the version a rollback
         would restore) defaults to the current one.
@@ -329,11 +332,13 @@ class SqlStore:
         Concurrent writers are serialized: a transaction that loses the race for the next
         version number is retried, so history stays a chain (each version's parent is the
         version current when it was written). With ``expect_current`` (a body derived from
-        that version, e.g. a promote) a changed deployment is a ``ConflictError`` instead."""
+        that version, e.g. a promote) a changed deployment is a ``ConflictError`` instead.
+        ``evidence``: a JSON document kept with the record (gate rows, alarms)."""
         for attempt in range(POLICY_WRITE_ATTEMPTS):
             try:
                 return self._add_policy(deployment, body, action=action, by=by, parent=parent,
-                                        note=note, expect_current=expect_current)
+                                        note=note, expect_current=expect_current,
+                                        evidence=evidence)
             except (IntegrityError, OperationalError) as exc:
                 # IntegrityError: another writer took the version number first. SQLite's
                 # "database is locked": another writer upgraded to a write lock first.
@@ -345,8 +350,8 @@ class SqlStore:
             "raced this one; retry it")
 
     def _add_policy(self, deployment: str, body: dict[str, Any], *, action: str, by: str,
-                    parent: int | object | None, note: str,
-                    expect_current: int | None) -> PolicyRecord:
+                    parent: int | object | None, note: str, expect_current: int | None,
+                    evidence: dict[str, Any] | None) -> PolicyRecord:
         with self.engine.begin() as conn:
             # Read and write under one lock: SQLite's driver would otherwise begin the
             # transaction only at the first write, and PostgreSQL reads committed data.
@@ -365,10 +370,10 @@ class SqlStore:
                 policies.c.deployment == deployment)).scalar() or 0
             parent_version = current if parent is CURRENT else cast("int | None", parent)
             rec = PolicyRecord(deployment, latest + 1, body, parent_version, action,
-                               time.time(), by, note)
+                               time.time(), by, note, evidence)
             conn.execute(policies.insert().values(
                 deployment=deployment, version=rec.version, body=body, parent=rec.parent,
-                action=action, at=rec.at, by=by, note=note))
+                action=action, at=rec.at, by=by, note=note, evidence=evidence))
             if current is None:
                 conn.execute(deployments.insert().values(
                     name=deployment, current=rec.version, created_at=rec.at))

@@ -8,6 +8,14 @@ labels already counted) under ``<home>/monitor/<deployment>.json`` whenever a wi
 before it acknowledges feedback, so a restart keeps its history and never counts a label twice.
 Alarm changes go to the webhook, if one is set, from a task of their own: a slow or dead
 webhook never holds up anything else.
+
+After a promotion the monitor watches the new champion for the policy's ``watch_s``
+(``analysis.gates.watch_verdict``): if its error-rate or the SLA-miss alarm fires, or the
+previous champion (still scoring, as a challenger) beats it on the labels, the monitor rolls
+the deployment back in the registry (``by`` ``rendezvous (auto-rollback)``, with the reasons
+and evidence), which every serving process follows, and posts the event to the webhook. The
+rollback is conditional on the promoted policy still being current, so where several monitors
+watch (partitions), one records it.
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from rendezvous import config
+from rendezvous.analysis.gates import Watch, watch_verdict
 from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics
@@ -31,8 +40,11 @@ from rendezvous.core.compare import Scored
 from rendezvous.core.messages import Feedback
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
-from rendezvous.errors import RendezvousError
+from rendezvous.errors import ConflictError, RendezvousError
 from rendezvous.streams.base import Stream, open_stream, partitions
+
+if TYPE_CHECKING:
+    from rendezvous.registry.store import PolicyRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +55,7 @@ TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, i
 TICK_S = 1.0
 FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before "unknown"
 WEBHOOK_TRIES = 4
+AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
 
 
 def groups(deployment: str) -> list[tuple[str, str]]:
@@ -103,6 +116,7 @@ class Monitor:
         self._refs: dict[str, dict[str, Any]] = {}
         self._consumers: list[Any] = []
         self._wake = asyncio.Event()
+        self.watch: Watch | None = None  # the promotion under watch, if any
         if self.analytics is not None and home is not None:
             path = state_path(home, deployment)
             if path.exists():
@@ -114,11 +128,71 @@ class Monitor:
 
     # -- policy and references ------------------------------------------------------------------
 
-    def set_policy(self, policy: Policy) -> None:
-        """Follow a new policy: champion, canary, deadline, and the models' references."""
+    def set_policy(self, policy: Policy, record: PolicyRecord | None = None) -> None:
+        """Follow a new policy: champion, canary, deadline, and the models' references;
+        ``record`` (its ``PolicyRecord``): a promotion starts the watch, anything else ends
+        it."""
         self._policy = policy
         if self.analytics is not None:
             self._apply_policy()
+        if record is not None:
+            self._follow(policy, record)
+
+    def _follow(self, policy: Policy, record: PolicyRecord) -> None:
+        gates = policy.promotion_gates()
+        start_ns = int(record.at * 1e9)
+        until_ns = start_ns + int(gates.watch_s * 1e9)
+        if record.action != "promote" or policy.champion is None or self.analytics is None \
+                or self.clock() >= until_ns:
+            self.watch = None
+            return
+        previous = (record.evidence or {}).get("champion")
+        self.watch = Watch(record.version, policy.champion, previous, start_ns, until_ns,
+                           gates)
+        log.info("monitor %s: watching %s (policy %s) for %g s", self.deployment,
+                 policy.champion, record.version, gates.watch_s)
+
+    async def _check_watch(self) -> None:
+        """Roll back the watched promotion if ``watch_verdict`` finds a reason."""
+        w, a = self.watch, self.analytics
+        if w is None or a is None:
+            return
+        now = self.clock()
+        if now >= w.until_ns:
+            log.info("monitor %s: %s held up through its watch", self.deployment, w.champion)
+            self.watch = None
+            return
+        reasons = watch_verdict(w, alarms=a.alarms.to_list(), accuracy={"paired":
+                                                                         a.paired_doc()})
+        if not reasons:
+            return
+        if self.registry is None:
+            log.error("monitor %s: %s should be rolled back (%s) but this monitor has no "
+                      "registry", self.deployment, w.champion, reasons)
+            self.watch = None
+            return
+        evidence = {"promoted_policy": w.version, "champion": w.champion,
+                    "previous": w.previous, "watch_s": w.gates.watch_s, "reasons": reasons}
+        note = "; ".join(r["reason"] for r in reasons)
+        try:
+            rec = await asyncio.to_thread(
+                self.registry.rollback, self.deployment, by=AUTO_ROLLBACK_BY,
+                action="auto-rollback", note=note, evidence=evidence, expect_current=w.version)
+        except ConflictError as exc:  # changed meanwhile, or another monitor rolled it back
+            log.info("monitor %s: no automatic rollback: %s", self.deployment, exc)
+            self.watch = None
+            return
+        except RendezvousError as exc:  # e.g. the registry is unreachable: try next tick
+            log.error("monitor %s: automatic rollback failed (%s); retrying", self.deployment,
+                      exc)
+            return
+        self.watch = None
+        log.warning("monitor %s: rolled back %s automatically (policy %s): %s",
+                    self.deployment, w.champion, rec.version, note)
+        a.events.append({"deployment": self.deployment, "alarm": "auto_rollback",
+                         "state": "rolled_back", "at_ns": now, "policy_version": rec.version,
+                         "evidence": evidence})
+        self._wake.set()
 
     def _apply_policy(self) -> None:
         pol = self._policy
@@ -142,6 +216,18 @@ class Monitor:
             self._refs[model] = mv.data_summary.get("reference") or {}
         self._apply_policy()
 
+    async def _resume_watch(self) -> None:
+        """A monitor (re)started during a promotion's watch takes the watch up."""
+        if self.registry is None or self._policy is None:
+            return
+        try:
+            policy, rec = await asyncio.to_thread(self.registry.policy, self.deployment)
+        except RendezvousError as exc:
+            log.warning("monitor %s: cannot read the policy record (%s)", self.deployment, exc)
+            return
+        if policy.champion == self._policy.champion:
+            self._follow(policy, rec)
+
     # -- the loops ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -150,6 +236,7 @@ class Monitor:
         background: list[asyncio.Future[None]] = []
         if self.analytics is not None:
             await self._load_references()
+            await self._resume_watch()
             loops += [self._pump(topic(self.deployment, "scores"), self._on_scores),
                       self._pump(topic(self.deployment, "input"), self._on_inputs),
                       self._pump(topic(self.deployment, "feedback"), self._on_feedback,
@@ -266,6 +353,7 @@ class Monitor:
             await asyncio.sleep(TICK_S)
             closed = len(self.analytics.ring.closed)
             self.analytics.tick(self.clock())
+            await self._check_watch()
             if self.analytics.events:
                 self._wake.set()
             if len(self.analytics.ring.closed) != closed:

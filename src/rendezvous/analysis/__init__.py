@@ -1,0 +1,1 @@
+"""Decisions from the evidence: replay, what-if evaluation of policies, promotion gates."""
