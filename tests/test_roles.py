@@ -306,8 +306,9 @@ async def test_local_nats_runs_every_role_as_its_own_process(registry: Registry,
             await _until(challenger_scores, log=log)
             assert sum(challenger in a for a in _role_processes(home).values()) == 2
 
-            # Promotion through the CLI reaches the rendezvous process.
-            _cli(home, "promote", DEP, refs["fallback"])
+            # Promotion through the CLI reaches the rendezvous process (forced: this test
+            # sends too few requests for the default gates).
+            _cli(home, "promote", DEP, refs["fallback"], "--force")
 
             async def promoted() -> bool:
                 r = await client.post(f"/v1/deployments/{DEP}/predict", json=[{"x": 1, "y": 2}])
