@@ -20,14 +20,19 @@ import pytest
 
 from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.archive import LocalArchive, ObjectArchive, open_archive
-from rendezvous.cli import main
 from rendezvous.core import messages
 from rendezvous.core.policy import Isolation
 from rendezvous.errors import ConfigError, MissingDependencyError
 from rendezvous.hosting.serving import running
-from rendezvous.roles.scorekeeper import read_labels, read_scores
+from rendezvous.roles.scorekeeper import (
+    LABELS_SCHEMA,
+    archived_feedback,
+    read_labels,
+    read_scores,
+)
 from rendezvous.streams import open_stream
 from tests.conftest import register_callable
+from tests.test_cli import run as _cli
 
 Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 DAY1, DAY2 = 1_700_000_000 * 10**9, 1_700_090_000 * 10**9  # 2023-11-14 and 2023-11-15
@@ -35,19 +40,6 @@ DAY1, DAY2 = 1_700_000_000 * 10**9, 1_700_090_000 * 10**9  # 2023-11-14 and 2023
 
 def _table(n: int) -> pa.Table:
     return pa.table({"request_id": [f"r{i}" for i in range(n)], "v": list(range(n))})
-
-
-def _cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, home: Path,
-         *args: str) -> tuple[int, str]:
-    monkeypatch.setattr("sys.argv", ["rendezvous", *args, "--home", str(home)])
-    monkeypatch.setenv("COLUMNS", "200")
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 # -- the storage --------------------------------------------------------------------------
@@ -97,6 +89,26 @@ def test_bad_archive_urls_are_one_clear_error(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'rendezvous-ml\[s3\]'"):
         open_archive(tmp_path, "s3://bucket/prefix")
+
+
+def test_the_first_label_of_each_request_wins(tmp_path: Path) -> None:
+    arc = open_archive(tmp_path)
+
+    def labels(*rows: tuple[str, Any, int]) -> pa.Table:
+        return pa.table({"request_id": [r[0] for r in rows],
+                         "label": [json.dumps(r[1]) for r in rows],
+                         "at_ns": [r[2] for r in rows]}, schema=LABELS_SCHEMA)
+
+    arc.write(labels(("a", ["late"], DAY2), ("b", [2.5], DAY2)), "dep/labels", DAY2)
+    # Re-archived after a crash (same rows twice), in a part of the day before.
+    arc.write(labels(("a", ["first"], DAY1), ("a", ["first"], DAY1), ("c", [True], DAY1)),
+              "dep/labels", DAY1)
+    assert read_labels(tmp_path, "dep") == {"a": ["first"], "b": [2.5], "c": [True]}
+    assert read_labels(tmp_path, "dep", ["c", "zz"]) == {"c": [True]}
+    assert read_labels(tmp_path, "other") == {}
+    older = archived_feedback(tmp_path, "dep", skip={"b"})
+    assert [(f.request_id, f.labels, f.at_ns) for f in older] == [
+        ("a", ["first"], DAY1), ("c", [True], DAY1)]
 
 
 def _policy(registry: Registry) -> dict[str, str]:
