@@ -129,6 +129,9 @@ async def test_a_bucket_that_cannot_be_written_stops_start_up(
         async with running(["dep"], home=registry.home, port=0,
                            archive="s3://no-such-bucket/x"):
             pytest.fail("served with an archive it cannot write")
+    # `serve --archive` hands the location to its child processes through the environment:
+    # restore it after this test.
+    monkeypatch.setenv("RENDEZVOUS_ARCHIVE", "")
     code, text = await asyncio.to_thread(
         _cli, capsys, monkeypatch, registry.home, "serve", "dep", "--port", "0",
         "--archive", "s3://no-such-bucket/x")

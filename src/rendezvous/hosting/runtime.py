@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rendezvous import config
-from rendezvous.archive import open_archive
+from rendezvous.archive import Archive, open_archive
 from rendezvous.core import messages
 from rendezvous.core.policy import Isolation, ModelSpec, Policy, Role, Schedule
 from rendezvous.core.schema import Signature
@@ -377,7 +377,8 @@ class Server:
                  roles: Roles | None = None, registry_url: str | None = None,
                  archive: str | None = None, reset_log: bool = False) -> None:
         self.home = config.home(home)
-        self.archive = open_archive(self.home, archive)
+        self._archive_at = archive
+        self.archive: Archive | None = None  # opened at start by processes that write it
         self.reset_log = reset_log  # start an embedded log afresh that does not match
         self.deployment_names = list(deployments or [])
         self.serves_all = not self.deployment_names
@@ -407,6 +408,7 @@ class Server:
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
         if ProcessRole.DECOY in self.roles or ProcessRole.MONITOR in self.roles:
+            self.archive = open_archive(self.home, self._archive_at)
             await asyncio.to_thread(self.archive.check)  # a bad archive fails now, not later
         self.stream = await open_stream(self.streams_url, home=self.home,
                                         reset_log=self.reset_log)
