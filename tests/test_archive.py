@@ -24,6 +24,7 @@ from rendezvous.core import messages
 from rendezvous.core.policy import Isolation
 from rendezvous.errors import ConfigError, MissingDependencyError
 from rendezvous.hosting.serving import running
+from rendezvous.roles.monitor import analytics_from_log
 from rendezvous.roles.scorekeeper import (
     LABELS_SCHEMA,
     archived_feedback,
@@ -218,6 +219,11 @@ async def test_serving_with_the_archive_on_s3_then_exporting_it(
     assert sum(s["chosen"] for s in scores) == len(sent)
     exported = pq.read_table(exports["labels"]).to_pylist()
     assert {r["request_id"]: json.loads(r["label"]) for r in exported} == labels
+
+    # Analytics rebuilt with none of the stream log replayed: labels and scores from S3.
+    a = await analytics_from_log(registry.home, "dep", registry, limit=0, archive=url)
+    assert a.feedback["joined"] + a.feedback["invalid"] == 8  # "cat" is no regression label
+    assert a.feedback["joined"] >= 6 and a.feedback["unknown"] == a.feedback["duplicate"] == 0
 
     code, text = await asyncio.to_thread(
         _cli, capsys, monkeypatch, registry.home, "archive", "export", "dep", "--out",
