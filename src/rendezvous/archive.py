@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rendezvous import config
-from rendezvous.errors import ConfigError, UnavailableError
+from rendezvous.errors import ConfigError, RendezvousError, UnavailableError
 from rendezvous.fsurl import is_remote, local_path, open_url
 from rendezvous.ids import check_name, new_request_id
 
 __all__ = ["Archive", "LocalArchive", "ObjectArchive", "open_archive", "write_atomic"]
 
 PATTERN = "date=*/part-*.parquet"
+
+
+@contextlib.contextmanager
+def _reaching(what: str) -> Iterator[None]:
+    """Errors of a remote backend as ``UnavailableError``. fsspec backends raise their own
+    types (botocore's for S3, not OSError, when the endpoint cannot be reached), so anything
+    but our own errors is converted, with the backend's message kept."""
+    try:
+        yield
+    except RendezvousError:
+        raise
+    except Exception as exc:
+        raise UnavailableError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -84,16 +97,16 @@ class Archive:
         base = f"{self.root}/{dataset}"
         self.fs.invalidate_cache()  # a listing cached earlier would miss newer parts
         try:
-            if days is None:
-                found = self.fs.glob(f"{base}/{PATTERN}")
-            else:
-                found = [p for d in sorted(set(days))
-                         for p in self.fs.glob(f"{base}/date={d}/part-*.parquet")]
-        except FileNotFoundError:  # a bucket that does not exist holds nothing
-            return []
-        except OSError as exc:
-            raise UnavailableError(f"cannot list the archive {self.where(dataset)}: {exc}") \
-                from exc
+            with _reaching(f"cannot list the archive {self.where(dataset)}"):
+                if days is None:
+                    found = self.fs.glob(f"{base}/{PATTERN}")
+                else:
+                    found = [p for d in sorted(set(days))
+                             for p in self.fs.glob(f"{base}/date={d}/part-*.parquet")]
+        except UnavailableError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return []  # a bucket that does not exist holds nothing
+            raise
         return sorted(found)
 
     def read(self, part: str, columns: list[str] | None = None) -> pa.Table:
@@ -149,31 +162,29 @@ class ObjectArchive(Archive):
         path = self._part_path(dataset, at_ns)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        try:
+        with _reaching(f"cannot write to the archive {self.url}"):
             self.fs.pipe_file(path, sink.getvalue().to_pybytes())
-        except OSError as exc:
-            raise UnavailableError(f"cannot write to the archive {self.url}: {exc}") from exc
         return path
 
     def check(self) -> None:
         probe = f"{self.root}/_probe-{new_request_id()}"
         try:
-            self.fs.pipe_file(probe, b"")
-        except (OSError, ValueError) as exc:
+            with _reaching("cannot write"):
+                self.fs.pipe_file(probe, b"")
+        except UnavailableError as exc:
+            cause = exc.__cause__
             raise ConfigError(
-                f"archive {self.url!r} is not writable ({type(exc).__name__}: {exc}); check "
-                "that the bucket exists and the credentials may write to it, or set "
-                "RENDEZVOUS_ARCHIVE (or --archive) to another location") from None
+                f"archive {self.url!r} is not writable ({type(cause).__name__}: {cause}); "
+                "check that the endpoint is reachable, the bucket exists and the credentials "
+                "may write to it, or set RENDEZVOUS_ARCHIVE (or --archive) to another "
+                "location") from None
         # A leftover empty probe is harmless: readers list part-*.parquet only.
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(UnavailableError), _reaching("cannot remove the probe"):
             self.fs.rm_file(probe)
 
     def read(self, part: str, columns: list[str] | None = None) -> pa.Table:
-        try:
+        with _reaching(f"cannot read {part} from the archive {self.url}"):
             data = self.fs.cat_file(part)
-        except OSError as exc:
-            raise UnavailableError(f"cannot read {part} from the archive {self.url}: {exc}") \
-                from exc
         return pq.read_table(pa.BufferReader(data), columns=columns)
 
 

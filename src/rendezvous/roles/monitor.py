@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,6 +33,9 @@ from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import RendezvousError
 from rendezvous.streams.base import Stream, open_stream, partitions
+
+if TYPE_CHECKING:
+    from rendezvous.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Monitor:
 
     def __init__(self, stream: Stream, deployment: str, *, home: Path | None = None,
                  registry: Any = None, policy: Policy | None = None,
-                 analytics: bool | None = None, archive: Any = None,
+                 analytics: bool | None = None, archive: Archive | None = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.stream = stream
         self.deployment = deployment
@@ -348,7 +351,7 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
 
 async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
                              streams: str = "embedded", limit: int = 200_000,
-                             archive: Any = None) -> DeploymentAnalytics:
+                             archive: Archive | str | None = None) -> DeploymentAnalytics:
     """The deployment's analytics rebuilt from its streams (the last ``limit`` records of
     each topic, replayed in time order) and the archive for older scores and labels: what
     the CLI shows when no server is running."""

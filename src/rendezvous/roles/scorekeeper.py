@@ -23,6 +23,7 @@ and replay need after the stream log's retention has passed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -134,7 +135,8 @@ class _Archiver:
                         continue
                 self.batches.append(batch)
                 if len(self.rows) >= self.flush_rows:
-                    await self.flush()
+                    with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
+                        await self.flush()
         finally:
             ticker.cancel()
             await self.flush()
@@ -144,7 +146,7 @@ class _Archiver:
             await asyncio.sleep(self.flush_s)
             try:
                 await self.flush()
-            except (RendezvousError, OSError) as exc:  # unacknowledged batches come back
+            except (RendezvousError, OSError) as exc:  # the rows stay pending, unacknowledged
                 log.warning("scorekeeper %s: flush failed (%s); retrying", self.topic, exc)
 
     async def flush(self) -> None:
@@ -156,7 +158,12 @@ class _Archiver:
             if rows:
                 stamp = rows[0][self.time_field] or time.time_ns()
                 table = pa.Table.from_pylist(rows, schema=self.schema)
-                await asyncio.to_thread(self.archive.write, table, self.dataset, stamp)
+                try:
+                    await asyncio.to_thread(self.archive.write, table, self.dataset, stamp)
+                except (RendezvousError, OSError):
+                    # Kept, in front of what came meanwhile, for the retry.
+                    self.rows, self.batches = rows + self.rows, batches + self.batches
+                    raise
             for b in batches:
                 await b.ack()
 
