@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -22,7 +23,7 @@ from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.archive import LocalArchive, ObjectArchive, open_archive
 from rendezvous.core import messages
 from rendezvous.core.policy import Isolation
-from rendezvous.errors import ConfigError, MissingDependencyError
+from rendezvous.errors import ConfigError, MissingDependencyError, UnavailableError
 from rendezvous.hosting.serving import running
 from rendezvous.roles.monitor import analytics_from_log
 from rendezvous.roles.scorekeeper import (
@@ -90,6 +91,22 @@ def test_bad_archive_urls_are_one_clear_error(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'rendezvous-ml\[s3\]'"):
         open_archive(tmp_path, "s3://bucket/prefix")
+
+
+def test_an_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("s3fs")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    arc = open_archive(None, "s3://models/x")
+    with pytest.raises(ConfigError, match=r"'s3://models/x' is not writable .*reachable"):
+        arc.check()
+    with pytest.raises(UnavailableError, match="cannot list the archive s3://models/x/dep"):
+        arc.parts("dep")
 
 
 def test_the_first_label_of_each_request_wins(tmp_path: Path) -> None:
