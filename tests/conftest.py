@@ -38,6 +38,33 @@ def register_callable(reg: Registry, name: str, ref: str, **kwargs: object) -> s
 
 
 @pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real local S3 server (moto's server mode, on a free loopback port) with an empty
+    bucket ``models``, the ``AWS_*`` environment pointing at it; returns
+    ``s3://models/rendezvous``."""
+    import socket
+
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+    try:
+        yield "s3://models/rendezvous"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def serve(home: Path) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
     """``async with serve("dep") as client:`` — a real server on a free port."""
     import contextlib

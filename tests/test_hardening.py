@@ -5,6 +5,7 @@ cannot be written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -15,9 +16,10 @@ import httpx
 import pytest
 
 from rendezvous import ModelSpec, Policy, Registry, Role
-from rendezvous.errors import LogInUseError, SlaMissError
+from rendezvous.errors import LogInUseError, NotFoundError, SlaMissError
 from rendezvous.hosting.runtime import Server
 from rendezvous.roles.decoy import read_archive
+from rendezvous.roles.scorekeeper import read_scores
 from tests.conftest import register_callable
 from tests.test_hardening_engine import fill_disk, free_disk, wait_for
 
@@ -365,6 +367,13 @@ async def test_the_decoy_retries_a_failed_archive_write_while_running(registry: 
         blocker.unlink()
         await wait_for(lambda: rt.decoy.backlog == 0)
         assert read_archive(registry.home, "dep").num_rows == 3
+
+        def scores_archived() -> bool:  # the scorekeeper kept its rows for the retry too
+            with contextlib.suppress(NotFoundError):
+                return read_scores(registry.home, "dep").num_rows == 3 * len(rt.hosts)
+            return False
+
+        await wait_for(scores_archived)
 
 
 async def test_results_that_fail_to_be_recorded_are_recorded_once_the_disk_has_room(

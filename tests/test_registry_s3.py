@@ -1,9 +1,7 @@
-"""Artifacts on S3 (a real local S3 server, moto's server mode, on a free loopback port)."""
+"""Artifacts on S3 (a real local S3 server, moto's server mode: the ``s3`` fixture)."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +13,6 @@ from rendezvous.errors import ArtifactIntegrityError
 from tests.registry_db import registry_url  # noqa: F401  (both backends)
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An S3 endpoint with an empty bucket; returns the bucket's URL."""
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
-    try:
-        yield "s3://models/rendezvous"
-    finally:
-        server.stop()
 
 
 def test_artifacts_on_s3_verified_on_every_load(home: Path, registry_url: str,

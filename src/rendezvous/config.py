@@ -113,6 +113,10 @@ REGISTRY_UPGRADE = Setting("RENDEZVOUS_REGISTRY_UPGRADE", bool, True,
 ARTIFACTS = Setting("RENDEZVOUS_ARTIFACTS", str, "",
                     "where new artifacts are stored: a local path or any fsspec URL "
                     "(s3://bucket/prefix); default <home>/artifacts")
+ARCHIVE = Setting("RENDEZVOUS_ARCHIVE", str, "",
+                  "where the evidence archive (inputs, scores, results, labels) is written and "
+                  "read: a local path or any fsspec URL (s3://bucket/prefix); default "
+                  "<home>/archive")
 TRUSTED_MODULES = Setting("RENDEZVOUS_TRUSTED_MODULES", str, "",
                           "comma-separated modules (and their submodules) whose callables the "
                           "python flavor may import, e.g. 'mypkg.models,tests'")
@@ -128,6 +132,9 @@ ANALYTICS = Setting("RENDEZVOUS_ANALYTICS", bool, True,
                     "the score archive; off leaves counts and latency only")
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
+LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
+                              "how long after a request its feedback label is still counted "
+                              "(older labels are counted as too late)", minimum=0.001)
 
 READY_TIMEOUT_S = Setting("RENDEZVOUS_READY_TIMEOUT_S", float, 120.0,
                           "how long start-up waits for every candidate model to load and warm "

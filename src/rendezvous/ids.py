@@ -64,3 +64,26 @@ class ModelRef:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version if self.version is not None else self.alias}"
+
+
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+
+
+def ulid_ms(text: str) -> int | None:
+    """The millisecond timestamp a ULID request id carries; None for any other id (ids a
+    client supplied). Pure and cheap: only the 10 time characters are decoded.
+
+    >>> ulid_ms("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    1469922850259
+    """
+    if len(text) != 26 or text[0] > "7":  # 48 bits: the first character is at most 7
+        return None
+    ms = 0
+    for c in text[:10]:
+        v = _CROCKFORD.get(c.upper())
+        if v is None:
+            return None
+        ms = ms * 32 + v
+    if any(c.upper() not in _CROCKFORD for c in text[10:]):
+        return None
+    return ms

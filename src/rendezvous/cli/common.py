@@ -31,6 +31,9 @@ err = Console(stderr=True)
 Home = Annotated[Path | None, typer.Option("--home", help="Data directory "
                                            "[env RENDEZVOUS_HOME, default ./.rendezvous]")]
 
+ArchiveUrl = Annotated[str | None, typer.Option(
+    "--archive", help="Evidence archive (inputs, scores, labels): a path or an fsspec URL "
+    "such as s3://bucket/prefix [env RENDEZVOUS_ARCHIVE, default <home>/archive]")]
 
 RegistryUrl = Annotated[str | None, typer.Option(
     "--registry", help="Registry database URL (sqlite:///PATH or postgresql://USER@HOST/DB) "

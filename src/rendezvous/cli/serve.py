@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 
 from rendezvous import config
 from rendezvous.cli.common import (
+    ArchiveUrl,
     Home,
     app,
     err,
@@ -53,6 +55,7 @@ def serve(
         "--reset-log", help="Start the embedded stream log afresh when the file on disk is not "
                             "the one this data directory recorded (the old files are kept "
                             "aside)")] = False,
+    archive: ArchiveUrl = None,
 ) -> None:
     """Serve deployments over HTTP until Ctrl-C.
 
@@ -68,6 +71,15 @@ def serve(
                         roles=Roles.only(role, model or ()) if role is not None else None,
                         replicas=replicas, monitor_port=monitor_port,
                         registry_url=registry, reset_log=reset_log).check()
+    if archive:
+        # Through the environment: every process this command starts (role processes,
+        # partitions) inherits it, whichever mode runs.
+        os.environ[config.ARCHIVE.env] = archive
+    if topology.mode in (Mode.PARTITIONS, Mode.LAUNCHER):
+        # Child processes would each report a bad archive; one clear error here instead.
+        from rendezvous.archive import open_archive
+
+        open_archive(config.home(home)).check()
     match topology.mode:
         case Mode.PARTITIONS:
             from rendezvous.hosting.processes import serve_processes

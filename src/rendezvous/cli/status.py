@@ -14,6 +14,7 @@ from rich.table import Table
 
 from rendezvous import config
 from rendezvous.cli.common import (
+    ArchiveUrl,
     Home,
     RegistryUrl,
     app,
@@ -21,6 +22,7 @@ from rendezvous.cli.common import (
     open_registry,
     out,
 )
+from rendezvous.errors import ConfigError
 from rendezvous.registry import Registry
 from rendezvous.roles import decoy
 
@@ -115,12 +117,19 @@ def archive_export(deployment: str,
                    scores: Annotated[bool, typer.Option(
                        "--scores", help="Export every model's scores (with status, latency "
                                         "and policy version) instead of the inputs")] = False,
+                   labels: Annotated[bool, typer.Option(
+                       "--labels", help="Export the feedback labels (the first per request, "
+                                        "as JSON) instead of the inputs")] = False,
+                   archive: ArchiveUrl = None,
                    home: Home = None) -> None:
-    """Write every archived input row (or, with --scores, every score) of DEPLOYMENT to one
-    Parquet file."""
-    from rendezvous.roles.scorekeeper import export_scores
+    """Write every archived input row (or, with --scores, every score; with --labels, every
+    request's label) of DEPLOYMENT to one Parquet file."""
+    from rendezvous.roles.scorekeeper import export_labels, export_scores
 
-    n = (export_scores if scores else decoy.export)(config.home(home), deployment, out_file)
+    if scores and labels:
+        raise ConfigError("--scores and --labels each pick what to export; give one")
+    export = export_scores if scores else export_labels if labels else decoy.export
+    n = export(config.home(home), deployment, out_file, archive=archive)
     out.print(f"wrote {n} rows to {out_file}")
 
 

@@ -18,12 +18,14 @@ from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector, P
 from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
 from rendezvous.core.compare import PairStats, ScoreBook, Scored, label_key, reduce
 from rendezvous.core.drift import DriftDetector, DriftReport
+from rendezvous.core.labelled import HORIZON_NS, LabelledIds
 from rendezvous.core.messages import Feedback, ResultSummary, Score
 from rendezvous.core.windows import ModelWindow, WindowRing
 
 __all__ = ["DeploymentAnalytics", "WindowAcc"]
 
-FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid")
+# too_late: the request is older than the label horizon (see ``core.labelled``)
+FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid", "too_late")
 # Recent requests' scores kept in memory: enough to pair every model with the champion (a few
 # seconds) and to join prompt labels; older labels are joined from the score archive.
 SCORE_BOOK = 20_000
@@ -70,9 +72,11 @@ def _drift_point(report: DriftReport) -> dict[str, Any]:
 
 class DeploymentAnalytics:
     """See the module docstring. ``references``: model -> the ``reference`` recorded in its
-    version's ``data_summary`` at registration (may be empty)."""
+    version's ``data_summary`` at registration (may be empty). ``label_horizon_ns``: how old
+    a request may be for its label to count (``core.labelled``)."""
 
-    def __init__(self, deployment: str, *, settings: AlarmSettings | None = None) -> None:
+    def __init__(self, deployment: str, *, settings: AlarmSettings | None = None,
+                 label_horizon_ns: int = HORIZON_NS) -> None:
         self.deployment = deployment
         self.settings = settings or AlarmSettings()
         s = self.settings
@@ -94,7 +98,7 @@ class DeploymentAnalytics:
         # model -> its labelled outcomes minus the champion's, since that champion took over
         self.paired_labels: dict[str, PairedOutcomes] = {}
         self.class_cols: dict[str, dict[str, int]] = {}  # model -> class label -> column
-        self.labelled: set[str] = set()
+        self.labelled = LabelledIds(horizon_ns=label_horizon_ns)
         self.feedback: Counter[str] = Counter({k: 0 for k in FEEDBACK_OUTCOMES})
         self._judged_ns = -1  # start of the last window the threshold rules have judged
 
@@ -193,10 +197,12 @@ class DeploymentAnalytics:
     def add_feedback(self, fb: Feedback, scored: Mapping[str, Scored] | None,
                      at_ns: int) -> str:
         """Join one label with every model's score of its request; returns the outcome
-        (``joined``, ``duplicate``, ``unknown`` or ``invalid``), counted once per id."""
-        if fb.request_id in self.labelled:
-            self.feedback["duplicate"] += 1
-            return "duplicate"
+        (``joined``, ``duplicate``, ``unknown``, ``invalid`` or ``too_late``), counted once
+        per id."""
+        verdict = self.labelled.check(fb.request_id, at_ns)
+        if verdict != "new":
+            self.feedback[verdict] += 1
+            return verdict
         if not scored:
             self.feedback["unknown"] += 1
             return "unknown"
@@ -211,7 +217,7 @@ class DeploymentAnalytics:
                 self.feedback["invalid"] += 1
                 return "invalid"
             outcomes[model] = got
-        self.labelled.add(fb.request_id)
+        self.labelled.add(fb.request_id, at_ns)
         self.feedback["joined"] += 1
         for model, sc in scored.items():
             if model not in outcomes:
@@ -365,7 +371,7 @@ class DeploymentAnalytics:
 
     def to_state(self) -> dict[str, Any]:
         return {"ring": self.ring.to_state(), "alarms": self.alarms.to_list(),
-                "labelled": sorted(self.labelled), "feedback": dict(self.feedback),
+                "labelled": self.labelled.to_state(), "feedback": dict(self.feedback),
                 "labels": {m: _label_state(s) for m, s in self.labels.items()}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -373,7 +379,7 @@ class DeploymentAnalytics:
         if self.ring.closed:
             self._judged_ns = self.ring.closed[-1]["start_ns"]
         self.alarms.restore(state.get("alarms", []))
-        self.labelled.update(state.get("labelled", []))
+        self.labelled.restore(state.get("labelled", []))
         self.feedback.update(state.get("feedback", {}))
         for model, raw in state.get("labels", {}).items():
             self.labels[model] = _label_from(raw)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rendezvous import config
+from rendezvous.archive import Archive, open_archive
 from rendezvous.core import messages
 from rendezvous.core.policy import Isolation, ModelSpec, Policy, Role, Schedule
 from rendezvous.core.schema import Signature
@@ -191,14 +192,17 @@ class DeploymentRuntime:
                 late_grace_ms=self.server.late_grace_ms)
             self._spawn_role("rendezvous", self.rendezvous.run)
         if ProcessRole.DECOY in roles and self.policy.decoy:
-            self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature)
+            self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature,
+                               archive=self.server.archive)
             self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
             self.monitor = Monitor(self.stream, self.name, home=self.server.home,
-                                   registry=self.server.registry, policy=self.policy)
+                                   registry=self.server.registry, policy=self.policy,
+                                   archive=self.server.archive)
             self._spawn_role("monitor", self.monitor.run)
             if self.monitor.analytics is not None:
-                self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name)
+                self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name,
+                                               archive=self.server.archive)
                 self._spawn_role("scorekeeper", self.scorekeeper.run)
         self._spawn("registry", self._watch_registry())
         if not self._readers_ok:
@@ -396,15 +400,19 @@ class Server:
     ``roles`` picks what this process runs (default: everything); running only some of them
     needs an engine shared between processes (NATS). ``registry_url``: a SQL URL for a
     registry shared by machines (PostgreSQL); default the SQLite file under ``home``.
-    ``deployments`` None or empty: every deployment of the registry, including those created
+    ``archive``: where the decoy and the scorekeeper write the evidence archive, a path or an
+    fsspec URL (default ``RENDEZVOUS_ARCHIVE``, else ``<home>/archive``), checked writable at
+    start. ``deployments`` None or empty: every deployment of the registry, including those created
     while serving.
     """
 
     def __init__(self, home: Path | str | None = None, deployments: list[str] | None = None, *,
                  streams: str | None = None, late_grace_ms: float | None = None,
                  roles: Roles | None = None, registry_url: str | None = None,
-                 reset_log: bool = False) -> None:
+                 archive: str | None = None, reset_log: bool = False) -> None:
         self.home = config.home(home)
+        self._archive_at = archive
+        self.archive: Archive | None = None  # opened at start by processes that write it
         self.reset_log = reset_log  # start an embedded log afresh that does not match
         self.deployment_names = list(deployments or [])
         self.serves_all = not self.deployment_names
@@ -439,6 +447,9 @@ class Server:
             self.deployment_names = await asyncio.to_thread(self.registry.deployments)
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
+        if ProcessRole.DECOY in self.roles or ProcessRole.MONITOR in self.roles:
+            self.archive = open_archive(self.home, self._archive_at)
+            await asyncio.to_thread(self.archive.check)  # a bad archive fails now, not later
         self.stream = await open_stream(self.streams_url, home=self.home,
                                         reset_log=self.reset_log)
         remote = self.stream.return_transport()

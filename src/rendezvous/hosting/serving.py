@@ -144,7 +144,7 @@ async def running(
     host: str | None = None, port: int | None = None, streams: str | None = None,
     admin_token: str | None = None, roles: Roles | None = None,
     registry_url: str | None = None, sock: socket.socket | None = None,
-    run_files: bool = True, reset_log: bool = False,
+    run_files: bool = True, reset_log: bool = False, archive: str | None = None,
 ) -> AsyncIterator[tuple[Proxy, str]]:
     """Serve in the current event loop; yields (proxy, base URL) once ready.
 
@@ -153,7 +153,9 @@ async def running(
     the thousandth. ``roles``: what this process runs besides the HTTP edge, default
     everything; ``Roles.only("proxy")`` for a proxy on a shared engine
     (``streams="nats://…"``). ``sock``: serve on this socket (one of the ``SO_REUSEPORT``
-    group of ``serve --processes N``) instead of binding ``host:port``.
+    group of ``serve --processes N``) instead of binding ``host:port``. ``archive``: where
+    the evidence archive goes, a path or fsspec URL (default ``RENDEZVOUS_ARCHIVE``, else
+    ``<home>/archive``).
 
     >>> # async with running(["demo"], port=0) as (proxy, url): ...
     """
@@ -161,7 +163,7 @@ async def running(
     if roles is not None and ProcessRole.PROXY not in roles:
         raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
     server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
-                    reset_log=reset_log)
+                    archive=archive, reset_log=reset_log)
     token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
     proxy = Proxy(server, admin_token=token)
     await proxy.start()
@@ -191,7 +193,7 @@ async def running(
 async def running_roles(
     roles: Roles, deployments: list[str] | None = None, *, home: Path | str | None = None,
     host: str | None = None, port: int | None = None, streams: str | None = None,
-    registry_url: str | None = None,
+    registry_url: str | None = None, archive: str | None = None,
 ) -> AsyncIterator[tuple[Server, str | None]]:
     """Run roles other than the proxy in the current event loop; yields (server, URL of the
     monitor's status endpoint or None) once started, and stops them cleanly on exit.
@@ -202,7 +204,8 @@ async def running_roles(
     if ProcessRole.PROXY in roles:
         raise ValueError("running_roles() runs no proxy; use running() to serve HTTP")
     home = config.home(home)
-    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url)
+    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
+                    archive=archive)
     await server.start()
     try:
         if ProcessRole.MONITOR not in roles:

@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rendezvous import config
-from rendezvous.errors import (
-    ArtifactIntegrityError,
-    ConfigError,
-    MissingDependencyError,
-    NotFoundError,
-    UnavailableError,
-)
+from rendezvous.errors import ArtifactIntegrityError, NotFoundError, UnavailableError
+from rendezvous.fsurl import is_remote, local_path, open_url
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -98,10 +93,6 @@ def _relative(digest: str) -> str:
     return f"sha256/{digest[:2]}/{digest}"
 
 
-# fsspec protocols whose implementation lives in a package of one of our extras
-_EXTRA_OF = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3")}
-
-
 class FsspecArtifacts:
     """Artifacts under any fsspec URL, laid out as the local store (``<url>/sha256/ab/…``).
 
@@ -111,22 +102,9 @@ class FsspecArtifacts:
     """
 
     def __init__(self, url: str) -> None:
-        import fsspec
-
         self._url = url.rstrip("/")
-        protocol = self._url.split("://", 1)[0]
-        try:
-            self.fs: Any
-            # A fresh filesystem: fsspec's instance cache would keep credentials and endpoints
-            # read from the environment the first time, whatever they are now.
-            self.fs, self.root = fsspec.core.url_to_fs(self._url, skip_instance_cache=True)
-        except ImportError:
-            package, extra = _EXTRA_OF.get(protocol, (f"the fsspec backend for {protocol}://",
-                                                      protocol))
-            raise MissingDependencyError(f"artifacts on {protocol}://", package, extra) from None
-        except ValueError as exc:  # fsspec: "Protocol not known: …"
-            raise ConfigError(f"artifact store {url!r}: {exc}; use a local path or an fsspec "
-                              "URL such as s3://bucket/prefix") from None
+        self.fs: Any
+        self.fs, self.root = open_url(self._url, "artifact store")
 
     @property
     def url(self) -> str:
@@ -167,7 +145,6 @@ class FsspecArtifacts:
 
 def open_store(location: str | Path) -> ArtifactStore:
     """The artifact store at a local path or an fsspec URL (picked by its scheme)."""
-    text = str(location)
-    if "://" in text and not text.startswith("file://"):
-        return FsspecArtifacts(text)
-    return LocalArtifacts(Path(text.removeprefix("file://")).expanduser().resolve())
+    if is_remote(location):
+        return FsspecArtifacts(str(location))
+    return LocalArtifacts(local_path(location))

@@ -1,27 +1,24 @@
 """The decoy: reads the input stream like a model, but only archives what it sees.
 
-Rows go to Parquet files under ``<home>/archive/<deployment>/date=YYYY-MM-DD/``, one file per
-flush, written atomically (temp file, then rename). Batches are acknowledged only after their
-file is on disk, so a crash re-archives at worst, never loses; ``export`` drops such duplicates.
+Rows go to Parquet parts under ``<archive>/<deployment>/date=YYYY-MM-DD/``, one part per flush,
+in the archive's location (``<home>/archive`` or any fsspec URL; see ``rendezvous.archive``).
+Batches are acknowledged only after their part is written, so a crash re-archives at worst,
+never loses; ``export`` drops such duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from rendezvous import config
+from rendezvous.archive import Archive, dataset, open_archive, write_atomic
 from rendezvous.core import messages
 from rendezvous.core.messages import Request
 from rendezvous.core.schema import Datatype, Signature
@@ -41,6 +38,7 @@ _ARROW = {
 
 
 def archive_dir(home: Path, deployment: str) -> Path:
+    """The deployment's input archive in the default, local location."""
     return home / "archive" / check_name(deployment, "deployment name")
 
 
@@ -90,29 +88,22 @@ class Rows:
                          *self.cols.values()], schema=arrow_schema(self.sig))
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    config.private_dir(path.parent)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    config.private_file(tmp)
-    os.replace(tmp, path)
-
-
 class Decoy:
-    """Archives one deployment's inputs."""
+    """Archives one deployment's inputs (in ``archive``, default: the one ``home`` and the
+    settings name)."""
 
     def __init__(self, stream: Stream, home: Path, deployment: str, signature: Signature, *,
+                 archive: Archive | str | None = None,
                  flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
         self.stream = stream
-        self.dir = archive_dir(home, deployment)
+        self.archive = open_archive(home, archive)
+        self.dataset = dataset(deployment)
         self.deployment = deployment
         self.signature = signature
         self.flush_rows = flush_rows
         self.flush_s = flush_s
         self._pending = Rows(signature)
         self._batches: list[Batch] = []
-        self._first_offset = 0
-        self._last_offset = 0
         self._consumer: Any = None
         self._lock = asyncio.Lock()
         self.backlog = 0  # rows whose archive write failed, retried with backoff
@@ -130,8 +121,6 @@ class Decoy:
                         log.error("decoy %s: undecodable record %s", self.deployment, rec.offset)
                         continue
                     self._pending.add(req, input_digest(rec.data))
-                    self._first_offset = self._first_offset or rec.offset
-                    self._last_offset = rec.offset
                 self._batches.append(batch)
                 if len(self._pending) >= self.flush_rows and not self.backlog:
                     with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
@@ -160,19 +149,15 @@ class Decoy:
             if not self._batches:
                 return
             pending, batches = self._pending, self._batches
-            lo, hi = self._first_offset, self._last_offset
-            self._pending, self._batches, self._first_offset = Rows(self.signature), [], 0
+            self._pending, self._batches = Rows(self.signature), []
             if pending:
-                day = dt.datetime.fromtimestamp(pending.received[0] / 1e9, dt.UTC)
-                path = (self.dir / f"date={day:%Y-%m-%d}" /
-                        f"part-{lo:012d}-{hi:012d}-{os.getpid()}-{time.time_ns()}.parquet")
                 try:
-                    await asyncio.to_thread(write_atomic, pending.table(), path)
-                except OSError:
+                    await asyncio.to_thread(self.archive.write, pending.table(), self.dataset,
+                                            pending.received[0])
+                except (RendezvousError, OSError):
                     # Keep the rows, in front of those that came meanwhile, for the retry.
                     pending.extend(self._pending)
                     self._pending, self._batches = pending, batches + self._batches
-                    self._first_offset = lo
                     self.backlog = len(pending)
                     raise
             self.backlog = 0
@@ -184,17 +169,21 @@ class Decoy:
             await self._consumer.close()
 
 
-def read_archive(home: Path, deployment: str) -> pa.Table:
+def read_archive(home: Path | None, deployment: str, *,
+                 archive: Archive | str | None = None) -> pa.Table:
     """Every archived row of a deployment, duplicates (from crash re-delivery) removed,
-    ordered by arrival."""
-    root = archive_dir(home, deployment)
-    files = sorted(root.glob("date=*/part-*.parquet")) if root.exists() else []
+    ordered by arrival. ``archive``: its location (default ``RENDEZVOUS_ARCHIVE``, else
+    ``<home>/archive``)."""
+    arc = open_archive(home, archive)
+    name = dataset(deployment)
+    files = arc.parts(name)
     if not files:
         raise NotFoundError(
             "archive", deployment,
-            f"nothing archived under {root}; serve the deployment with the decoy on first",
+            f"nothing archived under {arc.where(name)}; serve the deployment with the decoy on "
+            "first (or name the archive it wrote to with --archive / RENDEZVOUS_ARCHIVE)",
         )
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    table = arc.read_all(files)
     table = table.sort_by([("request_id", "ascending"), ("row", "ascending")])
     if table.num_rows > 1:
         ids, rows = table["request_id"], table["row"]
@@ -204,8 +193,9 @@ def read_archive(home: Path, deployment: str) -> pa.Table:
     return table.sort_by([("received_ns", "ascending"), ("row", "ascending")])
 
 
-def export(home: Path, deployment: str, out: Path) -> int:
+def export(home: Path | None, deployment: str, out: Path, *,
+           archive: Archive | str | None = None) -> int:
     """Write the deployment's archive as one Parquet file; returns the number of rows."""
-    table = read_archive(home, deployment)
+    table = read_archive(home, deployment, archive=archive)
     write_atomic(table, out)
     return table.num_rows

@@ -44,6 +44,7 @@ from rendezvous.errors import ConflictError, RendezvousError
 from rendezvous.streams.base import Stream, open_stream, partitions
 
 if TYPE_CHECKING:
+    from rendezvous.archive import Archive
     from rendezvous.registry.store import PolicyRecord
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def groups(deployment: str) -> list[tuple[str, str]]:
     if not config.ANALYTICS.get():
         return [(topic(deployment, "results"), GROUP)]
     return ([(topic(deployment, t), GROUP) for t in TOPICS]
-            + [(topic(deployment, t), scorekeeper.GROUP) for t in ("scores", "results")])
+            + [(topic(deployment, t), scorekeeper.GROUP) for t in scorekeeper.TOPICS])
 
 
 @contextlib.contextmanager
@@ -79,6 +80,10 @@ def _contained(deployment: str, what: str, offset: int) -> Iterator[None]:
     except (TypeError, ValueError, KeyError, IndexError) as exc:
         log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset,
                   exc)
+
+
+def _label_horizon_ns() -> int:
+    return int(config.LABEL_HORIZON_HOURS.get() * 3600 * 10**9)
 
 
 def state_path(home: Path, deployment: str) -> Path:
@@ -100,17 +105,19 @@ class Monitor:
 
     def __init__(self, stream: Stream, deployment: str, *, home: Path | None = None,
                  registry: Any = None, policy: Policy | None = None,
-                 analytics: bool | None = None,
+                 analytics: bool | None = None, archive: Archive | None = None,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.stream = stream
         self.deployment = deployment
         self.stats = DeploymentStats(deployment)
         self.home = home
+        self.archive = archive  # where older scores are looked up (rendezvous.archive)
         self.registry = registry
         self.clock = clock
         self.settings = AlarmSettings.parse(policy.alarms if policy is not None else None)
         self.analytics: DeploymentAnalytics | None = (
-            DeploymentAnalytics(deployment, settings=self.settings)
+            DeploymentAnalytics(deployment, settings=self.settings,
+                                label_horizon_ns=_label_horizon_ns())
             if config.ANALYTICS.get(analytics) else None)
         self._policy = policy
         self._refs: dict[str, dict[str, Any]] = {}
@@ -342,8 +349,9 @@ class Monitor:
         from rendezvous.roles.scorekeeper import lookup_scores
 
         try:
-            return await asyncio.to_thread(lookup_scores, self.home, self.deployment, ids)
-        except OSError as exc:
+            return await asyncio.to_thread(lookup_scores, self.home, self.deployment, ids,
+                                           archive=self.archive)
+        except (OSError, RendezvousError) as exc:
             log.warning("monitor %s: cannot read the score archive (%s)", self.deployment, exc)
             return {}
 
@@ -428,15 +436,16 @@ async def stats_from_log(home: Path, deployment: str, *, streams: str = "embedde
 
 
 async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
-                             streams: str = "embedded",
-                             limit: int = 200_000) -> DeploymentAnalytics:
+                             streams: str = "embedded", limit: int = 200_000,
+                             archive: Archive | str | None = None) -> DeploymentAnalytics:
     """The deployment's analytics rebuilt from its streams (the last ``limit`` records of
-    each topic, replayed in time order) and the score archive for older labels: what the
-    CLI shows when no server is running."""
-    from rendezvous.roles.scorekeeper import lookup_scores
+    each topic, replayed in time order) and the archive for older scores and labels: what
+    the CLI shows when no server is running."""
+    from rendezvous.roles.scorekeeper import archived_feedback, lookup_scores
 
     policy, _ = await asyncio.to_thread(registry.policy, deployment)
-    a = DeploymentAnalytics(deployment, settings=AlarmSettings.parse(policy.alarms))
+    a = DeploymentAnalytics(deployment, settings=AlarmSettings.parse(policy.alarms),
+                            label_horizon_ns=_label_horizon_ns())
     refs = {}
     for model in policy.model_names():
         mv = await asyncio.to_thread(registry.get, model)
@@ -465,6 +474,7 @@ async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
             await stream.close()
     timeline.sort(key=lambda t: (t[0], t[1]))
     older: list[Feedback] = []  # labels for requests before the replayed records
+    replayed: set[str] = set()  # request ids of the labels in the replayed records
     for ts, _, kind, data in timeline:
         a.tick(ts)
         if kind == "input":
@@ -476,13 +486,17 @@ async def analytics_from_log(home: Path, deployment: str, registry: Any, *,
             a.add_result(messages.result_summary_decoder.decode(data))
         else:
             fb = messages.feedback_decoder.decode(data)
+            replayed.add(fb.request_id)
             scored = a.book.get(fb.request_id)
             if scored is None:
                 older.append(fb)
             else:
                 a.add_feedback(fb, scored, ts)
+    # Labels older than the stream log's retention (or the replayed records) are archived.
+    older = await asyncio.to_thread(archived_feedback, home, deployment, skip=replayed,
+                                    archive=archive) + older
     archived = await asyncio.to_thread(lookup_scores, home, deployment,
-                                       [fb.request_id for fb in older])
+                                       [fb.request_id for fb in older], archive=archive)
     for fb in older:
         a.add_feedback(fb, archived.get(fb.request_id), fb.at_ns)
     return a

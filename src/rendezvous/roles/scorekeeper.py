@@ -1,16 +1,20 @@
-"""The scorekeeper: archives every model's score and every decision, as the decoy archives inputs.
+"""The scorekeeper: archives every model's score, every decision and every feedback label, as
+the decoy archives inputs.
 
-Two Parquet datasets beside the decoy's, partitioned by day like it:
+Three Parquet datasets beside the decoy's, in the same archive (``rendezvous.archive``: a local
+directory or any fsspec URL), partitioned by day like it:
 
-- ``<home>/archive/<deployment>/scores/date=YYYY-MM-DD/part-*.parquet``: one row per model per
+- ``<archive>/<deployment>/scores/date=YYYY-MM-DD/part-*.parquet``: one row per model per
   request: ``request_id``, ``model``, ``outputs`` (msgpack, as the worker encoded them),
   ``error``, ``started_ns``, ``finished_ns``, ``worker``;
 - ``…/results/date=…``: one row per request: ``request_id``, ``chosen``, ``reason``,
   ``policy_version``, ``received_ns``, ``responded_ns`` and ``models`` (JSON: status and
-  latency of every model).
+  latency of every model);
+- ``…/labels/date=…`` (day of arrival): one row per feedback label: ``request_id``, ``label``
+  (JSON, so any label type survives), ``at_ns``.
 
-Files are written atomically (temp file, then rename) and batches acknowledged only after their
-file is on disk, so a crash re-archives at worst; readers drop such duplicates.
+Parts are written whole or not at all and batches acknowledged only after their part is
+written, so a crash re-archives at worst; readers drop such duplicates.
 ``export_scores`` joins the two into one row per (request, model) with its outputs as JSON,
 its score and prediction, status, latency and policy version: what late labels, comparisons
 and replay need after the stream log's retention has passed.
@@ -19,9 +23,8 @@ and replay need after the stream log's retention has passed.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,20 +33,22 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from rendezvous.archive import Archive, dataset, day_of, open_archive, write_atomic
 from rendezvous.core import messages
 from rendezvous.core.compare import Scored, reduce
 from rendezvous.core.reference import score_series
 from rendezvous.errors import NotFoundError, RendezvousError
-from rendezvous.roles.decoy import archive_dir, write_atomic
+from rendezvous.ids import ulid_ms
 from rendezvous.streams.base import Batch, Stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUP", "Scorekeeper", "export_scores", "lookup_scores", "read_scores"]
+__all__ = ["GROUP", "TOPICS", "Scorekeeper", "archived_feedback", "export_labels",
+           "export_scores", "lookup_scores", "read_labels", "read_scores"]
 
 GROUP = "scorekeeper"
+TOPICS = ("scores", "results", "feedback")  # what the scorekeeper reads, in its group
 _json = msgspec.json.Encoder()
 
 SCORES_SCHEMA = pa.schema([
@@ -73,6 +78,9 @@ RESULTS_SCHEMA = pa.schema([
     ("policy_version", pa.int64()), ("received_ns", pa.int64()), ("responded_ns", pa.int64()),
     ("models", pa.string()),
 ])
+LABELS_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("label", pa.string()), ("at_ns", pa.int64()),
+])
 
 
 def score_rows(data: bytes) -> list[dict[str, Any]]:
@@ -91,18 +99,25 @@ def result_rows(data: bytes) -> list[dict[str, Any]]:
              "models": _json.encode(r.models).decode()}]
 
 
+def label_rows(data: bytes) -> list[dict[str, Any]]:
+    """The archive row of one feedback record: its labels as JSON."""
+    fb = messages.feedback_decoder.decode(data)
+    return [{"request_id": fb.request_id, "label": _json.encode(fb.labels).decode(),
+             "at_ns": fb.at_ns}]
+
+
 class _Archiver:
     """One topic into one dataset: accumulate rows, write a file, then acknowledge."""
 
-    def __init__(self, stream: Stream, topic: str, root: Path, schema: pa.Schema,
-                 to_rows: Callable[[bytes], list[dict[str, Any]]], time_field: str, *,
-                 flush_rows: int, flush_s: float) -> None:
-        self.stream, self.topic, self.root, self.schema = stream, topic, root, schema
+    def __init__(self, stream: Stream, topic: str, archive: Archive, dataset: str,
+                 schema: pa.Schema, to_rows: Callable[[bytes], list[dict[str, Any]]],
+                 time_field: str, *, flush_rows: int, flush_s: float) -> None:
+        self.stream, self.topic, self.schema = stream, topic, schema
+        self.archive, self.dataset = archive, dataset
         self.to_rows, self.time_field = to_rows, time_field
         self.flush_rows, self.flush_s = flush_rows, flush_s
         self.rows: list[dict[str, Any]] = []
         self.batches: list[Batch] = []
-        self.offsets = (0, 0)
         self.consumer: Any = None
         self.lock = asyncio.Lock()
 
@@ -118,10 +133,10 @@ class _Archiver:
                         log.error("scorekeeper: undecodable record %s of %s", rec.offset,
                                   self.topic)
                         continue
-                    self.offsets = (self.offsets[0] or rec.offset, rec.offset)
                 self.batches.append(batch)
                 if len(self.rows) >= self.flush_rows:
-                    await self.flush()
+                    with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
+                        await self.flush()
         finally:
             ticker.cancel()
             await self.flush()
@@ -131,22 +146,24 @@ class _Archiver:
             await asyncio.sleep(self.flush_s)
             try:
                 await self.flush()
-            except RendezvousError as exc:  # unacknowledged batches come back; keep going
+            except (RendezvousError, OSError) as exc:  # the rows stay pending, unacknowledged
                 log.warning("scorekeeper %s: flush failed (%s); retrying", self.topic, exc)
 
     async def flush(self) -> None:
         async with self.lock:
             if not self.batches:
                 return
-            rows, batches, (lo, hi) = self.rows, self.batches, self.offsets
-            self.rows, self.batches, self.offsets = [], [], (0, 0)
+            rows, batches = self.rows, self.batches
+            self.rows, self.batches = [], []
             if rows:
                 stamp = rows[0][self.time_field] or time.time_ns()
-                day = dt.datetime.fromtimestamp(stamp / 1e9, dt.UTC)
-                path = (self.root / f"date={day:%Y-%m-%d}" /
-                        f"part-{lo:012d}-{hi:012d}-{os.getpid()}-{time.time_ns()}.parquet")
                 table = pa.Table.from_pylist(rows, schema=self.schema)
-                await asyncio.to_thread(write_atomic, table, path)
+                try:
+                    await asyncio.to_thread(self.archive.write, table, self.dataset, stamp)
+                except (RendezvousError, OSError):
+                    # Kept, in front of what came meanwhile, for the retry.
+                    self.rows, self.batches = rows + self.rows, batches + self.batches
+                    raise
             for b in batches:
                 await b.ack()
 
@@ -156,18 +173,21 @@ class _Archiver:
 
 
 class Scorekeeper:
-    """Archives one deployment's scores and results (see the module docstring)."""
+    """Archives one deployment's scores, results and labels (see the module docstring) in
+    ``archive`` (default: the one ``home`` and the settings name)."""
 
     def __init__(self, stream: Stream, home: Path, deployment: str, *,
+                 archive: Archive | str | None = None,
                  flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
-        root = archive_dir(home, deployment)
-        topic = messages.topic
+        arc = open_archive(home, archive)
+        kinds = {"scores": (SCORES_SCHEMA, score_rows, "finished_ns"),
+                 "results": (RESULTS_SCHEMA, result_rows, "received_ns"),
+                 "feedback": (LABELS_SCHEMA, label_rows, "at_ns")}
         self.parts = [
-            _Archiver(stream, topic(deployment, "scores"), root / "scores", SCORES_SCHEMA,
-                      score_rows, "finished_ns", flush_rows=flush_rows, flush_s=flush_s),
-            _Archiver(stream, topic(deployment, "results"), root / "results", RESULTS_SCHEMA,
-                      result_rows, "received_ns", flush_rows=flush_rows, flush_s=flush_s),
-        ]
+            _Archiver(stream, messages.topic(deployment, kind), arc,
+                      dataset(deployment, _DATASET[kind]), schema, to_rows, time_field,
+                      flush_rows=flush_rows, flush_s=flush_s)
+            for kind, (schema, to_rows, time_field) in kinds.items()]
 
     async def run(self) -> None:
         await asyncio.gather(*(p.run() for p in self.parts))
@@ -181,13 +201,7 @@ class Scorekeeper:
             await p.stop()
 
 
-def _files(home: Path, deployment: str, kind: str, days: Iterable[str] | None = None) -> list[Path]:
-    root = archive_dir(home, deployment) / kind
-    if not root.exists():
-        return []
-    if days is None:
-        return sorted(root.glob("date=*/part-*.parquet"))
-    return sorted(f for d in sorted(set(days)) for f in root.glob(f"date={d}/part-*.parquet"))
+_DATASET = {"scores": "scores", "results": "results", "feedback": "labels"}
 
 
 def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
@@ -205,21 +219,32 @@ def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.filter(keep)
 
 
-def read_scores(home: Path, deployment: str) -> pa.Table:
-    """Every archived score of a deployment, one row per (request, model), with its status,
-    latency, policy version and whether it was chosen (from the archived results)."""
-    files = _files(home, deployment, "scores")
+ArchiveAt = Archive | str | None
+
+
+def _read_kind(arc: Archive, deployment: str, kind: str, what: str) -> pa.Table:
+    name = dataset(deployment, kind)
+    files = arc.parts(name)
     if not files:
         raise NotFoundError(
-            "score archive", deployment,
-            f"nothing archived under {archive_dir(home, deployment) / 'scores'}; serve the "
-            "deployment (the scorekeeper runs with the monitor) first")
-    scores = _dedupe(pa.concat_tables([pq.read_table(f) for f in files]),
+            what, deployment,
+            f"nothing archived under {arc.where(name)}; serve the deployment (the scorekeeper "
+            "runs with the monitor) first, or name the archive it wrote to with --archive / "
+            "RENDEZVOUS_ARCHIVE")
+    return arc.read_all(files)
+
+
+def read_scores(home: Path | None, deployment: str, *, archive: ArchiveAt = None) -> pa.Table:
+    """Every archived score of a deployment, one row per (request, model), with its status,
+    latency, policy version and whether it was chosen (from the archived results).
+    ``archive``: its location (default ``RENDEZVOUS_ARCHIVE``, else ``<home>/archive``)."""
+    arc = open_archive(home, archive)
+    scores = _dedupe(_read_kind(arc, deployment, "scores", "score archive"),
                      ["request_id", "model"])
     outcome: dict[tuple[str, str], tuple[str, float | None, int, bool]] = {}
-    rfiles = _files(home, deployment, "results")
+    rfiles = arc.parts(dataset(deployment, "results"))
     if rfiles:
-        results = _dedupe(pa.concat_tables([pq.read_table(f) for f in rfiles]), ["request_id"])
+        results = _dedupe(arc.read_all(rfiles), ["request_id"])
         for r in results.to_pylist():
             for model, o in msgspec.json.decode(r["models"]).items():
                 outcome[(r["request_id"], model)] = (o["status"], o.get("latency_ms"),
@@ -242,38 +267,93 @@ def read_scores(home: Path, deployment: str) -> pa.Table:
     return scores.sort_by([("started_ns", "ascending"), ("model", "ascending")])
 
 
-def export_scores(home: Path, deployment: str, out: Path) -> int:
+def export_scores(home: Path | None, deployment: str, out: Path, *,
+                  archive: ArchiveAt = None) -> int:
     """Write the deployment's score archive as one Parquet file; returns the number of rows."""
-    table = read_scores(home, deployment)
+    table = read_scores(home, deployment, archive=archive)
+    write_atomic(table, out)
+    return table.num_rows
+
+
+def read_label_table(home: Path | None, deployment: str, *,
+                     archive: ArchiveAt = None) -> pa.Table:
+    """The first archived label of each request (``request_id``, ``label`` as JSON,
+    ``at_ns``), in order of arrival: later labels for the same request, and copies
+    re-archived after a crash, are dropped, as the monitor never counts a label twice."""
+    table = _read_kind(open_archive(home, archive), deployment, "labels", "label archive")
+    table = table.append_column("_i", pa.array(range(table.num_rows), type=pa.int64()))
+    table = table.sort_by([("request_id", "ascending"), ("at_ns", "ascending"),
+                           ("_i", "ascending")])
+    if table.num_rows > 1:
+        ids = table["request_id"]
+        first = pc.not_equal(ids[1:], ids[:-1]).combine_chunks()
+        table = table.filter(pa.concat_arrays([pa.array([True]), first]))
+    return table.sort_by([("at_ns", "ascending"), ("_i", "ascending")]).drop_columns(["_i"])
+
+
+def read_labels(home: Path | None, deployment: str, ids: Iterable[str] | None = None, *,
+                archive: ArchiveAt = None) -> dict[str, Any]:
+    """request id -> its first archived label (the list of per-row labels it was sent
+    with), for every labelled request or only ``ids``; empty when nothing is archived.
+
+    >>> read_labels(home, "fraud", ["01J9…"])  # doctest: +SKIP
+    {'01J9…': [1]}
+    """
+    try:
+        table = read_label_table(home, deployment, archive=archive)
+    except NotFoundError:
+        return {}
+    if ids is not None:
+        table = table.filter(pc.is_in(table["request_id"], value_set=pa.array(sorted(set(ids)),
+                                                                              pa.string())))
+    return {i: msgspec.json.decode(label) for i, label in
+            zip(table["request_id"].to_pylist(), table["label"].to_pylist(), strict=True)}
+
+
+def archived_feedback(home: Path | None, deployment: str, *, skip: Iterable[str] = (),
+                      archive: ArchiveAt = None) -> list[messages.Feedback]:
+    """The first archived label of each request not in ``skip``, as ``Feedback`` in order of
+    arrival: the labels that have left the stream log, for rebuilding analytics."""
+    try:
+        table = read_label_table(home, deployment, archive=archive)
+    except NotFoundError:
+        return []
+    known = set(skip)
+    return [messages.Feedback(request_id=r["request_id"], deployment=deployment,
+                              labels=msgspec.json.decode(r["label"]), at_ns=r["at_ns"])
+            for r in table.to_pylist() if r["request_id"] not in known]
+
+
+def export_labels(home: Path | None, deployment: str, out: Path, *,
+                  archive: ArchiveAt = None) -> int:
+    """Write the first label of each labelled request as one Parquet file; returns the
+    number of rows."""
+    table = read_label_table(home, deployment, archive=archive)
     write_atomic(table, out)
     return table.num_rows
 
 
 def _day_of(request_id: str) -> str | None:
     """The UTC day a ULID request id was made, None for client-supplied ids."""
-    from ulid import ULID
-
-    try:
-        ts = ULID.from_str(request_id).timestamp
-    except ValueError:
-        return None
-    return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d}"
+    ms = ulid_ms(request_id)
+    return None if ms is None else day_of(ms * 1_000_000)
 
 
-def lookup_scores(home: Path, deployment: str,
-                  request_ids: Iterable[str]) -> dict[str, dict[str, Scored]]:
+def lookup_scores(home: Path | None, deployment: str, request_ids: Iterable[str], *,
+                  archive: ArchiveAt = None) -> dict[str, dict[str, Scored]]:
     """The archived scores of these requests, reduced as comparisons and accuracy use them.
     Only the days their (ULID) ids name are read, unless an id is not a ULID."""
     ids = sorted(set(request_ids))
     if not ids:
         return {}
+    arc = open_archive(home, archive)
     days = [_day_of(i) for i in ids]
-    files = _files(home, deployment, "scores",
-                   None if any(d is None for d in days) else [d for d in days if d])
+    files = arc.parts(dataset(deployment, "scores"),
+                      None if any(d is None for d in days) else [d for d in days if d])
     found: dict[str, dict[str, Scored]] = {}
     wanted = pa.array(ids)
     for f in files:
-        t = pq.read_table(f, columns=["request_id", "model", "outputs", "error"])
+        t = arc.read(f, columns=["request_id", "model", "outputs", "error"])
         t = t.filter(pc.is_in(t["request_id"], value_set=wanted))
         for row in t.to_pylist():
             found.setdefault(row["request_id"], {})[row["model"]] = reduce(
