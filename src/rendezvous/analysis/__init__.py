@@ -1,0 +1,1 @@
+"""Reading the evidence archive: replay, what-if evaluation of policies, promotion gates."""

@@ -1,0 +1,264 @@
+"""Reading the evidence archive of one deployment: inputs, scores, results, replays, labels.
+
+Layout (``roles.decoy``, ``roles.scorekeeper``), all under ``<home>/archive/<deployment>/``:
+
+- ``date=YYYY-MM-DD/part-*.parquet``: the inputs, one row per input row, with the request's
+  head (read back as ``Request`` objects, re-encoded to the exact bytes the models scored);
+- ``scores/date=…``: one row per (request, model); ``results/date=…``: one row per request;
+- ``replays/<model>/date=…``: scores of a model replayed on archived inputs (``replay``), in
+  the schema of ``scores/`` so that the same readers work.
+
+Files are named by day of their first row, so a range reads the days it touches plus the day
+before (a file started before midnight holds rows after it). Inputs are scanned in bounded
+batches; scores and results of a range are read whole (one small row per request and model).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from rendezvous.analysis.times import Span
+from rendezvous.core import messages
+from rendezvous.core.messages import Request
+from rendezvous.core.schema import Signature
+from rendezvous.errors import NotFoundError
+from rendezvous.roles.decoy import archive_dir, arrow_schema
+from rendezvous.roles.scorekeeper import RESULTS_SCHEMA, SCORES_SCHEMA
+from rendezvous.roles.worker import input_digest
+
+__all__ = ["Archived", "count_requests", "decode_outputs", "files", "labels", "replay_dir",
+           "requests", "results", "scores", "split_keys"]
+
+_meta = msgspec.json.Decoder(dict[str, str])
+_unpack = msgspec.msgpack.Decoder()
+
+
+def replay_dir(home: Path, deployment: str, model: str) -> Path:
+    """Where ``replay`` writes the scores of ``model`` (``name@version``)."""
+    return archive_dir(home, deployment) / "replays" / model
+
+
+def files(root: Path, span: Span = Span()) -> list[Path]:
+    """The Parquet parts of one dataset (``root``) whose day may hold rows of ``span``."""
+    if not root.exists():
+        return []
+    first, last = span.days()
+    before = (dt.date.fromisoformat(first) - dt.timedelta(days=1)).isoformat()
+    out = []
+    for day in sorted(root.glob("date=*")):
+        name = day.name.removeprefix("date=")
+        if before <= name <= last:
+            out += sorted(day.glob("part-*.parquet"))
+    return out
+
+
+def _input_files(home: Path, deployment: str, span: Span) -> list[Path]:
+    root = archive_dir(home, deployment)
+    found = files(root, span)
+    if not found:
+        raise NotFoundError(
+            "archive", deployment,
+            f"no archived inputs under {root} for {span.describe()}; serve the deployment with "
+            "the decoy on (policy decoy = true), or widen --from/--to")
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """One archived request: the request rebuilt from the archive, its bytes re-encoded, and
+    the digest the decoy recorded of the bytes the models scored."""
+
+    request: Request
+    data: bytes
+    recorded_digest: str
+
+    @property
+    def digest_matches(self) -> bool:
+        return input_digest(self.data) == self.recorded_digest
+
+
+def _scan(home: Path, deployment: str, span: Span, sig: Signature,
+          columns: list[str] | None = None, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    schema = arrow_schema(sig)
+    dataset = ds.dataset(_input_files(home, deployment, span), format="parquet", schema=schema)
+    received = ds.field("received_ns")
+    return iter(dataset.to_batches(
+        columns=columns, batch_size=batch_rows,
+        filter=(received >= span.start_ns) & (received < span.end_ns)))
+
+
+def count_requests(home: Path, deployment: str, span: Span, sig: Signature) -> int:
+    """How many requests the range holds (archived twice after a crash: counted once)."""
+    seen: set[str] = set()
+    for batch in _scan(home, deployment, span, sig, ["request_id", "row"]):
+        first = batch.filter(pc.equal(batch["row"], 0))
+        seen.update(first["request_id"].to_pylist())
+    return len(seen)
+
+
+def requests(home: Path, deployment: str, span: Span, sig: Signature, *,
+             batch: int = 256, skip: Iterable[str] = ()) -> Iterator[list[Archived]]:
+    """The archived requests of ``span`` in archive order (arrival order within a file), in
+    lists of at most ``batch``; ids in ``skip`` (and repeats) are left out. Memory: one scan
+    batch plus the ids seen."""
+    names = [c.name for c in sig.inputs]
+    seen = set(skip)
+    out: list[Archived] = []
+    rows: list[dict[str, Any]] = []
+
+    def flush_request() -> Archived | None:
+        head = rows[0]
+        rid = head["request_id"]
+        if rid in seen:
+            return None
+        seen.add(rid)
+        meta = head.get("meta")
+        req = Request(
+            request_id=rid, deployment=deployment, received_ns=head["received_ns"],
+            deadline_ns=head.get("deadline_ns") or 0,
+            inputs={n: [r[n] for r in rows] for n in names}, n_rows=len(rows),
+            return_to=head.get("return_to") or "",
+            policy_version=head.get("policy_version") or 0,
+            meta=_meta.decode(meta) if meta else {})
+        return Archived(req, messages.encode(req), head["input_digest"] or "")
+
+    for rb in _scan(home, deployment, span, sig):
+        for row in rb.to_pylist():
+            if rows and (row["request_id"] != rows[0]["request_id"] or row["row"] == 0):
+                got = flush_request()
+                rows = []
+                if got is not None:
+                    out.append(got)
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+            rows.append(row)
+    if rows:
+        got = flush_request()
+        if got is not None:
+            out.append(got)
+    if out:
+        yield out
+
+
+def _read(paths: list[Path], schema: pa.Schema, span: Span | None, ids: pa.Array | None,
+          models: Iterable[str] | None, columns: list[str] | None,
+          time_field: str | None) -> pa.Table:
+    if not paths:
+        return schema.empty_table() if columns is None else \
+            pa.schema([schema.field(c) for c in columns]).empty_table()
+    dataset = ds.dataset(paths, format="parquet", schema=schema)
+    cond = None
+
+    def both(a: Any, b: Any) -> Any:
+        return b if a is None else a & b
+
+    if span is not None and time_field is not None:
+        t = ds.field(time_field)
+        cond = both(cond, (t >= span.start_ns) & (t < span.end_ns))
+    if ids is not None:
+        cond = both(cond, ds.field("request_id").isin(ids))
+    if models is not None:
+        cond = both(cond, ds.field("model").isin(pa.array(sorted(set(models)), pa.string())))
+    return dataset.to_table(columns=columns, filter=cond)
+
+
+def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Drop rows archived twice after a crash (same keys), keeping the first."""
+    if table.num_rows < 2:
+        return table
+    marked = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+    firsts = marked.group_by(keys, use_threads=False).aggregate([("_i", "min")])
+    return table.take(pc.sort_indices(firsts["_i_min"]))
+
+
+def results(home: Path, deployment: str, span: Span) -> pa.Table:
+    """The archived decisions of requests received in ``span``, one row per request, in
+    arrival order."""
+    root = archive_dir(home, deployment) / "results"
+    paths = files(root, span)
+    if not paths:
+        raise NotFoundError(
+            "results archive", deployment,
+            f"nothing archived under {root} for {span.describe()}; serve the deployment (the "
+            "scorekeeper runs with the monitor), or widen --from/--to")
+    table = _dedupe(_read(paths, RESULTS_SCHEMA, span, None, None, None, "received_ns"),
+                    ["request_id"])
+    return table.sort_by([("received_ns", "ascending"), ("request_id", "ascending")])
+
+
+def scores(home: Path, deployment: str, span: Span, *, ids: Iterable[str] | None = None,
+           models: Iterable[str] | None = None, replay_of: str | None = None,
+           columns: list[str] | None = None) -> pa.Table:
+    """Archived scores (``replay_of``: a replay's scores of that model) of the requests
+    ``ids`` (all in the days of ``span`` when None), one row per (request, model), outputs
+    msgpack as the worker encoded them."""
+    root = replay_dir(home, deployment, replay_of) if replay_of else \
+        archive_dir(home, deployment) / "scores"
+    id_array = None if ids is None else pa.array(sorted(set(ids)), pa.string())
+    table = _read(files(root, span), SCORES_SCHEMA, None, id_array, models, columns, None)
+    keys = [k for k in ("request_id", "model") if columns is None or k in columns]
+    return _dedupe(table, keys)
+
+
+def decode_outputs(data: bytes) -> Any:
+    """A score's outputs as the worker encoded them (msgpack), decoded."""
+    return _unpack.decode(data)
+
+
+async def labels(home: Path, deployment: str,
+                 ids: Iterable[str] | None = None) -> dict[str, list[Any]]:
+    """Feedback labels by request id (the first label of an id counts, as in the monitor),
+    read from the deployment's feedback stream topic; only ``ids`` when given."""
+    from rendezvous.streams.base import open_stream, partitions
+
+    wanted = None if ids is None else set(ids)
+    found: dict[str, list[Any]] = {}
+    topic = messages.topic(deployment, "feedback")
+    for url in partitions("embedded", home=home):
+        try:
+            stream = await open_stream(url, home=home, read_only=True)
+        except Exception:  # no log yet (nothing was ever served here): no labels
+            continue
+        try:
+            last = await stream.last_offset(topic)
+            start = 1
+            while last and start <= last:
+                records = await stream.read(topic, from_offset=start, limit=10_000)
+                if not records:
+                    break
+                for rec in records:
+                    fb = messages.feedback_decoder.decode(rec.data)
+                    if (wanted is None or fb.request_id in wanted) and \
+                            fb.request_id not in found:
+                        found[fb.request_id] = fb.labels
+                start = records[-1].offset + 1
+        finally:
+            await stream.close()
+    return found
+
+
+
+
+def split_keys(home: Path, deployment: str, span: Span, sig: Signature,
+               key: str) -> dict[str, str]:
+    """The value of the request meta tag ``key`` by request id (requests without it, or
+    archived before meta was kept, are left out: their split key is their id)."""
+    found: dict[str, str] = {}
+    for rb in _scan(home, deployment, span, sig, ["request_id", "row", "meta"]):
+        first = rb.filter(pc.equal(rb["row"], 0))
+        for rid, meta in zip(first["request_id"].to_pylist(), first["meta"].to_pylist(),
+                             strict=True):
+            value = _meta.decode(meta).get(key) if meta else None
+            if value is not None:
+                found[rid] = value
+    return found
