@@ -113,41 +113,48 @@ def requests(home: Path, deployment: str, span: Span, sig: Signature, *,
     names = [c.name for c in sig.inputs]
     seen = set(skip)
     out: list[Archived] = []
-    rows: list[dict[str, Any]] = []
-
-    def flush_request() -> Archived | None:
-        head = rows[0]
-        rid = head["request_id"]
-        if rid in seen:
-            return None
-        seen.add(rid)
-        meta = head.get("meta")
-        req = Request(
-            request_id=rid, deployment=deployment, received_ns=head["received_ns"],
-            deadline_ns=head.get("deadline_ns") or 0,
-            inputs={n: [r[n] for r in rows] for n in names}, n_rows=len(rows),
-            return_to=head.get("return_to") or "",
-            policy_version=head.get("policy_version") or 0,
-            meta=_meta.decode(meta) if meta else {})
-        return Archived(req, messages.encode(req), head["input_digest"] or "")
-
+    carry: dict[str, list[Any]] | None = None  # rows of a request cut by the scan batch
     for rb in _scan(home, deployment, span, sig):
-        for row in rb.to_pylist():
-            if rows and (row["request_id"] != rows[0]["request_id"] or row["row"] == 0):
-                got = flush_request()
-                rows = []
-                if got is not None:
-                    out.append(got)
-                    if len(out) >= batch:
-                        yield out
-                        out = []
-            rows.append(row)
-    if rows:
-        got = flush_request()
+        cols = rb.to_pydict()
+        if carry is not None:
+            cols = {k: carry[k] + v for k, v in cols.items()}
+            carry = None
+        ids, row = cols["request_id"], cols["row"]
+        n = len(ids)
+        starts = [i for i in range(n) if row[i] == 0 or i == 0 or ids[i] != ids[i - 1]]
+        # The last request may go on in the next scan batch: hold it back.
+        last = starts.pop() if starts else 0
+        carry = {k: v[last:] for k, v in cols.items()}
+        for lo, hi in zip(starts, [*starts[1:], last], strict=True):
+            got = _archived(deployment, cols, names, lo, hi, seen)
+            if got is not None:
+                out.append(got)
+                if len(out) >= batch:
+                    yield out
+                    out = []
+    if carry is not None and carry["request_id"]:
+        got = _archived(deployment, carry, names, 0, len(carry["request_id"]), seen)
         if got is not None:
             out.append(got)
     if out:
         yield out
+
+
+def _archived(deployment: str, cols: dict[str, list[Any]], names: list[str], lo: int,
+              hi: int, seen: set[str]) -> Archived | None:
+    """The request of rows ``lo:hi`` of the scanned columns; None when seen already."""
+    rid = cols["request_id"][lo]
+    if rid in seen:
+        return None
+    seen.add(rid)
+    meta = cols["meta"][lo]
+    req = Request(
+        request_id=rid, deployment=deployment, received_ns=cols["received_ns"][lo],
+        deadline_ns=cols["deadline_ns"][lo] or 0,
+        inputs={n: cols[n][lo:hi] for n in names}, n_rows=hi - lo,
+        return_to=cols["return_to"][lo] or "", policy_version=cols["policy_version"][lo] or 0,
+        meta=_meta.decode(meta) if meta else {})
+    return Archived(req, messages.encode(req), cols["input_digest"][lo] or "")
 
 
 def _read(paths: list[Path], schema: pa.Schema, span: Span | None, ids: pa.Array | None,
