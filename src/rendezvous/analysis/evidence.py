@@ -232,10 +232,7 @@ async def labels(home: Path, deployment: str,
     found: dict[str, list[Any]] = {}
     topic = messages.topic(deployment, "feedback")
     for url in partitions("embedded", home=home):
-        try:
-            stream = await open_stream(url, home=home, read_only=True)
-        except Exception:  # no log yet (nothing was ever served here): no labels
-            continue
+        stream = await open_stream(url, home=home, read_only=True)  # no log yet: empty
         try:
             last = await stream.last_offset(topic)
             start = 1

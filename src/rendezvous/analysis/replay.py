@@ -226,7 +226,8 @@ def _latency(calls: list[tuple[int, int, float]]) -> list[dict[str, Any]]:
         out.append({"batch_up_to": size, "calls": len(items), "rows": rows,
                     "ms_p50": round(float(np.quantile(secs, 0.5)), 3),
                     "ms_p95": round(float(np.quantile(secs, 0.95)), 3),
-                    "rows_per_s": round(rows / (secs.sum() / 1000), 1) if secs.sum() else None})
+                    "rows_per_s": round(float(rows / (secs.sum() / 1000)), 1)
+                    if secs.sum() else None})
     return out
 
 

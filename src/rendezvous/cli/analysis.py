@@ -59,7 +59,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):
-        return "-".join(_fmt(x) for x in v)
+        return " / ".join(_fmt(x) for x in v)
     return str(v)
 
 
@@ -211,4 +211,5 @@ def _print_whatif(doc: dict[str, Any]) -> None:
     out.print(table)
     out.print(f"{doc['changed_answers']} answers change; the record reproduces "
               f"{rep['matched']} of {rep['of']} actual decisions ({rep['exact_record']} "
-              "with exact filing times)")
+              "with exact filing times). Response times: actual as served; new policy on an "
+              "ideal server (timers on time)")
