@@ -26,8 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from bench.machine import machine_info
 from bench.models import FEATURE_NAMES, reference_split, train_reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# Replay throughput", "",
         f"Reference model (HistGradientBoostingClassifier, 20 features), {doc['when']}, on "
-        f"{doc['machine']['cores']} cores ({doc['machine']['cpu']}). One run, on a machine "
+        f"{doc['machine']['cores']} cores ({doc['machine']['cpu_model']}). One run, on a machine "
         "shared with other jobs: expect noise of tens of percent.", "",
         "| rows/request | requests | replay rows/s | predict_proba rows/s (one call) | "
         "predict_proba rows/s (batches of 256 requests) | replay / batched limit | "
@@ -180,9 +180,8 @@ def main() -> None:
     shapes = [run_shape(1, args.requests, x, model),
               run_shape(16, args.requests // 10 * 16, x, model)]
     doc = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or
-                       platform.machine(), "python": platform.python_version()},
-           "shapes": shapes}
+           "command": "python -m bench.replay " + " ".join(sys.argv[1:]),
+           "machine": machine_info([]), "shapes": shapes}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replay.json").write_text(json.dumps(doc, indent=2) + "\n")
     (args.out / "replay.md").write_text(markdown(doc))
