@@ -106,15 +106,16 @@ def count_requests(home: Path, deployment: str, span: Span, sig: Signature) -> i
 
 
 def requests(home: Path, deployment: str, span: Span, sig: Signature, *,
-             batch: int = 256, skip: Iterable[str] = ()) -> Iterator[list[Archived]]:
+             batch: int = 256, skip: Iterable[str] = (),
+             scan_rows: int = 8192) -> Iterator[list[Archived]]:
     """The archived requests of ``span`` in archive order (arrival order within a file), in
     lists of at most ``batch``; ids in ``skip`` (and repeats) are left out. Memory: one scan
-    batch plus the ids seen."""
+    batch of ``scan_rows`` rows plus the ids seen."""
     names = [c.name for c in sig.inputs]
     seen = set(skip)
     out: list[Archived] = []
     carry: dict[str, list[Any]] | None = None  # rows of a request cut by the scan batch
-    for rb in _scan(home, deployment, span, sig):
+    for rb in _scan(home, deployment, span, sig, batch_rows=scan_rows):
         cols = rb.to_pydict()
         if carry is not None:
             cols = {k: carry[k] + v for k, v in cols.items()}
@@ -123,9 +124,9 @@ def requests(home: Path, deployment: str, span: Span, sig: Signature, *,
         n = len(ids)
         starts = [i for i in range(n) if row[i] == 0 or i == 0 or ids[i] != ids[i - 1]]
         # The last request may go on in the next scan batch: hold it back.
-        last = starts.pop() if starts else 0
+        last = starts[-1] if starts else 0
         carry = {k: v[last:] for k, v in cols.items()}
-        for lo, hi in zip(starts, [*starts[1:], last], strict=True):
+        for lo, hi in zip(starts, starts[1:], strict=False):
             got = _archived(deployment, cols, names, lo, hi, seen)
             if got is not None:
                 out.append(got)
