@@ -16,6 +16,7 @@ batches; scores and results of a range are read whole (one small row per request
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def requests(home: Path, deployment: str, span: Span, sig: Signature, *,
         # The last request may go on in the next scan batch: hold it back.
         last = starts[-1] if starts else 0
         carry = {k: v[last:] for k, v in cols.items()}
-        for lo, hi in zip(starts, starts[1:], strict=False):
+        for lo, hi in itertools.pairwise(starts):
             got = _archived(deployment, cols, names, lo, hi, seen)
             if got is not None:
                 out.append(got)

@@ -71,7 +71,9 @@ class _Run:
     digests_matched: int = 0
     errors: int = 0
     calls: list[tuple[int, int, float]] = field(default_factory=list)  # requests, rows, s
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    # Scores not yet written, as Arrow tables (few Python objects for the collector to walk).
+    pending: list[pa.Table] = field(default_factory=list)
+    pending_requests: int = 0
     pending_day: str = ""
     loop_s: float = 0.0  # from the host being ready to the last scores written
 
@@ -202,15 +204,16 @@ async def _score(host: ModelHost, ref: str, part: list[evidence.Archived], run: 
     if not run.pending:
         day = dt.datetime.fromtimestamp(part[0].request.received_ns / 1e9, dt.UTC)
         run.pending_day = f"{day:%Y-%m-%d}"
-    run.pending.extend(rows)
+    run.pending.append(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA))
+    run.pending_requests += len(part)
 
 
 def _flush(out: Path, run: _Run, *, force: bool) -> None:
-    if not run.pending or (not force and len(run.pending) < FLUSH_REQUESTS):
+    if not run.pending or (not force and run.pending_requests < FLUSH_REQUESTS):
         return
     path = out / f"date={run.pending_day}" / f"part-{time.time_ns()}-{os.getpid()}.parquet"
-    write_atomic(pa.Table.from_pylist(run.pending, schema=SCORES_SCHEMA), path)
-    run.pending = []
+    write_atomic(pa.concat_tables(run.pending), path)
+    run.pending, run.pending_requests = [], 0
 
 
 def _latency(calls: list[tuple[int, int, float]]) -> list[dict[str, Any]]:
