@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rendezvous.analysis.times import Span, TimeRangeError
 from rendezvous.analysis.traffic import drive
 from rendezvous.analysis.whatif import ReplayNeededError, whatif
 from rendezvous.errors import NotFoundError, RendezvousError
+from tests.conftest import register_callable
 from tests.test_cli import run as run_cli
 
 Serve = Callable[..., Any]
@@ -175,3 +177,42 @@ def test_cli_whatif_of_another_deployment_is_refused(
     spec.write_text('name = "other"\n[[models]]\nmodel = "champ@1"\nrole = "champion"\n')
     code, out = run_cli(capsys, monkeypatch, home, "whatif", "dep", "--policy", str(spec))
     assert code == 1 and "not 'dep'" in out
+
+
+async def test_whatif_shares_match_a_live_run_of_the_new_policy(registry: Registry,
+                                                                serve: Serve) -> None:
+    """Record traffic under one policy, ask what-if for another, then serve that policy on the
+    same traffic (replayed) and compare: a champion that fails on x > 0 leaves those requests
+    to its fallback, in the evaluation and live alike."""
+    home = registry.home
+    picky = register_callable(registry, "picky", "tests.models:make_failing", message="no",
+                              above=0.0)
+    double = register_callable(registry, "double", "tests.models:doubler")
+    registry.apply_policy("dep", Policy(deadline_ms=2000, models=[
+        ModelSpec(double, Role.CHAMPION), ModelSpec(picky, Role.CHALLENGER)]))
+    new = Policy(deadline_ms=2000, models=[ModelSpec(picky, Role.CHAMPION),
+                                           ModelSpec(double, Role.FALLBACK)])
+    xs = np.random.default_rng(3).normal(size=40)
+    async with serve("dep") as client:
+        replies = await asyncio.gather(*(client.post(
+            "/v1/deployments/dep/predict", json=[{"x": float(x), "y": 1.0}]) for x in xs))
+        assert all(r.status_code == 200 for r in replies)
+        await eventually(lambda: evidence.results(home, "dep", Span()).num_rows == 40)
+        await eventually(lambda: evidence.scores(home, "dep", Span()).num_rows == 80)
+    predicted = await whatif(home, "dep", new)
+    expected = {picky: int((xs <= 0).sum()), double: int((xs > 0).sum())}
+    assert predicted["new"]["reasons"] == {"preferred": expected[picky],
+                                           "fallback": expected[double]}
+
+    registry.apply_policy("dep", new)
+    async with serve("dep") as client:
+        sent = await drive(home, "dep", str(client.base_url), speed=50)
+        assert sent["statuses"] == {"200": 40}
+
+        def live() -> dict[str, int]:
+            res = evidence.results(home, "dep", Span()).to_pylist()
+            return dict(Counter(r["chosen"] for r in res if r["policy_version"] == 2))
+
+        await eventually(lambda: sum(live().values()) == 40)
+    assert live() == {m: n for m, n in expected.items() if n}
+    assert {m: round(n / 40, 6) for m, n in live().items()} == predicted["new"]["share"]
