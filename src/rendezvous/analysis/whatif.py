@@ -26,7 +26,7 @@ from rendezvous.analysis import evidence
 from rendezvous.analysis.outcomes import LabelTally, quantiles_ms
 from rendezvous.analysis.times import Span, TimeRangeError
 from rendezvous.core.compare import reduce
-from rendezvous.core.policy import Policy
+from rendezvous.core.policy import Policy, Schedule
 from rendezvous.core.whatif import Arrival, Outcome, Recorded, reproduce, same_rule, simulate
 from rendezvous.errors import NotFoundError
 from rendezvous.registry import Registry
@@ -73,6 +73,43 @@ class _Column:
                 "labels": tally.to_dict().get(name, {"labels": 0})}
 
 
+@dataclass(slots=True)
+class _Evaluation:
+    """Both columns, and how well the record reproduces the actual decisions."""
+
+    actual: _Column = field(default_factory=_Column)
+    new: _Column = field(default_factory=_Column)
+    matched: int = 0
+    exact: int = 0
+    changed: int = 0
+    mismatched: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any], rec: Recorded, served: Schedule | None, new: Schedule,
+            metas: dict[str, dict[str, str]]) -> None:
+        """One request: ``row`` its archived result, ``served`` the schedule it was served
+        with (None when its policy version is unknown), ``metas`` split keys by tag."""
+        rid, recorded = rec.request_id, (row["chosen"], row["reason"])
+        self.actual.add(rid, row["chosen"], row["reason"],
+                        row["responded_ns"] - row["received_ns"])
+        out: Outcome | None = None
+        if served is not None:
+            rec.split_key = metas.get(served.split_key, {}).get(rid, "")
+            again, exact = reproduce(rec, served)
+            self.exact += exact
+            if (again.model, again.reason.value) == recorded:
+                self.matched += 1
+            elif len(self.mismatched) < MISMATCHES_SHOWN:
+                self.mismatched.append({"request_id": rid, "recorded": list(recorded),
+                                        "reproduced": [again.model, again.reason.value]})
+            if same_rule(served, new):  # the policy does not change: answered as it was
+                out = again
+        if out is None:
+            rec.split_key = metas.get(new.split_key, {}).get(rid, "")
+            out = simulate(rec, new)
+        self.new.add(rid, out.model, out.reason.value, out.decided_ns - rec.received_ns)
+        self.changed += out.model != row["chosen"]
+
+
 async def whatif(home: Path, deployment: str, policy: Policy, *, span: Span = Span(),
                  registry_url: str | None = None, range_flags: str = "") -> dict[str, Any]:
     """What ``policy`` would have answered for the requests of ``span``, beside what the
@@ -92,54 +129,40 @@ async def whatif(home: Path, deployment: str, policy: Policy, *, span: Span = Sp
     ids = res["request_id"].to_pylist()
     cols = ["request_id", "model", "error", "started_ns", "finished_ns"]
     recorded = evidence.scores(home, deployment, span, ids=ids, columns=cols)
-    served = set(recorded["model"].to_pylist())
-    replayed: dict[str, pa.Table] = {}
-    for cand in new.candidates:
-        if cand.model in served:
-            continue
-        table = evidence.scores(home, deployment, span, ids=ids, replay_of=cand.model,
-                                columns=cols)
-        if table.num_rows == 0:
-            raise ReplayNeededError(deployment, cand.model, " ".join(
-                ["rendezvous replay", deployment, "--model", cand.model, range_flags]).strip())
-        replayed[cand.model] = table
+    missing = [c.model for c in new.candidates
+               if c.model not in set(recorded["model"].to_pylist())]
+    replayed = _replayed(home, deployment, span, ids, missing, range_flags)
     keys = {k for k in {new.split_key, *(s.split_key for s in schedules.values())} if k}
     metas = {k: evidence.split_keys(home, deployment, span, sig, k) for k in keys}
-    records = _records(res, recorded, replayed)
-    actual, fresh = _Column(), _Column()
-    matched = exact = changed = 0
-    mismatched: list[dict[str, Any]] = []
-    for row, rec in zip(res.to_pylist(), records, strict=True):
-        rid = rec.request_id
-        sched = schedules.get(row["policy_version"])
-        actual.add(rid, row["chosen"], row["reason"], row["responded_ns"] - row["received_ns"])
-        out: Outcome
-        if sched is not None:
-            rec.split_key = metas.get(sched.split_key, {}).get(rid, "")
-            again, is_exact = reproduce(rec, sched)
-            exact += is_exact
-            if (again.model, again.reason.value) == (row["chosen"], row["reason"]):
-                matched += 1
-            elif len(mismatched) < MISMATCHES_SHOWN:
-                mismatched.append({"request_id": rid, "recorded": [row["chosen"], row["reason"]],
-                                   "reproduced": [again.model, again.reason.value]})
-        rec.split_key = metas.get(new.split_key, {}).get(rid, "")
-        if sched is not None and same_rule(sched, new):
-            out, _ = reproduce(rec, sched)
-        else:
-            out = simulate(rec, new)
-        fresh.add(rid, out.model, out.reason.value, out.decided_ns - rec.received_ns)
-        changed += out.model != row["chosen"]
+    ev = _Evaluation()
+    for row, rec in zip(res.to_pylist(), _records(res, recorded, replayed), strict=True):
+        ev.add(row, rec, schedules.get(row["policy_version"]), new, metas)
+    actual, fresh = ev.actual, ev.new
     tally = await _accuracy(home, deployment, span, {"actual": actual, "new": fresh}, replayed)
     return {
-        "deployment": deployment, "range": span.describe(), "requests": len(records),
+        "deployment": deployment, "range": span.describe(), "requests": res.num_rows,
         "actual": actual.document(tally, "actual"), "new": fresh.document(tally, "new"),
-        "changed_answers": changed,
-        "reproduced": {"matched": matched, "exact_record": exact, "of": len(records),
-                       "mismatches": mismatched},
+        "changed_answers": ev.changed,
+        "reproduced": {"matched": ev.matched, "exact_record": ev.exact, "of": res.num_rows,
+                       "mismatches": ev.mismatched},
         "replayed_models": {m: t.num_rows for m, t in replayed.items()},
         "new_policy": msgspec.to_builtins(policy),
     }
+
+
+def _replayed(home: Path, deployment: str, span: Span, ids: list[str], models: list[str],
+              range_flags: str) -> dict[str, pa.Table]:
+    """The replayed scores of ``models`` (which never served these requests)."""
+    found = {}
+    for model in models:
+        table = evidence.scores(home, deployment, span, ids=ids, replay_of=model,
+                                columns=["request_id", "model", "error", "started_ns",
+                                         "finished_ns"])
+        if table.num_rows == 0:
+            raise ReplayNeededError(deployment, model, " ".join(
+                ["rendezvous replay", deployment, "--model", model, range_flags]).strip())
+        found[model] = table
+    return found
 
 
 def _records(res: pa.Table, recorded: pa.Table,
