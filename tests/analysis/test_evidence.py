@@ -50,7 +50,7 @@ def test_requests_come_back_as_the_bytes_the_models_scored(tmp_path: Path) -> No
     assert [a.request for a in got] == reqs
     assert all(a.digest_matches for a in got)
     assert max(len(g) for g in evidence.requests(tmp_path, "dep", Span(), SIG, batch=7)) == 7
-    assert evidence.count_requests(tmp_path, "dep", Span(), SIG) == 40
+    assert len(evidence.request_ids(tmp_path, "dep", Span(), SIG)) == 40
     skip = {r.request_id for r in reqs[:30]}
     rest = [a.request for g in evidence.requests(tmp_path, "dep", Span(), SIG, skip=skip)
             for a in g]
@@ -72,7 +72,7 @@ def test_files_from_before_the_head_was_archived_read_back_unverified(tmp_path: 
 
 def test_nothing_archived_says_how_to_get_an_archive(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="serve the deployment with the decoy"):
-        evidence.count_requests(tmp_path, "dep", Span(), SIG)
+        evidence.request_ids(tmp_path, "dep", Span(), SIG)
     archive(tmp_path, [request(0, 1)], "part-1.parquet")
     with pytest.raises(NotFoundError, match="widen --from/--to"):
-        evidence.count_requests(tmp_path, "dep", Span(0, 10**9), SIG)
+        evidence.request_ids(tmp_path, "dep", Span(0, 10**9), SIG)

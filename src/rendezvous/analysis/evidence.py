@@ -36,8 +36,8 @@ from rendezvous.roles.decoy import archive_dir, arrow_schema
 from rendezvous.roles.scorekeeper import RESULTS_SCHEMA, SCORES_SCHEMA
 from rendezvous.roles.worker import input_digest
 
-__all__ = ["Archived", "count_requests", "decode_outputs", "files", "labels", "replay_dir",
-           "requests", "results", "scores", "split_keys"]
+__all__ = ["Archived", "decode_outputs", "files", "labels", "replay_dir",
+           "request_ids", "requests", "results", "scores", "split_keys"]
 
 _meta = msgspec.json.Decoder(dict[str, str])
 _unpack = msgspec.msgpack.Decoder()
@@ -97,13 +97,13 @@ def _scan(home: Path, deployment: str, span: Span, sig: Signature,
         filter=(received >= span.start_ns) & (received < span.end_ns)))
 
 
-def count_requests(home: Path, deployment: str, span: Span, sig: Signature) -> int:
-    """How many requests the range holds (archived twice after a crash: counted once)."""
+def request_ids(home: Path, deployment: str, span: Span, sig: Signature) -> set[str]:
+    """The ids of the requests the range holds (reading two columns of the archive)."""
     seen: set[str] = set()
     for batch in _scan(home, deployment, span, sig, ["request_id", "row"]):
         first = batch.filter(pc.equal(batch["row"], 0))
         seen.update(first["request_id"].to_pylist())
-    return len(seen)
+    return seen
 
 
 def requests(home: Path, deployment: str, span: Span, sig: Signature, *,

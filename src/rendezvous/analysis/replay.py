@@ -99,15 +99,17 @@ async def replay(home: Path, deployment: str, model: str, *, span: Span = Span()
         ref = str(reg.resolve(model))  # an unknown model fails here
         sig = reg.deployment_signature(deployment)
         champions = {r.version: _champion(r.body) for r in reg.policy_history(deployment)}
-    total = evidence.count_requests(home, deployment, span, sig)
-    if total == 0:
+    in_range = evidence.request_ids(home, deployment, span, sig)
+    if not in_range:
         raise TimeRangeError(
             f"no archived requests of {deployment!r} from {span.describe()}; widen --from/--to "
             "(`rendezvous archive export` shows what is archived)")
-    fraction = 1.0 if sample is None else min(1.0, sample / total)
+    fraction = 1.0 if sample is None else min(1.0, sample / len(in_range))
     out = evidence.replay_dir(home, deployment, ref)
     done = _scored_ids(out)
-    todo = total if sample is None else min(total, sample)
+    todo = sum(1 for i in in_range - done if sampled(i, fraction))
+    total = len(in_range)
+    del in_range
     run = _Run()
     host = ModelHost(home=home, deployment=deployment, model=ref, worker="replay",
                      registry_url=registry_url,
@@ -118,24 +120,10 @@ async def replay(home: Path, deployment: str, model: str, *, span: Span = Span()
         state = await host.settled(timeout_s=config.READY_TIMEOUT_S.get())
         if state is not HostState.READY:
             raise CandidateError(ref, host.detail or f"not ready (still {state.value})")
-        loop_started = time.perf_counter()
-        inflight: asyncio.Future[None] | None = None
-        # One batch in the host at a time; the next is read and encoded meanwhile.
-        for part in _parts(evidence.requests(home, deployment, span, sig, batch=batch,
-                                             skip=done), fraction, batch):
-            if inflight is not None:
-                await inflight
-                _flush(out, run, force=False)
-                if progress is not None:
-                    progress(run.scored, todo)
-            inflight = asyncio.ensure_future(_score(host, ref, part, run))
-            await asyncio.sleep(0)  # let it send its batch before preparing the next
-        if inflight is not None:
-            await inflight
-        _flush(out, run, force=True)
-        if progress is not None:
-            progress(run.scored, todo)
-        run.loop_s = time.perf_counter() - loop_started
+        parts = _parts(evidence.requests(home, deployment, span, sig, batch=batch, skip=done),
+                       fraction, batch)
+        await _score_all(host, ref, parts, out, run,
+                         lambda: progress(run.scored, todo) if progress else None)
     finally:
         await host.stop()
     elapsed = time.perf_counter() - started
@@ -151,6 +139,26 @@ async def replay(home: Path, deployment: str, model: str, *, span: Span = Span()
         "latency_by_batch": _latency(run.calls), "output": str(out),
     })
     return report
+
+
+async def _score_all(host: ModelHost, ref: str, parts: Iterator[list[evidence.Archived]],
+                     out: Path, run: _Run, tick: Callable[[], None]) -> None:
+    """Score every part, one batch in the host at a time while the next is read and encoded;
+    write the scores as they accumulate."""
+    started = time.perf_counter()
+    inflight: asyncio.Future[None] | None = None
+    for part in parts:
+        if inflight is not None:
+            await inflight
+            _flush(out, run, force=False)
+            tick()
+        inflight = asyncio.ensure_future(_score(host, ref, part, run))
+        await asyncio.sleep(0)  # let it send its batch before preparing the next
+    if inflight is not None:
+        await inflight
+    _flush(out, run, force=True)
+    tick()
+    run.loop_s = time.perf_counter() - started
 
 
 def _parts(groups: Iterator[list[evidence.Archived]], fraction: float,
