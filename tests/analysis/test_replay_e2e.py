@@ -5,6 +5,8 @@ recorded decision and shows a swap's effect, and the archive is re-sent to a run
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -179,6 +181,26 @@ def test_cli_whatif_of_another_deployment_is_refused(
     assert code == 1 and "not 'dep'" in out
 
 
+def spec(home: Path, pol: Policy) -> Path:
+    path = home / "new.toml"
+    lines = [f"deadline_ms = {pol.deadline_ms}"] + [
+        f'[[models]]\nmodel = "{m.model}"\nrole = "{m.role.value}"' for m in pol.models]
+    path.write_text('name = "dep"\n' + "\n".join(lines) + "\n")
+    return path
+
+
+async def cli_prints(home: Path, args: list[str], *expected: str) -> None:
+    """Run the installed command line in its own process and check what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rendezvous.cli", *args, "--home", str(home),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"})
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, out
+    for text in expected:
+        assert text in out, out
+
+
 async def test_whatif_shares_match_a_live_run_of_the_new_policy(registry: Registry,
                                                                 serve: Serve) -> None:
     """Record traffic under one policy, ask what-if for another, then serve that policy on the
@@ -201,6 +223,10 @@ async def test_whatif_shares_match_a_live_run_of_the_new_policy(registry: Regist
         await eventually(lambda: evidence.scores(home, "dep", Span()).num_rows == 80)
     predicted = await whatif(home, "dep", new)
     expected = {picky: int((xs <= 0).sum()), double: int((xs > 0).sum())}
+    await cli_prints(home, ["whatif", "dep", "--policy", str(spec(home, new))],
+                     "the record reproduces 40 of 40", "share picky@1", "response ms p99")
+    await cli_prints(home, ["replay", "dep", "--model", picky, "--from", "1h"],
+                     "40 requests scored now", "digests matched 40 of 40")
     assert predicted["new"]["reasons"] == {"preferred": expected[picky],
                                            "fallback": expected[double]}
 
