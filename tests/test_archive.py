@@ -246,3 +246,20 @@ async def test_serving_with_the_archive_on_s3_then_exporting_it(
         _cli, capsys, monkeypatch, registry.home, "archive", "export", "dep", "--out",
         str(tmp_path / "x.parquet"), "--scores", "--labels")
     assert code == 1 and "give one" in text
+
+    # Replay reads the inputs back from S3 and writes its scores beside them, resumably.
+    # (--archive sets RENDEZVOUS_ARCHIVE for the processes it starts: undone after the test.)
+    monkeypatch.setenv("RENDEZVOUS_ARCHIVE", "")
+    code, text = await asyncio.to_thread(
+        _cli, capsys, monkeypatch, registry.home, "replay", "dep", "--model",
+        refs["challenger"], "--archive", url, "--json")
+    assert code == 0, text
+    doc = json.loads(text.strip().splitlines()[-1])
+    assert doc["scored_now"] == len(sent) and doc["errors_now"] == 0, doc
+    assert doc["digests"] == {"checked": len(sent), "matched": len(sent)}, doc
+    assert doc["output"].startswith(f"{url}/dep/replays/"), doc
+    code, text = await asyncio.to_thread(
+        _cli, capsys, monkeypatch, registry.home, "replay", "dep", "--model",
+        refs["challenger"], "--archive", url, "--json")
+    again = json.loads(text.strip().splitlines()[-1])
+    assert code == 0 and again["scored_now"] == 0 and again["already_scored"] == len(sent)

@@ -1,1 +1,1 @@
-"""Decisions from the evidence: replay, what-if evaluation of policies, promotion gates."""
+"""Reading the evidence archive: replay, what-if evaluation of policies, promotion gates."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from rich.markup import escape
 
 from rendezvous.cli import (  # noqa: F401  (registers commands)
+    analysis,
     analytics,
     deployments,
     models,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,13 @@ Home = Annotated[Path | None, typer.Option("--home", help="Data directory "
 ArchiveUrl = Annotated[str | None, typer.Option(
     "--archive", help="Evidence archive (inputs, scores, labels): a path or an fsspec URL "
     "such as s3://bucket/prefix [env RENDEZVOUS_ARCHIVE, default <home>/archive]")]
+
+
+def use_archive(url: str | None) -> None:
+    """Make ``--archive`` the archive of this command and of every process it starts (they
+    inherit it through the environment)."""
+    if url:
+        os.environ[config.ARCHIVE.env] = url
 
 RegistryUrl = Annotated[str | None, typer.Option(
     "--registry", help="Registry database URL (sqlite:///PATH or postgresql://USER@HOST/DB) "

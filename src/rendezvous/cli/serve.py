@@ -17,6 +17,7 @@ from rendezvous.cli.common import (
     app,
     err,
     out,
+    use_archive,
 )
 from rendezvous.errors import ConfigError
 from rendezvous.hosting.topology import ProcessRole
@@ -71,10 +72,7 @@ def serve(
                         roles=Roles.only(role, model or ()) if role is not None else None,
                         replicas=replicas, monitor_port=monitor_port,
                         registry_url=registry, reset_log=reset_log).check()
-    if archive:
-        # Through the environment: every process this command starts (role processes,
-        # partitions) inherits it, whichever mode runs.
-        os.environ[config.ARCHIVE.env] = archive
+    use_archive(archive)  # every process it starts inherits it, whichever mode runs
     if topology.mode in (Mode.PARTITIONS, Mode.LAUNCHER):
         # Child processes would each report a bad archive; one clear error here instead.
         from rendezvous.archive import open_archive
@@ -130,7 +128,6 @@ def _serve_role(roles: Any, deployments: list[str] | None, home: Path | None,
                 host: str | None, port: int | None, streams: str | None, replicas: int,
                 registry: str | None) -> None:
     import logging
-    import os
 
     from rendezvous.hosting.launcher import role_command, run_replicas
     from rendezvous.hosting.serving import running, running_roles

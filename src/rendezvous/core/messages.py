@@ -72,6 +72,10 @@ class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     status: Status
     latency_ms: float | None = None
     error: str | None = None
+    # When the rendezvous server filed the score (its clock; 0: never filed, or a record
+    # written before this field). With ``responded_ns`` it says exactly which scores the
+    # decision saw, so a what-if evaluation can reproduce it (``core.whatif``).
+    filed_ns: int = 0
 
 
 class _ResultFields(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):

@@ -2,6 +2,9 @@
 
 Rows go to Parquet parts under ``<archive>/<deployment>/date=YYYY-MM-DD/``, one part per flush,
 in the archive's location (``<home>/archive`` or any fsspec URL; see ``rendezvous.archive``).
+Besides the inputs, each row carries its request's head (deadline, policy version, return
+address, meta as JSON), so that replay can re-encode the exact bytes the models scored
+(``analysis.evidence``); parts written before those columns existed read back with them null.
 Batches are acknowledged only after their part is written, so a crash re-archives at worst,
 never loses; ``export`` drops such duplicates.
 """
@@ -42,12 +45,20 @@ def archive_dir(home: Path, deployment: str) -> Path:
     return home / "archive" / check_name(deployment, "deployment name")
 
 
+HEAD_COLUMNS = ("deadline_ns", "policy_version", "return_to", "meta")
+
+
 def arrow_schema(sig: Signature) -> pa.Schema:
     return pa.schema(
         [("request_id", pa.string()), ("received_ns", pa.int64()), ("row", pa.int32()),
          ("input_digest", pa.string())]
         + [(c.name, _ARROW[c.datatype]) for c in sig.inputs]
+        + [("deadline_ns", pa.int64()), ("policy_version", pa.int64()),
+           ("return_to", pa.string()), ("meta", pa.string())]
     )
+
+
+_meta_json = msgspec.json.Encoder()
 
 
 class Rows:
@@ -62,6 +73,7 @@ class Rows:
         self.row_idx: list[int] = []
         self.digests: list[str] = []
         self.cols: dict[str, list[Any]] = {c.name: [] for c in sig.inputs}
+        self.heads: dict[str, list[Any]] = {name: [] for name in HEAD_COLUMNS}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,6 +86,10 @@ class Rows:
         self.digests.extend([digest] * n)
         for name, values in self.cols.items():
             values.extend(req.inputs.get(name, [None] * n))
+        meta = _meta_json.encode(req.meta).decode() if req.meta else None
+        for name, value in zip(HEAD_COLUMNS, (req.deadline_ns, req.policy_version,
+                                              req.return_to, meta), strict=True):
+            self.heads[name].extend([value] * n)
 
     def extend(self, other: Rows) -> None:
         self.ids.extend(other.ids)
@@ -82,10 +98,13 @@ class Rows:
         self.digests.extend(other.digests)
         for name, values in self.cols.items():
             values.extend(other.cols[name])
+        for name, values in self.heads.items():
+            values.extend(other.heads[name])
 
     def table(self) -> pa.Table:
         return pa.table([self.ids, self.received, self.row_idx, self.digests,
-                         *self.cols.values()], schema=arrow_schema(self.sig))
+                         *self.cols.values(), *self.heads.values()],
+                        schema=arrow_schema(self.sig))
 
 
 class Decoy:

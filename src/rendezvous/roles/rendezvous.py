@@ -74,6 +74,7 @@ class _Entry:
     request: RequestHead | None = None
     schedule: Schedule | None = None
     scores: dict[str, ScoreHead] = field(default_factory=dict)
+    filed: dict[str, int] = field(default_factory=dict)  # model -> when its score was filed
     decision: Decision | None = None
     responded_ns: int = 0
     acks: list[_Acks] = field(default_factory=list)
@@ -173,7 +174,7 @@ class RendezvousServer:
         entry.box.split_key = req.meta.get(entry.schedule.split_key, req.request_id) \
             if entry.schedule.split_key else req.request_id
         entry.acks.append(acks.hold())
-        self._evaluate(req.request_id, entry)
+        self._evaluate(req.request_id, entry, time.time_ns())
 
     def _on_score(self, data: bytes, acks: _Acks) -> None:
         for score in messages.score_heads_decoder.decode(data):
@@ -183,21 +184,24 @@ class RendezvousServer:
                 entry = self.mailboxes[rid] = _Entry()
             if score.model in entry.scores:  # redelivered duplicate
                 continue
+            # One clock reading files the score and decides: the recorded filing times and
+            # ``responded_ns`` then say exactly which scores each decision saw.
+            now = time.time_ns()
             entry.scores[score.model] = score
+            entry.filed[score.model] = now
             entry.acks.append(acks.hold())
             entry.box.scores[score.model] = ScoreState(score.error is None, score.finished_ns)
             if entry.request is None:
                 continue
             if entry.decision is None:
-                self._evaluate(rid, entry)
+                self._evaluate(rid, entry, now)
             elif self._complete(entry):
                 self._finalize(rid)
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def _evaluate(self, rid: str, entry: _Entry) -> None:
+    def _evaluate(self, rid: str, entry: _Entry, now: int) -> None:
         assert entry.schedule is not None
-        now = time.time_ns()
         outcome = decide(entry.box, entry.schedule, now)
         if isinstance(outcome, Decision):
             self._respond(rid, entry, outcome, now)
@@ -220,7 +224,7 @@ class RendezvousServer:
         for rid in self._wakeups.pop(ms, ()):
             entry = self.mailboxes.get(rid)
             if entry is not None and entry.decision is None and entry.request is not None:
-                self._evaluate(rid, entry)
+                self._evaluate(rid, entry, time.time_ns())
 
     def _respond(self, rid: str, entry: _Entry, decision: Decision, now: int) -> None:
         entry.decision = decision
@@ -271,13 +275,15 @@ class RendezvousServer:
                 outcomes[model] = ModelOutcome(status=Status.MISSING)
                 continue
             latency = (s.finished_ns - req.received_ns) / 1e6
+            filed = entry.filed.get(model, 0)
             if s.error is not None:
                 outcomes[model] = ModelOutcome(status=Status.ERROR, latency_ms=latency,
-                                               error=s.error)
+                                               error=s.error, filed_ns=filed)
             else:
                 late = s.finished_ns > req.deadline_ns
                 outcomes[model] = ModelOutcome(
-                    status=Status.LATE if late else Status.ON_TIME, latency_ms=latency)
+                    status=Status.LATE if late else Status.ON_TIME, latency_ms=latency,
+                    filed_ns=filed)
         chosen = entry.scores.get(decision.model) if decision.model else None
         error = None
         if decision.reason is Reason.ERROR:
