@@ -58,7 +58,8 @@ async def test_two_processes_share_a_port_and_follow_one_promote(registry: Regis
 
         token = read_run_file(registry.home, "dep")["token"]  # type: ignore[index]
         async with httpx.AsyncClient(base_url=url) as c:
-            r = await c.post("/v1/admin/deployments/dep/promote", json={"model": other},
+            r = await c.post("/v1/admin/deployments/dep/promote",
+                             json={"model": other, "force": True},  # no evidence yet
                              headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
         await asyncio.sleep(1.5)  # the other process picks the change up from the registry

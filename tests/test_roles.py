@@ -169,7 +169,7 @@ async def test_proxy_and_backend_in_separate_servers_follow_one_policy(
             # Promote through the proxy: the rendezvous server in the other Server follows.
             admin = {"authorization": f"Bearer {proxy.admin_token}"}
             r = await client.post(f"/v1/admin/deployments/{DEP}/promote", headers=admin,
-                                  json={"model": refs["fallback"]})
+                                  json={"model": refs["fallback"], "force": True})
             assert r.status_code == 200, r.text
             version = r.json()["policy_version"]
             async with asyncio.timeout(5):

@@ -205,7 +205,7 @@ class DeploymentRuntime:
                                                archive=self.server.archive)
                 self._spawn_role("scorekeeper", self.scorekeeper.run)
         self._spawn("registry", self._watch_registry())
-        if not self._readers_ok:
+        if not self._readers_ok and not await self._readers_present():
             self._spawn("readers", self._await_readers())
         if self.server.shared:
             # Model states travel between processes on the control topic: worker processes
@@ -329,26 +329,29 @@ class DeploymentRuntime:
                 except RendezvousError as exc:
                     log.error("%s: cannot apply policy %s: %s", self.name, rec.version, exc)
 
+    async def _readers_present(self) -> bool:
+        """Whether the roles that answer and archive a request read this deployment's groups
+        (the rendezvous server, the decoy, the candidates' workers). A proxy running apart
+        from them opens the deployment only then: groups start at the newest record, so a
+        request appended earlier would be missed (unanswered, unarchived). Shadows and the
+        monitor only observe; they are not waited for."""
+        candidates = [c.model for c in self.schedule.candidates]
+        pairs = [*groups_of(self.name, self.policy, ProcessRole.RENDEZVOUS),
+                 *groups_of(self.name, self.policy, ProcessRole.DECOY),
+                 *groups_of(self.name, self.policy, ProcessRole.WORKER, candidates)]
+        try:
+            self.unread = await self.stream.unread(pairs)
+        except RendezvousError as exc:
+            log.warning("%s: cannot ask the engine who reads (%s); retrying", self.name, exc)
+            return False
+        self._readers_ok = not self.unread
+        return self._readers_ok
+
     async def _await_readers(self) -> None:
-        """A proxy running apart from the other roles opens this deployment to traffic only
-        once every group they read has a reader: groups start at the newest record, so a
-        request appended earlier would be missed (unanswered, unarchived)."""
-        started = time.monotonic()
-        warned = False
-        while True:
-            pairs = [pair for role in ProcessRole
-                     for pair in groups_of(self.name, self.policy, role)]
-            try:
-                self.unread = await self.stream.unread(pairs)
-            except RendezvousError as exc:
-                log.warning("%s: cannot ask the engine who reads (%s); retrying", self.name,
-                            exc)
-            else:
-                if not self.unread:
-                    self._readers_ok = True
-                    return
-            if not warned and time.monotonic() - started > READERS_WARN_S:
-                warned = True
+        warn_at: float | None = time.monotonic() + READERS_WARN_S
+        while not await self._readers_present():
+            if warn_at is not None and time.monotonic() > warn_at:
+                warn_at = None
                 log.warning("%s: not open to traffic yet: nobody reads %s; start those roles "
                             "(`rendezvous serve %s --role …`)", self.name,
                             ", ".join(f"{g} on {t}" for t, g in self.unread), self.name)
