@@ -108,7 +108,8 @@ class DeploymentRuntime:
         self._reported = HostReports()  # states other processes report (shared engines)
         # A proxy apart from the other roles opens once they read (see ``_await_readers``).
         self.unread: list[tuple[str, str]] = []
-        self._readers_ok = server.roles.everything or not server.shared
+        self._readers_ok = (ProcessRole.PROXY not in server.roles or server.roles.everything
+                            or not server.shared)
 
     @property
     def stream(self) -> Stream:
@@ -349,7 +350,7 @@ class DeploymentRuntime:
 
     async def _await_readers(self) -> None:
         warn_at: float | None = time.monotonic() + READERS_WARN_S
-        while not await self._readers_present():
+        while not self._stopping and not await self._readers_present():
             if warn_at is not None and time.monotonic() > warn_at:
                 warn_at = None
                 log.warning("%s: not open to traffic yet: nobody reads %s; start those roles "
@@ -374,9 +375,10 @@ class DeploymentRuntime:
         # Order matters: stop intake (the proxy already did), let workers and the rendezvous
         # finish, flush the decoy, then the monitor; model hosts last.
         self._stopping = True
-        watch = self._tasks.get("registry")
-        if watch is not None:
-            watch.cancel()
+        for name in ("registry", "readers"):  # loops that only wait: nothing to finish
+            loop = self._tasks.get(name)
+            if loop is not None:
+                loop.cancel()
         for w in self.workers.values():
             await w.stop()
         if self.rendezvous is not None:

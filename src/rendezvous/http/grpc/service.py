@@ -41,6 +41,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "too_many_rows": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "request_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "model_load_failed": grpc.StatusCode.FAILED_PRECONDITION,
+    "gates_failed": grpc.StatusCode.FAILED_PRECONDITION,
     "unsafe_artifact": grpc.StatusCode.FAILED_PRECONDITION,
     "flavor_error": grpc.StatusCode.FAILED_PRECONDITION,
     "log_in_use": grpc.StatusCode.UNAVAILABLE,
