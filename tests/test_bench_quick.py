@@ -14,12 +14,13 @@ import pytest
 
 
 @pytest.mark.slow
-def test_quick_benchmark_rendezvous_contenders_have_no_errors(tmp_path: Path) -> None:
+def test_quick_benchmark_rendezvous_contender_has_no_errors(tmp_path: Path) -> None:
     from bench.serving import run
 
-    rows = run(["rendezvous-1", "rendezvous-4"], [4], duration_s=2.0, warmup_s=0.5,
-               out_dir=tmp_path)
-    assert {r["contender"] for r in rows} == {"rendezvous-1", "rendezvous-4"}
+    # rendezvous-4 alone: the widest contender (four models, --processes 2, the archive);
+    # rendezvous-1 goes through the same harness and CLI path.
+    rows = run(["rendezvous-4"], [4], duration_s=2.0, warmup_s=0.5, out_dir=tmp_path)
+    assert {r["contender"] for r in rows} == {"rendezvous-4"}
     for row in rows:
         requests = row["rps"] * 2.0 + row["errors"]
         assert row["errors"] <= max(1, 0.01 * requests), row
