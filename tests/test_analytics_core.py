@@ -307,6 +307,40 @@ def test_feedback_joins_once_and_counts_unknown_and_invalid() -> None:
     assert restored.labels["m@1"].n == 1
 
 
+def test_cumulative_statistics_span_every_window_and_survive_a_restart() -> None:
+    """Per model, since the start: what the windows keep, summed over all of them (closed
+    windows leave the ring; the cumulative summary does not forget them)."""
+    from rendezvous.core.messages import ModelOutcome, Reason, ResultSummary, Score, Status
+
+    a = analytics.DeploymentAnalytics("d", settings=AlarmSettings.parse(
+        {"window_s": 1, "windows_kept": 2}))
+    a.set_policy(models=["m@1", "c@1"], champion="m@1", canary=None, deadline_ms=100,
+                 references={})
+    second = 10**9
+    for i in range(10):  # ten windows, one request each
+        at = i * second
+        a.add_scores([Score(request_id=f"r{i}", deployment="d", model="m@1",
+                            outputs={"predictions": [float(i)]}, finished_ns=at),
+                      Score(request_id=f"r{i}", deployment="d", model="c@1",
+                            outputs={"predictions": ["yes" if i % 2 else "no"]},
+                            finished_ns=at)])
+        a.add_result(ResultSummary(
+            request_id=f"r{i}", model="m@1", reason=Reason.PREFERRED, received_ns=at,
+            models={"m@1": ModelOutcome(status=Status.ON_TIME, latency_ms=float(i + 1)),
+                    "c@1": ModelOutcome(status=Status.LATE if i < 3 else Status.ON_TIME,
+                                        latency_ms=50.0)}))
+    assert len(a.windows()) == 3  # two closed kept, one open
+    total = a.compare()["cumulative"]
+    assert total["m@1"]["requests"] == 10 and total["m@1"]["chosen"] == 10
+    assert total["m@1"]["score"]["n"] == 10 and total["m@1"]["score"]["p50"] == pytest.approx(
+        4.5, abs=0.51)
+    assert total["c@1"]["statuses"] == {"late": 3, "on_time": 7}
+    assert total["c@1"]["class_rates"] == {"no": 0.5, "yes": 0.5}
+    restored = analytics.DeploymentAnalytics("d")
+    restored.restore(a.to_state())
+    assert restored.compare()["cumulative"] == total
+
+
 @pytest.mark.parametrize(("body", "accepted", "rejected"), [
     (b'{"request_id": "a", "label": 1}', 1, 0),
     (b'{"request_id": "a", "labels": [1, 0]}', 1, 0),

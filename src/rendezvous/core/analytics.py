@@ -84,6 +84,9 @@ class DeploymentAnalytics:
                                                       keep=s.windows_kept)
         self.book = ScoreBook(capacity=SCORE_BOOK)
         self.pairs: dict[str, PairStats] = {}
+        # Per model since the monitor first started (kept across restarts): what each window
+        # keeps, cumulative.
+        self.totals: dict[str, ModelWindow] = {}
         self.labels: dict[str, LabelStats] = {}
         self.alarms = AlarmBook()
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -134,8 +137,15 @@ class DeploymentAnalytics:
         acc.requests += 1
         acc.reasons[result.reason.value] += 1
         for model, outcome in result.models.items():
-            acc.model(model).add_outcome(outcome.status.value, outcome.latency_ms,
-                                         model == result.model)
+            chosen = model == result.model
+            acc.model(model).add_outcome(outcome.status.value, outcome.latency_ms, chosen)
+            self._total(model).add_outcome(outcome.status.value, outcome.latency_ms, chosen)
+
+    def _total(self, model: str) -> ModelWindow:
+        t = self.totals.get(model)
+        if t is None:
+            t = self.totals[model] = ModelWindow()
+        return t
 
     def add_scores(self, scores: Sequence[Score]) -> None:
         canary: list[float] = []
@@ -146,6 +156,7 @@ class DeploymentAnalytics:
             at = s.finished_ns or s.started_ns
             acc = self.ring.at(at)
             acc.model(s.model).add_scores(scored.scores, scored.labels)
+            self._total(s.model).add_scores(scored.scores, scored.labels)
             if scored.probabilities:
                 self._learn_classes(s.model, scored)
             for model, mine, champ in self.book.add(s.request_id, s.model, scored, at,
@@ -325,6 +336,7 @@ class DeploymentAnalytics:
     def compare(self) -> dict[str, Any]:
         return {"deployment": self.deployment, "champion": self.champion,
                 "models": {m: p.summary() for m, p in sorted(self.pairs.items())},
+                "cumulative": {m: t.summary() for m, t in sorted(self.totals.items())},
                 "windows": [{"start_ns": w["start_ns"], "compare": w["compare"]}
                             for w in self.ring.series()]}
 
@@ -372,6 +384,7 @@ class DeploymentAnalytics:
     def to_state(self) -> dict[str, Any]:
         return {"ring": self.ring.to_state(), "alarms": self.alarms.to_list(),
                 "labelled": self.labelled.to_state(), "feedback": dict(self.feedback),
+                "totals": {m: t.to_state() for m, t in self.totals.items()},
                 "labels": {m: _label_state(s) for m, s in self.labels.items()}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -381,6 +394,8 @@ class DeploymentAnalytics:
         self.alarms.restore(state.get("alarms", []))
         self.labelled.restore(state.get("labelled", []))
         self.feedback.update(state.get("feedback", {}))
+        for model, raw in state.get("totals", {}).items():
+            self.totals[model] = ModelWindow.from_state(raw)
         for model, raw in state.get("labels", {}).items():
             self.labels[model] = _label_from(raw)
 

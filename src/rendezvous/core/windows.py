@@ -125,14 +125,30 @@ class ModelWindow:
         for label in labels:
             self.classes[label] += 1
 
+    def _flush(self) -> None:
+        if self.pending:
+            self.scores.batch_update(self.pending)
+            self.pending = []
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything, digests included, as JSON-able data (``from_state`` takes it back)."""
+        self._flush()
+        return {"requests": self.requests, "statuses": dict(self.statuses),
+                "chosen": self.chosen, "latency": self.latency.to_dict(),
+                "scores": self.scores.to_dict(), "classes": dict(self.classes)}
+
+    @classmethod
+    def from_state(cls, raw: dict[str, Any]) -> ModelWindow:
+        return cls(requests=raw["requests"], statuses=Counter(raw["statuses"]),
+                   chosen=raw["chosen"], latency=TDigest.from_dict(raw["latency"]),
+                   scores=TDigest.from_dict(raw["scores"]), classes=Counter(raw["classes"]))
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"requests": self.requests, "statuses": dict(self.statuses),
                                "chosen": self.chosen,
                                "latency_ms": digest_quantiles(self.latency, LATENCY_QUANTILES,
                                                               3)}
-        if self.pending:
-            self.scores.batch_update(self.pending)
-            self.pending = []
+        self._flush()
         if self.scores.n_values:
             out["score"] = {"n": self.scores.n_values,
                             **digest_quantiles(self.scores, SCORE_QUANTILES)}
