@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +99,27 @@ async def settle(server: Any, timeout_s: float = 120.0) -> None:
         await asyncio.gather(*(h.settled(timeout_s=timeout_s) for h in rt.hosts.values()))
     assert all(h.state in (HostState.READY, HostState.FAILED)
                for rt in server.runtimes.values() for h in rt.hosts.values())
+
+
+@contextlib.contextmanager
+def webhook_listener(fail_first: int = 0) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real local HTTP listener for the alarm webhook: (URL, JSON bodies received). The
+    first ``fail_first`` posts are answered 503 (a receiver that is down), the rest 204."""
+    got: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(503 if len(got) <= fail_first else 204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.roles import monitor as monitor_role
 from rendezvous.roles.scorekeeper import export_scores
+from tests.conftest import webhook_listener
 
 Serve = Callable[..., Any]
 N_FEATURES = 3
@@ -201,32 +202,9 @@ async def test_prometheus_gauges_and_the_monitor_app(registry: Registry, serve: 
 
 
 async def test_alarm_webhook_is_retried_until_delivered() -> None:
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    got: list[dict[str, Any]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            got.append(body)
-            self.send_response(503 if len(got) < 3 else 204)  # down twice, then up
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_listener(fail_first=2) as (url, got):  # down twice, then up
         event = {"alarm": "sla_miss_rate", "state": "firing"}
         assert await monitor_role.post_with_retries(url, event, backoff_s=0.01)
         assert got == [event] * 3
         assert not await monitor_role.post_with_retries("http://127.0.0.1:9/none", event,
                                                         tries=2, backoff_s=0.01)
-    finally:
-        server.shutdown()
-        server.server_close()

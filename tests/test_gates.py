@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from rendezvous.core.messages import Feedback
 from rendezvous.core.policy import Gates
 from rendezvous.errors import ConfigError
 from rendezvous.roles import monitor as monitor_role
-from tests.conftest import register_callable
+from tests.conftest import register_callable, webhook_listener
 from tests.test_analytics_e2e import Serve, until
 
 POLICY = Policy(deadline_ms=100, models=[ModelSpec("a@1", Role.CHAMPION, wait_ms=40),
@@ -185,23 +183,8 @@ def short_feedback_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A real local HTTP listener for the alarm webhook: (URL, bodies received)."""
-    got: list[dict[str, Any]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", got
-    server.shutdown()
-    server.server_close()
+    with webhook_listener() as listener:
+        yield listener
 
 
 def threshold(registry: Registry, name: str, **kwargs: Any) -> str:
