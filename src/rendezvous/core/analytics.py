@@ -157,7 +157,8 @@ class DeploymentAnalytics:
             acc = self.ring.at(at)
             acc.model(s.model).add_scores(scored.scores, scored.labels)
             self._total(s.model).add_scores(scored.scores, scored.labels)
-            if scored.probabilities:
+            if scored.probabilities and len(self.class_cols.get(s.model, ())) < len(
+                    scored.probabilities[0]):  # every column named: nothing left to learn
                 self._learn_classes(s.model, scored)
             for model, mine, champ in self.book.add(s.request_id, s.model, scored, at,
                                                     self.champion):
