@@ -104,7 +104,8 @@ async def replay(home: Path, deployment: str, model: str, *, span: Span = Span()
     fraction = 1.0 if sample is None else min(1.0, sample / len(in_range))
     archive = open_archive(home)
     out = evidence.replay_dataset(deployment, ref)
-    done = _scored_ids(archive, out)
+    done = set(evidence.scores(home, deployment, Span(), replay_of=ref,
+                               columns=["request_id"])["request_id"].to_pylist())
     todo = sum(1 for i in in_range - done if sampled(i, fraction))
     total = len(in_range)
     del in_range
@@ -176,14 +177,6 @@ def _parts(groups: Iterator[list[evidence.Archived]], fraction: float,
 def _champion(body: dict[str, Any]) -> str | None:
     return next((m["model"] for m in body.get("models", []) if m.get("role") == "champion"),
                 None)
-
-
-def _scored_ids(archive: Archive, out: str) -> set[str]:
-    """Request ids a previous run already scored (any day)."""
-    ids: set[str] = set()
-    for p in evidence.files(archive, out):
-        ids.update(archive.read(p, columns=["request_id"])["request_id"].to_pylist())
-    return ids
 
 
 async def _score(host: ModelHost, ref: str, part: list[evidence.Archived], run: _Run) -> None:

@@ -121,8 +121,12 @@ class DeploymentRuntime:
         the worker processes report; with no report yet it does not hold traffic back."""
         if not self._readers_ok:
             return False
-        states = self.model_states()
-        if ProcessRole.WORKER not in self.server.roles and not states:
+        # Asked on every request: the hosts' states directly, not ``model_states()``' dicts.
+        if ProcessRole.WORKER in self.server.roles:
+            return any((h := self.hosts.get(c.model)) is not None
+                       and h.state is HostState.READY for c in self.schedule.candidates)
+        states = self._reported.merged(time.monotonic())
+        if not states:
             return True
         return any(states.get(c.model, {}).get("state") == HostState.READY.value
                    for c in self.schedule.candidates)
