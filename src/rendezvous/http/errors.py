@@ -58,4 +58,7 @@ def error_body(exc: e.RendezvousError, request_id: str | None = None) -> tuple[i
         body["reason"] = "sla_miss"
     if isinstance(exc, e.UnavailableError):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+    if isinstance(exc, e.RequestTimeoutError):
+        # The rest of a timed-out body may never come: close rather than wait on it.
+        headers.append((b"connection", b"close"))
     return status, msgspec.json.encode(body), headers
