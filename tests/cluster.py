@@ -22,7 +22,7 @@ from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.core import messages
 from rendezvous.core.policy import Policy as PolicyT
 from rendezvous.errors import NotFoundError
-from rendezvous.hosting.launcher import role_command, wait_for_groups
+from rendezvous.hosting.plans import role_command, wait_for_groups
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.roles.decoy import read_archive
 from rendezvous.streams.nats.engine import NatsStream

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from rendezvous import Registry
 from rendezvous.cli import app
 from rendezvous.errors import ConfigError
-from rendezvous.hosting.launcher import wait_for_groups
+from rendezvous.hosting.plans import wait_for_groups
 from rendezvous.hosting.serving import running, running_roles
 from rendezvous.hosting.topology import ProcessRole, Roles, groups_of
 from rendezvous.streams.nats.engine import NatsStream
@@ -412,7 +412,8 @@ def test_worker_replicas_are_processes_stopped_together(
         assert not _role_processes(home)
         text = (tmp_path / "replicas.log").read_text()
         # Each replica says it stopped, then the command that started them.
-        assert text.count(f"worker ({refs['champion']}): stopped") == 3 + 1, text
+        assert text.count(f"worker ({refs['champion']}): stopped") == 3, text
+        assert text.rstrip().endswith("stopped"), text
     finally:
         if sup.poll() is None:
             sup.kill()

@@ -1,9 +1,15 @@
-"""What every supervised child process shares: restart backoff and how an exit is described.
+"""The one supervisor: it runs a topology's child processes, restarts them, stops them in order.
 
-Model hosts (``model_host``), the partitions of ``serve --processes N`` and the role processes
-of ``serve --streams local-nats`` are all restarted the same way: after an unexpected exit,
-wait ``Backoff.delay(attempt)`` (doubling, capped) and start it again; once a child has run
-well for ``reset_after_s`` its next failure starts from the first delay again.
+Every way of serving that needs more than one process is a ``Plan`` (``hosting.plans``) run by
+``Supervisor.run``: the partitions of ``serve --processes N``, every role of
+``serve --streams local-nats``, and the replicas of ``serve --role worker --replicas N``. A plan
+says which children start in which order and how they follow policy changes; the supervisor
+starts each in its own process group, restarts one that exits (after a capped exponential
+backoff), and on SIGINT or SIGTERM lets the plan stop them in its order.
+
+Model hosts (``model_host``) are restarted the same way: after an unexpected exit, wait
+``Backoff.delay(attempt)`` (doubling, capped) and start it again; once a child has run well for
+``reset_after_s`` its next failure starts from the first delay again.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["PARENT_ENV", "Backoff", "Child", "Supervisor", "describe_exit"]
+__all__ = ["PARENT_ENV", "Backoff", "Child", "Plan", "Supervisor", "describe_exit",
+           "parent_gone"]
 
 PARENT_ENV = "RENDEZVOUS_PARENT_PID"  # set in the environment of the processes we start
 
@@ -54,14 +62,28 @@ def describe_exit(returncode: int | None) -> str:
     return "exited" if returncode == 0 else f"exited with code {returncode}"
 
 
+async def parent_gone() -> None:
+    """Return once the supervisor that started this process has died; never, if none did.
+
+    Children live in their own process groups (for an ordered Ctrl-C), so a supervisor killed
+    with -9 would otherwise leave them running with nobody to stop them.
+    """
+    raw = os.environ.get(PARENT_ENV, "")
+    if not raw.isdigit():
+        await asyncio.Event().wait()
+    while os.getppid() == int(raw):
+        await asyncio.sleep(0.5)
+
+
 @dataclass
 class Child:
-    """One role process."""
+    """One supervised process."""
 
     label: str  # e.g. "worker demo fraud@3 #2"
-    role: str  # the ProcessRole it runs
+    role: str  # the ProcessRole it runs ("partition" for one of ``serve --processes N``)
     args: list[str]
     model: tuple[str, str] | None = None  # (deployment, model) of a worker
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
     proc: subprocess.Popen[bytes] | None = None
     reported: bool = False  # stopped on purpose: not restarted
     attempts: int = 0
@@ -77,6 +99,22 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
 
+class Plan(Protocol):
+    """What a supervisor runs: which children, in which order, and how they follow changes."""
+
+    async def start(self, sup: Supervisor) -> None:
+        """Spawn the children in order; return once the plan serves (raise if it cannot)."""
+
+    async def follow(self, sup: Supervisor) -> None:
+        """Called about twice a second while serving: follow policy changes."""
+
+    async def stop(self, sup: Supervisor) -> None:
+        """Stop the children in the plan's order (what is left is stopped afterwards)."""
+
+
+TICK_S = 0.5
+
+
 @dataclass
 class Supervisor:
     """Starts children in their own process groups, reports deaths, stops them gracefully."""
@@ -84,6 +122,34 @@ class Supervisor:
     say: Callable[[str], None]
     children: list[Child] = field(default_factory=list)
     backoff: Backoff = field(default_factory=Backoff)
+
+    async def run(self, plan: Plan, stopped: Awaitable[object]) -> None:
+        """Start ``plan``, restart children that exit and let the plan follow changes until
+        ``stopped`` completes, then stop everything (the plan's order first)."""
+        stop = asyncio.ensure_future(stopped)
+        # Let ``stopped`` get going (install its signal handlers) before there are children
+        # that a signal arriving in between would orphan.
+        await asyncio.sleep(0.05)
+        main = asyncio.ensure_future(self._serve(plan))
+        try:
+            done, _ = await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if main in done:
+                main.result()  # startup errors surface here
+        finally:
+            for task in (main, stop):
+                task.cancel()
+            await asyncio.gather(main, stop, return_exceptions=True)
+            try:
+                await plan.stop(self)
+            finally:
+                await self.stop(list(self.children))
+
+    async def _serve(self, plan: Plan) -> None:
+        await plan.start(self)
+        while True:
+            self.restart_dead()
+            await plan.follow(self)
+            await asyncio.sleep(TICK_S)
 
     def spawn(self, child: Child) -> Child:
         self.children.append(child)
@@ -93,7 +159,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         # Own process group: a terminal Ctrl-C reaches the supervisor only, which then stops
         # the children in order instead of all of them at once.
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, **child.env, PARENT_ENV: str(os.getpid())}
         child.proc = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, env=env,
                                       process_group=0)
         child.started_at, child.restart_at = time.monotonic(), 0.0

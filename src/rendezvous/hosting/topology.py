@@ -2,10 +2,15 @@
 
 One ``Topology`` describes every way of serving, and ``Topology.mode`` says which one it is:
 
-- ``SINGLE``: every role in this process (model hosts are its child processes);
-- ``PARTITIONS``: ``processes`` such processes, each on its own partition of the engine's log;
-- ``LAUNCHER``: an engine whose server this machine starts, every role its own process;
+- ``SINGLE``: every role in this process (model hosts are its child processes); with
+  ``partition`` set, this process is one of the partitions below;
 - ``ROLE``: one role of a deployment on a shared engine, anywhere (``serve --role``).
+
+and, run by the one supervisor (``Supervisor.run`` with a plan from ``hosting.plans``):
+
+- ``PARTITIONS``: ``processes`` SINGLE processes, each on its own partition of the engine's log;
+- ``LAUNCHER``: an engine whose server this machine starts, every role its own process;
+- ``REPLICAS``: ``replicas`` ROLE processes of one worker command.
 
 A deployment has five roles (DESIGN.md §1): the proxy (HTTP edge), the workers (one consumer
 group per model version), the rendezvous server, the decoy and the monitor. One process can
@@ -129,9 +134,15 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
 
 class Mode(enum.StrEnum):
     SINGLE = "single"
+    ROLE = "role"
     PARTITIONS = "partitions"
     LAUNCHER = "launcher"
-    ROLE = "role"
+    REPLICAS = "replicas"
+
+    @property
+    def supervised(self) -> bool:
+        """Served by children that the supervisor starts, rather than in this process."""
+        return self in (Mode.PARTITIONS, Mode.LAUNCHER, Mode.REPLICAS)
 
 
 MAX_PROCESSES = 64
@@ -153,6 +164,7 @@ class Topology:
     monitor_port: int | None = None
     registry_url: str | None = None
     reset_log: bool = False
+    partition: int | None = None  # this process is partition I of PARTITIONS (set by its plan)
 
     @property
     def mode(self) -> Mode:
@@ -162,7 +174,9 @@ class Topology:
             return Mode.PARTITIONS
         if engine(self.streams).starts_server:
             return Mode.LAUNCHER
-        return Mode.SINGLE if self.roles is None else Mode.ROLE
+        if self.roles is None:
+            return Mode.SINGLE
+        return Mode.REPLICAS if self.replicas > 1 else Mode.ROLE
 
     def check(self) -> Topology:
         from rendezvous.streams.base import engine
@@ -185,6 +199,11 @@ class Topology:
         if self.reset_log and eng.partitions is None:
             raise ConfigError(f"--reset-log starts an embedded log afresh; {self.streams} keeps "
                               "its streams in its own server")
+        if self.partition is not None and (eng.partitions is None or self.processes > 1
+                                           or self.roles is not None
+                                           or not 0 <= self.partition < MAX_PROCESSES):
+            raise ConfigError("--partition is how `serve --processes N` starts its processes; "
+                              "run `rendezvous serve --processes N` instead")
         if self.monitor_port is not None and not eng.starts_server:
             raise ConfigError("--monitor-port applies to --streams local-nats; a --role monitor "
                               "process serves its status on --port")

@@ -1,8 +1,9 @@
 """Every role as its own process on this machine: ``rendezvous serve DEP --streams local-nats``.
 
-The launcher starts a private ``nats-server`` (store under ``<home>/nats``), then one process
-per role, each an ordinary ``rendezvous serve DEP --role …`` command on that server, so ``ps``
-shows what each one is and an operator can stop and restart any of them:
+A plan of the supervisor (``hosting.plans``): it starts a private ``nats-server`` (store under
+``<home>/nats``), then one process per role, each an ordinary ``rendezvous serve DEP --role …``
+command on that server, so ``ps`` shows what each one is and an operator can stop and restart
+any of them:
 
     rendezvous serve demo --role rendezvous --streams nats://127.0.0.1:PORT --home …
     rendezvous serve demo --role worker --model fraud@3 --streams nats://127.0.0.1:PORT --home …
@@ -11,11 +12,11 @@ Order: rendezvous server, decoy, monitor and workers first; the proxy opens to t
 once every group they read exists on the server and is being pulled from, so that no request
 is appended before the roles that must see it are listening. One Ctrl-C (or SIGTERM) stops the
 proxy first (requests in flight get their answers), then the other roles, then the server.
-Children run in their own process groups, so the terminal's Ctrl-C reaches only the launcher,
-which stops them in that order; they also stop by themselves if the launcher dies (killed with
--9), and the next launcher on the same data directory stops a nats-server such a death left
-behind. A child that dies is started again after a capped backoff
-(``supervisor.Backoff``), like every supervised process.
+Children run in their own process groups, so the terminal's Ctrl-C reaches only the supervisor,
+which stops them in that order; they also stop by themselves if the supervisor dies (killed
+with -9), and the next one on the same data directory stops a nats-server such a death left
+behind. A child that dies is started again after a capped backoff (``supervisor.Backoff``),
+like every supervised process.
 
 Policy changes are followed: workers are started for a model a new policy adds, and stopped
 once a policy no longer names theirs (after the deadline and the late-grace window).
@@ -28,9 +29,8 @@ import contextlib
 import fcntl
 import os
 import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -39,79 +39,22 @@ import httpx
 from rendezvous import config
 from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
-from rendezvous.hosting.supervisor import PARENT_ENV, Child, Supervisor
+from rendezvous.hosting.plans import START_TIMEOUT_S, role_command, wait_for_groups
+from rendezvous.hosting.supervisor import Child, Supervisor
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
-from rendezvous.streams.base import Stream
-from rendezvous.streams.nats.engine import NatsStream
+from rendezvous.streams.base import Stream, open_stream
 from rendezvous.streams.nats.server import LocalNatsServer
 
-__all__ = ["Launcher", "parent_gone", "role_command", "run_replicas", "wait_for_groups"]
+__all__ = ["LocalNats"]
 
 Say = Callable[[str], None]
-START_TIMEOUT_S = 60.0  # loading models may take a while; a child that dies fails at once
 
 
-async def parent_gone() -> None:
-    """Return once the launcher that started this process has died; never, if none did.
-
-    Children live in their own process groups (for an ordered Ctrl-C), so a launcher killed
-    with -9 would otherwise leave them running with nobody to stop them.
-    """
-    raw = os.environ.get(PARENT_ENV, "")
-    if not raw.isdigit():
-        await asyncio.Event().wait()
-    while os.getppid() == int(raw):
-        await asyncio.sleep(0.5)
-
-
-def role_command(
-    deployments: Iterable[str], role: ProcessRole | str, *, streams: str, home: Path,
-    models: Iterable[str] = (), host: str | None = None, port: int | None = None,
-    registry_url: str | None = None,
-) -> list[str]:
-    """The command line of one role process: ``python -m rendezvous.cli serve … --role …``."""
-    args = [sys.executable, "-m", "rendezvous.cli", "serve", *deployments,
-            "--role", str(role)]
-    for model in models:
-        args += ["--model", model]
-    args += ["--streams", streams, "--home", str(home)]
-    if host is not None:
-        args += ["--host", host]
-    if port is not None:
-        args += ["--port", str(port)]
-    if registry_url is not None:
-        args += ["--registry", registry_url]
-    return args
-
-
-async def wait_for_groups(stream: Stream, pairs: Iterable[tuple[str, str]], *,
-                          timeout_s: float = START_TIMEOUT_S,
-                          children: Iterable[Child] = ()) -> None:
-    """Return once a member reads every (topic, group) (``Stream.unread`` is empty), so that
-    nothing appended afterwards is missed. Raises if a child exits meanwhile or ``timeout_s``
-    passes."""
-    waiting = list(pairs)
-    watched = list(children)
-    deadline = time.monotonic() + timeout_s
-    while waiting:
-        dead = [c for c in watched if not c.alive]
-        if dead:
-            raise RendezvousError(
-                f"{dead[0].label} exited with code {dead[0].proc.returncode} while starting "  # type: ignore[union-attr]
-                "(its error is printed above); nothing was opened to traffic")
-        waiting = await stream.unread(waiting)
-        if waiting and time.monotonic() > deadline:
-            names = ", ".join(f"{g} on {t}" for t, g in waiting)
-            raise RendezvousError(f"roles did not start reading within {timeout_s:g} s: {names}")
-        if waiting:
-            await asyncio.sleep(0.05)
-
-
-class Launcher:
+class LocalNats:
     """A private nats-server and every role of ``deployments`` as its own process.
 
-    >>> # await Launcher(["demo"], home=home, port=8000, replicas=2, say=print).run(stopped)
+    >>> # await Supervisor(print).run(LocalNats(["demo"], home=home, port=8000), stopped)
     """
 
     def __init__(self, deployments: list[str] | None = None, *, home: Path | str | None = None,
@@ -131,31 +74,20 @@ class Launcher:
         self.registry_url = registry_url
         self.say = say
         self.nats = LocalNatsServer(self.home / "nats", new_session=True)
-        self.sup = Supervisor(say)
+        self.sup = Supervisor(say)  # the one running this plan, from start()
         self.proxy_url = ""
         self._lock_file: IO[str] | None = None
-        self._stream: NatsStream | None = None
+        self._stream: Stream | None = None
+        self._registry: Registry | None = None
         self._policies: dict[str, Policy] = {}
-
-    async def run(self, stopped: Awaitable[object]) -> None:
-        """Start everything, watch until ``stopped`` completes, then stop everything."""
-        stop = asyncio.ensure_future(stopped)
-        main = asyncio.ensure_future(self._start_and_watch())
-        try:
-            done, _ = await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if main in done:
-                main.result()  # startup errors surface here
-        finally:
-            for task in (main, stop):
-                task.cancel()
-            await asyncio.gather(main, stop, return_exceptions=True)
-            await self._shutdown()
+        self._versions: dict[str, int] = {}
 
     # -- startup --------------------------------------------------------------------------
 
-    async def _start_and_watch(self) -> None:
-        """Start the server and the roles in order, then report deaths and follow policy
-        changes until cancelled. One long sequence on purpose: it reads as the startup order."""
+    async def start(self, sup: Supervisor) -> None:
+        """Start the server and the roles in order. One long sequence on purpose: it reads as
+        the startup order."""
+        self.sup = sup
         with Registry(self.home, url=self.registry_url) as reg:
             names = self.deployments or await asyncio.to_thread(reg.deployments)
             if not names:
@@ -167,7 +99,7 @@ class Launcher:
         await self._take_home()
         await asyncio.to_thread(self.nats.start)
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
-        self._stream = await NatsStream.connect(self.nats.url, name="rendezvous-launcher")
+        self._stream = await open_stream(self.nats.url, home=self.home)
         backends = [self._spawn_role(ProcessRole.RENDEZVOUS)]
         if self.serves_all or any(p.decoy for p in self._policies.values()):
             backends.append(self._spawn_role(ProcessRole.DECOY))
@@ -183,12 +115,12 @@ class Launcher:
         self.say(f"serving {', '.join(names)} at {self.proxy_url}: "
                  f"{len(self.sup.children)} processes, {self.replicas} worker process(es) per "
                  "model (Ctrl-C stops them all)")
-        versions = {name: 0 for name in names}
-        with Registry(self.home, url=self.registry_url) as reg:
-            while True:
-                self.sup.restart_dead()
-                await self._follow_registry(reg, versions)
-                await asyncio.sleep(0.5)
+        self._versions = {name: 0 for name in names}
+        self._registry = Registry(self.home, url=self.registry_url)
+
+    async def follow(self, sup: Supervisor) -> None:
+        if self._registry is not None:
+            await self._follow_registry(self._registry, self._versions)
 
     async def _follow_registry(self, reg: Registry, versions: dict[str, int]) -> None:
         """Policy changes reach the launcher as they reach every process: from the registry.
@@ -295,7 +227,12 @@ class Launcher:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    async def _shutdown(self) -> None:
+    async def stop(self, sup: Supervisor) -> None:
+        """The proxy first (requests in flight get their answers), then the other roles,
+        then the server."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
         proxies = [c for c in self.sup.children if c.role == ProcessRole.PROXY]
         await self.sup.stop(proxies, timeout_s=10)
         await self.sup.stop(list(self.sup.children))
@@ -335,23 +272,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return "State:\tZ" not in status
-
-
-async def run_replicas(args: list[str], replicas: int, stopped: Awaitable[object], *,
-                       say: Say = print) -> None:
-    """``serve --role worker --replicas N``: N copies of this worker command, one process
-    each (``--replicas 1`` in their command lines), stopped together."""
-    sup = Supervisor(say)
-    stop = asyncio.ensure_future(stopped)
-    # Let ``stopped`` get going (install its signal handlers) before there are children that
-    # a signal arriving in between would orphan.
-    await asyncio.sleep(0.05)
-    for i in range(replicas):
-        sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, args))
-    try:
-        while not stop.done():
-            sup.restart_dead()
-            await asyncio.wait({stop}, timeout=0.5)
-    finally:
-        stop.cancel()
-        await sup.stop(list(sup.children))

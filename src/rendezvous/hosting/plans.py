@@ -1,0 +1,241 @@
+"""The plans the supervisor runs (``Supervisor.run``), one per way of serving with children.
+
+- ``Partitions``: ``serve --processes N``, N serving processes on one port, each a whole
+  Rendezvous on its own partition of the embedded log (``serve --partition I`` each);
+- ``LocalNats`` (``hosting.local_nats``): ``serve --streams local-nats``, a private
+  nats-server and every role as its own process;
+- ``Replicas``: ``serve --role worker --replicas N``, N copies of one worker command.
+
+Every child is an ordinary ``rendezvous serve`` command line (``role_command``), so ``ps``
+shows what each one is and an operator can stop and restart any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rendezvous import config
+from rendezvous.errors import ConfigError, RendezvousError
+from rendezvous.hosting.supervisor import Child, Plan, Supervisor
+from rendezvous.hosting.topology import Mode, ProcessRole, Topology
+from rendezvous.registry import Registry
+from rendezvous.streams.base import Stream
+
+__all__ = ["Partitions", "Replicas", "plan_for", "reuseport_socket", "role_command",
+           "wait_for_groups"]
+
+Say = Callable[[str], None]
+START_TIMEOUT_S = 120.0  # loading models may take a while; a child that dies fails at once
+
+
+def role_command(
+    deployments: Iterable[str], role: ProcessRole | str, *, streams: str, home: Path,
+    models: Iterable[str] = (), host: str | None = None, port: int | None = None,
+    registry_url: str | None = None,
+) -> list[str]:
+    """The command line of one role process: ``python -m rendezvous.cli serve … --role …``."""
+    args = [sys.executable, "-m", "rendezvous.cli", "serve", *deployments,
+            "--role", str(role)]
+    for model in models:
+        args += ["--model", model]
+    args += ["--streams", streams, "--home", str(home)]
+    if host is not None:
+        args += ["--host", host]
+    if port is not None:
+        args += ["--port", str(port)]
+    if registry_url is not None:
+        args += ["--registry", registry_url]
+    return args
+
+
+def _first_dead(children: Iterable[Child]) -> Child | None:
+    return next((c for c in children if not c.alive), None)
+
+
+def _died_starting(child: Child) -> RendezvousError:
+    code = child.proc.returncode if child.proc is not None else None
+    return RendezvousError(f"{child.label} exited with code {code} while starting (its error "
+                           "is printed above); nothing was opened to traffic")
+
+
+async def wait_for_groups(stream: Stream, pairs: Iterable[tuple[str, str]], *,
+                          timeout_s: float = START_TIMEOUT_S,
+                          children: Iterable[Child] = ()) -> None:
+    """Return once a member reads every (topic, group) (``Stream.unread`` is empty), so that
+    nothing appended afterwards is missed. Raises if a child exits meanwhile or ``timeout_s``
+    passes."""
+    waiting = list(pairs)
+    watched = list(children)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        dead = _first_dead(watched)
+        if dead is not None:
+            raise _died_starting(dead)
+        waiting = await stream.unread(waiting)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(f"{g} on {t}" for t, g in waiting)
+            raise RendezvousError(f"roles did not start reading within {timeout_s:g} s: {names}")
+        if waiting:
+            await asyncio.sleep(0.05)
+
+
+async def wait_ready(url: str, children: Iterable[Child], *,
+                     timeout_s: float = START_TIMEOUT_S) -> None:
+    """Return once ``url`` answers ready; raises if a child exits meanwhile or ``timeout_s``
+    passes."""
+    watched = list(children)
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            dead = _first_dead(watched)
+            if dead is not None:
+                raise _died_starting(dead)
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{url}/v2/health/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RendezvousError(f"the server at {url} did not become ready in {timeout_s:g} s")
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` in an ``SO_REUSEPORT`` group, not listening yet."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Each process listens on its own socket of one SO_REUSEPORT group: the kernel spreads
+    # new connections evenly across them (one shared socket would let the least busy
+    # process win every accept race).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted connections inherit this. Without it, answers of one segment wait for the
+    # client's delayed ACK: ~40 ms per request (what `uvicorn --workers N` shows, since its
+    # event loop only sets TCP_NODELAY on sockets it binds itself).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
+                          "--port or stop the server using it") from None
+    return sock
+
+
+@dataclass
+class Partitions:
+    """``serve --processes N``: N processes, each a whole Rendezvous on its own partition.
+
+    Python runs one thread of Python at a time per process, so one serving process uses
+    about one core however many models score. With the embedded engine, N processes share one
+    port (an ``SO_REUSEPORT`` group: the kernel spreads connections across them) and each owns
+    a partition of the streams: process 0 logs to ``<home>/streams.db``, process i to
+    ``<home>/streams-p<i>.db``. Every request still goes through the whole rendezvous flow
+    (every model scores it, the decoy archives it) in the process that accepted it. The
+    partitions share the registry, the artifacts and the archive directory; policy changes
+    reach every process through the registry (each watches its deployment's current policy
+    version), and ``rendezvous status`` merges every partition's results.
+    """
+
+    deployments: list[str]
+    processes: int
+    home: Path
+    host: str
+    port: int
+    reset_log: bool
+    say: Say
+    token: str = ""
+    _probe: socket.socket | None = None
+    _files: list[Path] = field(default_factory=list)
+
+    async def start(self, sup: Supervisor) -> None:
+        from rendezvous.hosting.serving import ALL, write_run_files
+
+        with Registry(self.home) as reg:  # fail on unknown names before starting anything
+            names = self.deployments or reg.deployments()
+            for name in names:
+                reg.policy(name)
+        if not names:
+            raise ConfigError("no deployments to serve; create one with "
+                              "`rendezvous deploy apply FILE`")
+        # Holds the port (bound, never listening) so that every child joins the same one,
+        # also when --port 0 asked for any free port.
+        self._probe = reuseport_socket(self.host, self.port)
+        addr = self._probe.getsockname()
+        url = f"http://{'127.0.0.1' if addr[0] in ('0.0.0.0', '::') else addr[0]}:{addr[1]}"
+        self.token = config.ADMIN_TOKEN.get() or self.token
+        children = []
+        for i in range(self.processes):
+            args = [sys.executable, "-m", "rendezvous.cli", "serve", *self.deployments,
+                    "--partition", str(i), "--host", self.host, "--port", str(addr[1]),
+                    "--home", str(self.home), *(["--reset-log"] if self.reset_log else [])]
+            # The token travels in the environment: command lines are visible to every user.
+            env = {config.ADMIN_TOKEN.env: self.token}
+            children.append(sup.spawn(Child(f"serving process {i}", "partition", args,
+                                             env=env)))
+        await wait_ready(url, children)
+        self._files = write_run_files(self.home, self.deployments or [ALL],
+                                      {"url": url, "pid": os.getpid(), "token": self.token})
+        self.say(f"serving {', '.join(names)} at {url} with {self.processes} processes "
+                 "(Ctrl-C stops)")
+
+    async def follow(self, sup: Supervisor) -> None:
+        """Nothing to do: each partition follows policy changes from the registry itself."""
+
+    async def stop(self, sup: Supervisor) -> None:
+        for f in self._files:
+            f.unlink(missing_ok=True)
+        await sup.stop(list(sup.children))
+        if self._probe is not None:
+            self._probe.close()
+
+
+@dataclass
+class Replicas:
+    """``serve --role worker --replicas N``: N copies of one worker command (``--replicas 1``
+    in their command lines), restarted alone, stopped together."""
+
+    args: list[str]
+    replicas: int
+
+    async def start(self, sup: Supervisor) -> None:
+        for i in range(self.replicas):
+            sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, self.args))
+
+    async def follow(self, sup: Supervisor) -> None:
+        """Nothing to do: each worker follows policy changes itself."""
+
+    async def stop(self, sup: Supervisor) -> None:
+        """Nothing in particular: the supervisor stops them all at once."""
+
+
+def plan_for(topology: Topology, deployments: list[str] | None, *, home: Path,
+             host: str | None, port: int | None, say: Say) -> Plan:
+    """The plan that serves ``topology`` (whose mode runs children)."""
+    mode = topology.mode
+    if mode is Mode.PARTITIONS:
+        import secrets
+
+        return Partitions(list(deployments or []), topology.processes, home,
+                          config.HOST.get(host), config.PORT.get(port), topology.reset_log,
+                          say, token=secrets.token_urlsafe(24))
+    if mode is Mode.LAUNCHER:
+        from rendezvous.hosting.local_nats import LocalNats
+
+        return LocalNats(deployments, home=home, host=host, port=port,
+                         monitor_port=topology.monitor_port, replicas=topology.replicas,
+                         registry_url=topology.registry_url, say=say)
+    if mode is Mode.REPLICAS:
+        models = topology.roles.models if topology.roles is not None else ()
+        args = role_command(deployments or [], ProcessRole.WORKER, streams=topology.streams,
+                            home=home, models=models,
+                            registry_url=topology.registry_url)
+        return Replicas(args, topology.replicas)
+    raise ValueError(f"{mode.value} serving runs in this process; it has no plan")
