@@ -37,7 +37,7 @@ from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics
 from rendezvous.core.compare import Scored
-from rendezvous.core.messages import Feedback
+from rendezvous.core.messages import Feedback, Score
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import ConflictError, RendezvousError
@@ -267,6 +267,7 @@ class Monitor:
             await batch.ack()
 
     def _on_results(self, records: list[Any]) -> None:
+        results = []
         for rec in records:
             try:
                 result = messages.result_summary_decoder.decode(rec.data)
@@ -274,12 +275,17 @@ class Monitor:
                 log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
                 continue
             self.stats.add(result)
-            if self.analytics is not None:
-                with _contained(self.deployment, "result", rec.offset):
-                    self.analytics.add_result(result)
+            results.append(result)
+        if self.analytics is not None and results:
+            with _contained(self.deployment, "results up to", records[-1].offset):
+                self.analytics.add_results(results)
 
     def _on_scores(self, records: list[Any]) -> None:
+        """Each record's outputs are reduced on their own (a model's odd outputs skip its
+        record alone), then the whole delivery goes to the analytics at once: their cost is
+        mostly per call."""
         assert self.analytics is not None
+        reduced: list[tuple[Score, Scored]] = []
         for rec in records:
             try:
                 scores = messages.scores_decoder.decode(rec.data)
@@ -287,7 +293,10 @@ class Monitor:
                 log.error("monitor %s: undecodable scores %s", self.deployment, rec.offset)
                 continue
             with _contained(self.deployment, "scores", rec.offset):
-                self.analytics.add_scores(scores)
+                reduced += [(s, self.analytics.reduce(s)) for s in scores]
+        if reduced:
+            with _contained(self.deployment, "scores up to", records[-1].offset):
+                self.analytics.add_reduced(reduced)
 
     def _on_inputs(self, records: list[Any]) -> None:
         """The inputs of a whole batch of requests go to the drift test at once: its cost is
