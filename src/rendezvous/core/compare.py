@@ -255,10 +255,14 @@ class PairStats:
         return out
 
 
-class _Entry(msgspec.Struct, gc=False):  # holds no cycles: kept out of the collector's sight
+class _Entry(msgspec.Struct, gc=False):
+    """One request's scores. Nothing here is ever tracked by the garbage collector (a dict
+    of strings and gc=False structs is not; a set would be), so the tens of thousands the
+    book holds cost its collections nothing."""
+
     at_ns: int
     models: dict[str, Scored] = {}
-    paired: set[str] = set()
+    paired: dict[str, bool] = {}  # the models already paired with the champion
 
 
 class ScoreBook:
@@ -286,7 +290,7 @@ class ScoreBook:
         pairs = []
         for name, s in entry.models.items():
             if name != champion and name not in entry.paired:
-                entry.paired.add(name)
+                entry.paired[name] = True
                 pairs.append((name, s, champ))
         return pairs
 
