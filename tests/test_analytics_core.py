@@ -155,6 +155,19 @@ def test_drift_detector_fires_on_a_half_sigma_shift_and_not_on_the_same_data() -
     assert report.drifted == ["c1"]
 
 
+@pytest.mark.parametrize(("requests", "columns"), [
+    ([], {}),
+    ([({"a": [1.0]}, 1), ({"a": [2.0]}, 1)], {"a": [1.0, 2.0]}),
+    ([({"a": [1.0]}, 1), ({"b": ["x", "y"]}, 2)], {"a": [1.0, None, None],
+                                                   "b": [None, "x", "y"]}),
+    ([({"a": (1, 2), "b": ("x", "y")}, 2), ({"a": (3,)}, 1), ({"b": ("z",)}, 1)],
+     {"a": [1, 2, 3, None], "b": ["x", "y", None, "z"]}),
+])
+def test_gather_columns_keeps_rows_aligned(requests: list[tuple[dict[str, Any], int]],
+                                           columns: dict[str, list[Any]]) -> None:
+    assert drift.gather_columns(requests) == columns
+
+
 @given(st.lists(st.integers(1, 700), min_size=1, max_size=30), st.integers(50, 500))
 @settings(max_examples=30, deadline=None)
 def test_drift_spends_its_false_alarm_budget_by_rows(batches: list[int], block: int) -> None:

@@ -142,6 +142,15 @@ class RequestHead(msgspec.Struct, kw_only=True, gc=False):
     meta: dict[str, str] = {}
 
 
+class RequestInputs(msgspec.Struct, kw_only=True, gc=False):
+    """What the drift test needs of a ``Request``: its inputs, as tuples (cheaper to decode
+    than lists), its row count and arrival time."""
+
+    received_ns: int
+    inputs: dict[str, tuple[Any, ...]]
+    n_rows: int
+
+
 class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
     """A ``Score`` whose outputs stay encoded until they are chosen."""
 
@@ -160,6 +169,7 @@ request_decoder = msgspec.msgpack.Decoder(Request)
 # per request): one append, one log row and one delivery per batch instead of per request.
 scores_decoder = msgspec.msgpack.Decoder(list[Score])
 request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
+request_inputs_decoder = msgspec.msgpack.Decoder(RequestInputs)
 score_heads_decoder = msgspec.msgpack.Decoder(list[ScoreHead])
 result_decoder = msgspec.msgpack.Decoder(Result)
 result_summary_decoder = msgspec.msgpack.Decoder(ResultSummary)

@@ -37,6 +37,7 @@ from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics
 from rendezvous.core.compare import Scored
+from rendezvous.core.drift import gather_columns
 from rendezvous.core.messages import Feedback, Score
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
@@ -302,27 +303,18 @@ class Monitor:
         """The inputs of a whole batch of requests go to the drift test at once: its cost is
         per call, not per row."""
         assert self.analytics is not None
-        columns: dict[str, list[Any]] = {}
-        rows = 0
+        requests = []
         last_ns = 0
         for rec in records:
             try:
-                req = messages.request_decoder.decode(rec.data)
+                req = messages.request_inputs_decoder.decode(rec.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # the decoy and the workers log undecodable requests already
-            for name, values in req.inputs.items():
-                col = columns.get(name)
-                if col is None:
-                    col = columns[name] = [None] * rows  # a column missing so far
-                col.extend(values)
-            rows += req.n_rows
-            for col in columns.values():  # keep every column aligned with the rows
-                if len(col) < rows:
-                    col.extend([None] * (rows - len(col)))
+            requests.append((req.inputs, req.n_rows))
             last_ns = req.received_ns
-        if rows:
+        if requests:
             with _contained(self.deployment, "requests up to", records[-1].offset):
-                self.analytics.add_inputs(columns, last_ns)
+                self.analytics.add_inputs(gather_columns(requests), last_ns)
 
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from
