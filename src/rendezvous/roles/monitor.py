@@ -55,6 +55,11 @@ __all__ = ["DeploymentStats", "Monitor", "stats_from_log"]
 GROUP = "monitor"
 TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, in its group
 TICK_S = 1.0
+# The least time between two deliveries of a topic the monitor (or the scorekeeper beside it)
+# takes: read as soon as records come, each delivery would hold one or two of them, and a
+# delivery's cost (wake-up, handler call, acknowledgement committed to the stream) is mostly
+# per delivery, not per record. The documents lag by as much at most.
+READ_PAUSE_S = 0.05
 FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before "unknown"
 WEBHOOK_TRIES = 4
 AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
@@ -248,7 +253,7 @@ class Monitor:
             loops += [self._pump(topic(self.deployment, "scores"), self._on_scores),
                       self._pump(topic(self.deployment, "input"), self._on_inputs),
                       self._pump(topic(self.deployment, "feedback"), self._on_feedback,
-                                 max_batch=500)]
+                                 max_batch=500, pause_s=0.0)]
             background = [asyncio.ensure_future(self._tick()),
                           asyncio.ensure_future(self._webhook())]
         try:
@@ -258,7 +263,9 @@ class Monitor:
                 task.cancel()
 
     async def _pump(self, topic: str, handle: Callable[[list[Any]], Any], *,
-                    max_batch: int = 2048) -> None:
+                    max_batch: int = 2048, pause_s: float = READ_PAUSE_S) -> None:
+        """Hand each delivery of ``topic`` to ``handle``, then acknowledge it; after a
+        delivery that was not full, wait ``pause_s`` for more records to gather."""
         consumer = self.stream.consume(topic, GROUP, start="latest", max_batch=max_batch)
         self._consumers.append(consumer)
         async for batch in consumer:
@@ -266,6 +273,8 @@ class Monitor:
             if asyncio.iscoroutine(done):
                 await done
             await batch.ack()
+            if pause_s and len(batch.records) < max_batch:
+                await asyncio.sleep(pause_s)
 
     def _on_results(self, records: list[Any]) -> None:
         results = []

@@ -40,6 +40,7 @@ from rendezvous.core.compare import Scored, reduce
 from rendezvous.core.reference import score_series
 from rendezvous.errors import NotFoundError, RendezvousError
 from rendezvous.ids import ulid_ms
+from rendezvous.roles.monitor import READ_PAUSE_S
 from rendezvous.streams.base import Batch, Stream
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ class _Archiver:
         self.lock = asyncio.Lock()
 
     async def run(self) -> None:
-        self.consumer = self.stream.consume(self.topic, GROUP, start="latest", max_batch=2048)
+        max_batch = 2048
+        self.consumer = self.stream.consume(self.topic, GROUP, start="latest",
+                                            max_batch=max_batch)
         ticker = asyncio.ensure_future(self._tick())
         try:
             async for batch in self.consumer:
@@ -137,6 +140,8 @@ class _Archiver:
                 if len(self.rows) >= self.flush_rows:
                     with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
                         await self.flush()
+                if len(batch.records) < max_batch:  # as the monitor's pumps: fewer deliveries
+                    await asyncio.sleep(READ_PAUSE_S)
         finally:
             ticker.cancel()
             await self.flush()
