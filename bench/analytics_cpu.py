@@ -166,39 +166,33 @@ def run_monitor(feed: Feed, clock: Clock, *, batch: int) -> Any:
     return a
 
 
-def _archive_rows(recs: list[Rec], to_rows: Callable[[bytes], list[dict[str, Any]]],
-                  rows: list[dict[str, Any]]) -> None:
+def _gather(recs: list[Rec], kind: Any, items: list[Any]) -> None:
     for r in recs:
-        rows.extend(to_rows(r.data))
+        items += kind.items(r.data)
 
 
-def _write_part(arc: Any, rows: list[dict[str, Any]], schema: Any, kind: str,
-                time_field: str) -> None:
-    import pyarrow as pa
-
+def _write_part(arc: Any, items: list[Any], kind: Any) -> None:
     from rendezvous.archive import dataset
 
-    arc.write(pa.Table.from_pylist(rows, schema=schema), dataset(DEPLOYMENT, kind),
-              rows[0][time_field])
+    arc.write(kind.table(items), dataset(DEPLOYMENT, kind.dataset),
+              getattr(items[0], kind.time_field))
 
 
 def run_scorekeeper(feed: Feed, clock: Clock, *, flush: int, batch: int, root: Path) -> None:
     """Each of the scorekeeper's archivers over its topic, a part per ``flush`` requests."""
     from rendezvous.archive import LocalArchive
-    from rendezvous.roles import scorekeeper as sk
+    from rendezvous.roles.scorekeeper import KINDS
 
     arc = LocalArchive(root)
-    kinds = {"scores": (feed.scores, sk.SCORES_SCHEMA, sk.score_rows, "finished_ns"),
-             "results": (feed.results, sk.RESULTS_SCHEMA, sk.result_rows, "received_ns")}
     per_flush = {"scores": max(1, flush * len(feed.scores) // len(feed.results)),
                  "results": flush}
-    for kind, (recs, schema, to_rows, time_field) in kinds.items():
-        part = f"scorekeeper.{kind}"
-        for chunk in _batches(recs, per_flush[kind]):
-            rows: list[dict[str, Any]] = []
+    for topic, recs in (("scores", feed.scores), ("results", feed.results)):
+        part = f"scorekeeper.{topic}"
+        for chunk in _batches(recs, per_flush[topic]):
+            items: list[Any] = []
             for b in _batches(chunk, batch):
-                clock.run(part, _archive_rows, b, to_rows, rows)
-            clock.run(part, _write_part, arc, rows, schema, kind, time_field)
+                clock.run(part, _gather, b, KINDS[topic], items)
+            clock.run(part, _write_part, arc, items, KINDS[topic])
 
 
 def main(argv: list[str] | None = None) -> int:
