@@ -4,9 +4,12 @@
 Throughput on a shared two-core machine is noisy; the CPU time the server's processes spend
 per request much less so. Starts the ``rendezvous-4`` deployment of the serving benchmark
 (``serve --processes 2``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
-with wrk (as ``bench.serving`` does, at a lower concurrency by default) and prints CPU ms per
-request: of the serving processes, split by thread (the event loop, the stream log's writer,
-the ``to_thread`` pool) and of the model hosts.
+with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
+processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool)
+and of the model hosts, and how many requests a worker's scores record held (its micro-batch).
+Flat out, the faster run also batches more, which lowers its cost per request on its own;
+``--delay-ms`` paces each connection instead, for the same offered rate in both runs (at low
+rates every stage handles requests one at a time, far from the regime of c=32).
 
 The servers import ``rendezvous`` from the ``src`` beside this file (``PYTHONPATH``), whatever
 the environment's editable install says; the ``rendezvous from`` line (read off each
@@ -107,8 +110,26 @@ def _scores_per_record(home: Path) -> float:
     return n / max(1, records)
 
 
+def _paced(tmp: Path, delay_ms: float) -> Path:
+    """wrk's request script with a pause of ``delay_ms`` before each request of a
+    connection (wrk's ``delay`` hook)."""
+    script = tmp / "paced.lua"
+    script.write_text(loadgen.LUA_SCRIPT.read_text()
+                      + f"\nfunction delay()\n  return {delay_ms:g}\nend\n")
+    return script
+
+
+def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
+         script: Path) -> loadgen.LoadResult:
+    argv = loadgen.wrk_argv(url, bodies, connections=connections, duration_s=duration_s)
+    argv[argv.index(str(loadgen.LUA_SCRIPT))] = str(script)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         timeout=duration_s + 60).stdout
+    return loadgen.parse(out)
+
+
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
-            py_spy: Path | None) -> dict[str, float]:
+            delay_ms: float, py_spy: Path | None) -> dict[str, float]:
     """CPU ms per request by part, plus ``req/s`` and ``errors``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
@@ -118,9 +139,10 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
         spec = dataclasses.replace(spec, env=env)
         bodies = loadgen.write_bodies(Path(tmp) / "bodies.txt",
                                       [oip_v2(r) for r in request_rows()])
+        script = _paced(Path(tmp), delay_ms)
         with Server(spec, log_path=Path(tmp) / "server.log") as server:
-            loadgen.run_wrk(spec.infer_url, bodies, connections=concurrency,
-                            duration_s=warmup)
+            _wrk(spec.infer_url, bodies, connections=concurrency, duration_s=warmup,
+                 script=script)
             time.sleep(1.0)
             pids = _processes(server.pid)
             before = _threads(pids)
@@ -131,8 +153,8 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 spy = subprocess.Popen(["py-spy", "record", "-o", str(py_spy), "-r", "200",
                                         "--format", fmt, "--nonblocking", "-p", str(one)],
                                        stdout=subprocess.DEVNULL)
-            load = loadgen.run_wrk(spec.infer_url, bodies, connections=concurrency,
-                                   duration_s=duration)
+            load = _wrk(spec.infer_url, bodies, connections=concurrency,
+                        duration_s=duration, script=script)
             time.sleep(1.5)  # the monitor and the archivers catch up
             after = _threads(pids)
             if spy is not None:
@@ -159,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of load (8)")
     ap.add_argument("--concurrency", type=int, default=16, help="wrk connections (16)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds (3)")
+    ap.add_argument("--delay-ms", type=float, default=0.0,
+                    help="pause before each request of a connection (default 0: flat out)")
     ap.add_argument("--only", choices=["on", "off"], help="one of the two runs")
     ap.add_argument("--py-spy", type=Path, help="record one serving process (analytics on)")
     args = ap.parse_args(argv)
@@ -167,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         name = "on" if on else "off"
         if args.only in (None, name):
             rows[name] = measure(on, duration=args.duration, concurrency=args.concurrency,
-                                 warmup=args.warmup, py_spy=args.py_spy if on else None)
-    print(f"CPU ms per request ({args.duration:g} s of wrk at concurrency {args.concurrency})")
+                                 warmup=args.warmup, delay_ms=args.delay_ms,
+                                 py_spy=args.py_spy if on else None)
+    print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
+          f"{args.delay_ms:g} ms pause before each request)")
     parts = sorted({p for r in rows.values() for p in r})
     print(f"  {'':36s}" + "".join(f"{n:>12s}" for n in rows))
     for part in parts:
