@@ -14,8 +14,9 @@ rates every stage handles requests one at a time, far from the regime of c=32).
 The servers import ``rendezvous`` from the ``src`` beside this file (``PYTHONPATH``), whatever
 the environment's editable install says; the ``rendezvous from`` line (read off each
 process's stack with ``py-spy dump``) shows which. Needs ``wrk`` and ``py-spy`` on the PATH.
-``--py-spy FILE`` also records one serving process while analytics are on (``.svg``: a
-flame graph; any other suffix: folded stacks).
+``--py-spy FILE`` also records one serving process of each run, only while a thread holds
+the GIL (``FILE`` with ``-on``/``-off`` before its suffix; ``.svg``: a flame graph; any
+other suffix: folded stacks).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 one = next(p for p, k in pids.items() if k == "serving" and p != server.pid)
                 fmt = "flamegraph" if py_spy.suffix == ".svg" else "raw"
                 spy = subprocess.Popen(["py-spy", "record", "-o", str(py_spy), "-r", "200",
-                                        "--format", fmt, "--nonblocking", "-p", str(one)],
+                                        "--format", fmt, "--gil", "--nonblocking",
+                                        "-p", str(one)],
                                        stdout=subprocess.DEVNULL)
             load = _wrk(spec.infer_url, bodies, connections=concurrency,
                         duration_s=duration, script=script)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=float, default=0.0,
                     help="pause before each request of a connection (default 0: flat out)")
     ap.add_argument("--only", choices=["on", "off"], help="one of the two runs")
-    ap.add_argument("--py-spy", type=Path, help="record one serving process (analytics on)")
+    ap.add_argument("--py-spy", type=Path, help="record one serving process of each run")
     args = ap.parse_args(argv)
     rows = {}
     for on in (True, False):
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, name):
             rows[name] = measure(on, duration=args.duration, concurrency=args.concurrency,
                                  warmup=args.warmup, delay_ms=args.delay_ms,
-                                 py_spy=args.py_spy if on else None)
+                                 py_spy=args.py_spy and args.py_spy.with_stem(
+                                     f"{args.py_spy.stem}-{name}"))
     print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
           f"{args.delay_ms:g} ms pause before each request)")
     parts = sorted({p for r in rows.values() for p in r})
