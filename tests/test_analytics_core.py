@@ -325,6 +325,31 @@ def test_reduce_rejects_outputs_of_an_odd_shape(outputs: dict[str, list[object]]
         reduce(outputs)
 
 
+@given(st.lists(st.one_of(_outputs, st.fixed_dictionaries({
+    "predictions": st.lists(st.integers(0, 1), min_size=1, max_size=2),
+    "probabilities": st.one_of(st.lists(_probability, max_size=2),  # 1-D: not the usual
+                               st.lists(st.lists(st.integers(0, 1), min_size=2, max_size=2),
+                                        min_size=1, max_size=2)),
+    "embedding": st.just([[0.5, 0.5]])})), max_size=5), st.booleans())
+def test_the_monitor_reduces_a_record_as_reduce_does(outputs: list[dict[str, Any]],
+                                                     failed: bool) -> None:
+    from rendezvous.roles.monitor import reduced_scores
+
+    scores = [Score(request_id=f"r{i}", deployment="d", model="m@1", outputs=o,
+                    error="boom" if failed else None, finished_ns=i)
+              for i, o in enumerate(outputs)]
+    try:
+        expected = [reduce(s.outputs, error=failed) for s in scores]
+    except (TypeError, ValueError):
+        with pytest.raises((TypeError, ValueError)):
+            reduced_scores(msgspec.msgpack.encode(scores))
+        return
+    got = reduced_scores(msgspec.msgpack.encode(scores))
+    assert [sc for _, sc in got] == expected
+    assert [(s.request_id, s.model, s.finished_ns) for s, _ in got] == [
+        (s.request_id, s.model, s.finished_ns) for s in scores]
+
+
 _scored = st.one_of(_outputs.map(lambda o: reduce(o)), st.just(compare.Scored(error=True)))
 _single_row = st.tuples(_probability, st.sampled_from([0, 1])).map(
     lambda t: reduce({"predictions": [t[1]], "probabilities": [[1 - t[0], t[0]]]}))

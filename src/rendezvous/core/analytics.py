@@ -12,7 +12,7 @@ import dataclasses
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector, PairedOutcomes
 from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
@@ -32,6 +32,19 @@ SCORE_BOOK = 20_000
 
 
 _ERROR = Status.ERROR
+
+
+class Timed(Protocol):
+    """What ``add_reduced`` reads of a score besides its reduction."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def started_ns(self) -> int: ...
+    @property
+    def finished_ns(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -205,24 +218,25 @@ class DeploymentAnalytics:
 
     def add_scores(self, scores: Sequence[Score]) -> None:
         """Scores, in order (e.g. a worker's batch)."""
-        self.add_reduced([(s, self.reduce(s)) for s in scores])
+        self.add_reduced([(s, self.learn(s.model, reduce(s.outputs, error=s.error is not None)))
+                          for s in scores])
 
-    def reduce(self, score: Score) -> Scored:
-        """The score's outputs reduced (``core.compare.reduce``), and, until every column
-        is named, which probability column is which class. Raises on outputs of an odd
-        shape (``TypeError``, ``ValueError``, ``IndexError``), so that a caller can skip
-        those alone: what it reduced without error, ``add_reduced`` counts without error."""
-        scored = reduce(score.outputs, error=score.error is not None)
-        if scored.probabilities and len(self.class_cols.get(score.model, ())) < len(
+    def learn(self, model: str, scored: Scored) -> Scored:
+        """Until every column is named, which of ``model``'s probability columns is which
+        class; returns ``scored``. Raises on outputs of an odd shape (``TypeError``,
+        ``ValueError``), as ``core.compare.reduce`` does, so that a caller can skip those
+        alone: what was reduced and learnt without error, ``add_reduced`` counts without
+        error."""
+        if scored.probabilities and len(self.class_cols.get(model, ())) < len(
                 scored.probabilities[0]):  # every column named: nothing left to learn
-            self._learn_classes(score.model, scored)
+            self._learn_classes(model, scored)
         return scored
 
-    def add_reduced(self, scores: Sequence[tuple[Score, Scored]]) -> None:
-        """Scores with their reductions (``reduce``), in order. The same as one at a time,
-        but what each model's window and total accumulators get is gathered first
-        (``_Gathered``) and added once per window, and the pairs with the champion go
-        through ``PairStats`` as one list."""
+    def add_reduced(self, scores: Sequence[tuple[Timed, Scored]]) -> None:
+        """Scores (a ``Score`` or a ``ScoreSummary``) with their reductions (``reduce`` and
+        ``learn``), in order. The same as one at a time, but what each model's window and
+        total accumulators get is gathered first (``_Gathered``) and added once per window,
+        and the pairs with the champion go through ``PairStats`` as one list."""
         g = _Gathered()
         ring, book, champion, canary_model = self.ring, self.book, self.champion, self.canary
         canary: list[float] = []

@@ -32,7 +32,7 @@ from rendezvous.core.accuracy import wilson
 from rendezvous.core.windows import digest_quantiles
 
 __all__ = ["PairRows", "PairStats", "ScoreBook", "Scored", "label_key", "pair_rows", "reduce",
-           "spearman"]
+           "reduce_rows", "spearman"]
 
 DIFF_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 RANK_SAMPLE = 2000
@@ -74,16 +74,22 @@ _second = operator.itemgetter(1)
 def reduce(outputs: Mapping[str, Sequence[Any]], *, error: bool = False) -> Scored:
     """``Scored`` from a model's outputs: a classifier when it gives probabilities or
     non-numeric predictions. Scores are floats: outputs that give none raise here
-    (``TypeError``, ``ValueError``), not later in the statistics. This runs on every score
-    of every model, so each step is one builtin over the rows (``map``), not a Python loop.
+    (``TypeError``, ``ValueError``), not later in the statistics.
 
     >>> reduce({"predictions": [1], "probabilities": [[0.25, 0.75]]})
     Scored(scores=(0.75,), labels=('1',), probabilities=((0.25, 0.75),), error=False)
     """
+    return reduce_rows(outputs.get("predictions") or (), outputs.get("probabilities"),
+                       error=error)
+
+
+def reduce_rows(preds: Sequence[Any], probs: Sequence[Any] | None, *,
+                error: bool = False) -> Scored:
+    """``reduce`` of the outputs ``predictions`` and ``probabilities`` (rows already tuples
+    are kept as they are). This runs on every score of every model, so each step is one
+    builtin over the rows (``map``), not a Python loop."""
     if error:
         return _FAILED
-    preds = outputs.get("predictions") or ()
-    probs = outputs.get("probabilities")
     if probs is not None and len(probs) and isinstance(probs[0], list | tuple):
         rows = tuple(map(tuple, probs))
         scores = (tuple(map(float, map(_second, rows))) if set(map(len, rows)) == {2}

@@ -151,6 +151,27 @@ class RequestInputs(msgspec.Struct, kw_only=True, gc=False):
     n_rows: int
 
 
+class Outputs(msgspec.Struct, frozen=True, gc=False):
+    """A model's usual outputs, decoded straight into the tuples the comparisons keep
+    (``core.compare.reduce_rows``). Outputs of another shape (a 1-D ``probabilities``, a
+    null) do not decode into it: read those as a ``Score``."""
+
+    predictions: tuple[Any, ...] = ()
+    probabilities: tuple[tuple[float, ...], ...] | None = None
+
+
+class ScoreSummary(msgspec.Struct, kw_only=True, gc=False):
+    """What statistics need of a ``Score`` with the usual ``Outputs`` (decoding skips its
+    deployment, worker and digest)."""
+
+    request_id: str
+    model: str
+    outputs: Outputs = Outputs()
+    started_ns: int = 0
+    finished_ns: int = 0
+    error: str | None = None
+
+
 class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
     """A ``Score`` whose outputs stay encoded until they are chosen."""
 
@@ -171,6 +192,7 @@ scores_decoder = msgspec.msgpack.Decoder(list[Score])
 request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
 request_inputs_decoder = msgspec.msgpack.Decoder(RequestInputs)
 score_heads_decoder = msgspec.msgpack.Decoder(list[ScoreHead])
+score_summaries_decoder = msgspec.msgpack.Decoder(list[ScoreSummary])
 result_decoder = msgspec.msgpack.Decoder(Result)
 result_summary_decoder = msgspec.msgpack.Decoder(ResultSummary)
 feedback_decoder = msgspec.msgpack.Decoder(Feedback)

@@ -35,10 +35,10 @@ from rendezvous import config
 from rendezvous.analysis.gates import Watch, watch_verdict
 from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
-from rendezvous.core.analytics import DeploymentAnalytics
-from rendezvous.core.compare import Scored
+from rendezvous.core.analytics import DeploymentAnalytics, Timed
+from rendezvous.core.compare import Scored, reduce, reduce_rows
 from rendezvous.core.drift import gather_columns
-from rendezvous.core.messages import Feedback, Score
+from rendezvous.core.messages import Feedback
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import ConflictError, RendezvousError
@@ -84,8 +84,26 @@ def _contained(deployment: str, what: str, offset: int) -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, KeyError, IndexError) as exc:
-        log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset,
-                  exc)
+        _skipped(deployment, what, offset, exc)
+
+
+def _skipped(deployment: str, what: str, offset: int, exc: Exception) -> None:
+    log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset, exc)
+
+
+def reduced_scores(data: bytes) -> list[tuple[Timed, Scored]]:
+    """The scores of one scores record, each with its outputs reduced. The usual outputs
+    decode straight into the tuples a reduction keeps (``ScoreSummary``): this runs for every
+    score of every model. Any other outputs are read as a whole ``Score``. Raises
+    ``msgspec.DecodeError`` for a record that is not a list of scores, and what ``reduce``
+    raises for outputs it cannot reduce."""
+    try:
+        return [(s, reduce_rows(s.outputs.predictions, s.outputs.probabilities,
+                                error=s.error is not None))
+                for s in messages.score_summaries_decoder.decode(data)]
+    except msgspec.ValidationError:
+        return [(s, reduce(s.outputs, error=s.error is not None))
+                for s in messages.scores_decoder.decode(data)]
 
 
 def _label_horizon_ns() -> int:
@@ -295,15 +313,20 @@ class Monitor:
         record alone), then the whole delivery goes to the analytics at once: their cost is
         mostly per call."""
         assert self.analytics is not None
-        reduced: list[tuple[Score, Scored]] = []
+        reduced: list[tuple[Timed, Scored]] = []
         for rec in records:
             try:
-                scores = messages.scores_decoder.decode(rec.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                scores = reduced_scores(rec.data)
+            except msgspec.DecodeError:
                 log.error("monitor %s: undecodable scores %s", self.deployment, rec.offset)
                 continue
+            except (TypeError, ValueError, IndexError) as exc:
+                _skipped(self.deployment, "scores", rec.offset, exc)
+                continue
             with _contained(self.deployment, "scores", rec.offset):
-                reduced += [(s, self.analytics.reduce(s)) for s in scores]
+                for s, scored in scores:
+                    self.analytics.learn(s.model, scored)
+                reduced += scores
         if reduced:
             with _contained(self.deployment, "scores up to", records[-1].offset):
                 self.analytics.add_reduced(reduced)
