@@ -11,9 +11,10 @@ Flat out, the faster run also batches more, which lowers its cost per request on
 ``--delay-ms`` paces each connection instead, for the same offered rate in both runs (at low
 rates every stage handles requests one at a time, far from the regime of c=32).
 
-The servers import ``rendezvous`` from the ``src`` beside this file (``PYTHONPATH``), whatever
-the environment's editable install says; the ``rendezvous from`` line (read off each
-process's stack with ``py-spy dump``) shows which. Needs ``wrk`` and ``py-spy`` on the PATH.
+The servers import ``rendezvous`` from the ``src`` beside this file, or ``--src``
+(``PYTHONPATH``), whatever the environment's editable install says; the ``rendezvous from``
+line (read off each process's stack with ``py-spy dump``) shows which. Needs ``wrk`` and
+``py-spy`` on the PATH.
 ``--py-spy FILE`` also records one serving process of each run, only while a thread holds
 the GIL (``FILE`` with ``-on``/``-off`` before its suffix; ``.svg``: a flame graph; any
 other suffix: folded stacks).
@@ -130,12 +131,12 @@ def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
 
 
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
-            delay_ms: float, py_spy: Path | None) -> dict[str, float]:
+            delay_ms: float, py_spy: Path | None, src: Path) -> dict[str, float]:
     """CPU ms per request by part, plus ``req/s`` and ``errors``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
         spec = _prepare(ws, "bench4")
-        env = {**spec.env, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}",
+        env = {**spec.env, "PYTHONPATH": f"{src}:{ROOT}",
                "RENDEZVOUS_ANALYTICS": "1" if analytics else "0"}
         spec = dataclasses.replace(spec, env=env)
         bodies = loadgen.write_bodies(Path(tmp) / "bodies.txt",
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pause before each request of a connection (default 0: flat out)")
     ap.add_argument("--only", choices=["on", "off"], help="one of the two runs")
     ap.add_argument("--py-spy", type=Path, help="record one serving process of each run")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the rendezvous source tree the servers run (default: the one beside "
+                         "this script), e.g. another worktree's, for a before and after")
     args = ap.parse_args(argv)
     rows = {}
     for on in (True, False):
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, name):
             rows[name] = measure(on, duration=args.duration, concurrency=args.concurrency,
                                  warmup=args.warmup, delay_ms=args.delay_ms,
+                                 src=args.src.resolve(),
                                  py_spy=args.py_spy and args.py_spy.with_stem(
                                      f"{args.py_spy.stem}-{name}"))
     print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
