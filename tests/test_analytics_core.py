@@ -6,7 +6,9 @@ import doctest
 import math
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,7 +34,14 @@ from rendezvous.core.accuracy import (
 from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
 from rendezvous.core.compare import PairStats, ScoreBook, label_key, reduce, spearman
 from rendezvous.core.drift import DriftDetector, chi2_homogeneity, ks_binned
-from rendezvous.core.messages import Feedback
+from rendezvous.core.messages import (
+    Feedback,
+    ModelOutcome,
+    Reason,
+    ResultSummary,
+    Score,
+    Status,
+)
 from rendezvous.core.policy import ModelSpec, Policy, Role
 from rendezvous.core.reference import OTHER, column_reference, score_series
 from rendezvous.core.windows import WindowRing
@@ -146,6 +155,19 @@ def test_drift_detector_fires_on_a_half_sigma_shift_and_not_on_the_same_data() -
     assert report.drifted == ["c1"]
 
 
+@pytest.mark.parametrize(("requests", "columns"), [
+    ([], {}),
+    ([({"a": [1.0]}, 1), ({"a": [2.0]}, 1)], {"a": [1.0, 2.0]}),
+    ([({"a": [1.0]}, 1), ({"b": ["x", "y"]}, 2)], {"a": [1.0, None, None],
+                                                   "b": [None, "x", "y"]}),
+    ([({"a": (1, 2), "b": ("x", "y")}, 2), ({"a": (3,)}, 1), ({"b": ("z",)}, 1)],
+     {"a": [1, 2, 3, None], "b": ["x", "y", None, "z"]}),
+])
+def test_gather_columns_keeps_rows_aligned(requests: list[tuple[dict[str, Any], int]],
+                                           columns: dict[str, list[Any]]) -> None:
+    assert drift.gather_columns(requests) == columns
+
+
 @given(st.lists(st.integers(1, 700), min_size=1, max_size=30), st.integers(50, 500))
 @settings(max_examples=30, deadline=None)
 def test_drift_spends_its_false_alarm_budget_by_rows(batches: list[int], block: int) -> None:
@@ -247,6 +269,181 @@ def test_pair_stats_agreement_and_differences() -> None:
     assert s["agreement"] == 0.5 and s["errors"] == 1 and s["requests"] == 2
     assert s["mean_abs_diff"] == pytest.approx(0.25)
     assert label_key(1.0) == label_key(1) == label_key("1")
+
+
+# -- batches: the same numbers as one at a time -----------------------------------------------
+
+def _reduce_row_by_row(outputs: dict[str, Any]) -> compare.Scored:
+    """``reduce`` written plainly, row by row: what the builtins in ``reduce`` must match."""
+    preds = outputs.get("predictions") or []
+    probs = outputs.get("probabilities")
+    if probs is not None and len(probs) and isinstance(probs[0], list | tuple):
+        rows = tuple(tuple(row) for row in probs)
+        return compare.Scored(
+            scores=tuple(float(r[1] if len(r) == 2 else max(r)) for r in rows),
+            labels=tuple(label_key(p) for p in preds), probabilities=rows)
+    if any(type(p) is str or type(p) is bool for p in preds):
+        return compare.Scored(labels=tuple(label_key(p) for p in preds))
+    if all(type(p) is float or type(p) is int for p in preds):
+        return compare.Scored(scores=tuple(float(p) for p in preds))
+    return compare.Scored()
+
+
+def _json(x: object) -> bytes:
+    """For comparing states: an empty digest's NaN bounds become null, equal to each other."""
+    return msgspec.json.encode(x)
+
+
+_probability = st.floats(0, 1)
+_outputs: st.SearchStrategy[dict[str, Any]] = st.one_of(
+    st.integers(1, 3).flatmap(lambda n: st.fixed_dictionaries({
+        "predictions": st.lists(st.sampled_from([0, 1, 1.0, "a", True]), min_size=n,
+                                max_size=n),
+        "probabilities": st.lists(st.lists(_probability, min_size=2, max_size=3), min_size=n,
+                                  max_size=n)})),
+    st.fixed_dictionaries({"predictions": st.lists(
+        st.one_of(st.floats(-1e6, 1e6), st.integers(-5, 5)), max_size=3)}),
+    st.fixed_dictionaries({"predictions": st.lists(st.sampled_from(["a", "b", False]),
+                                                   max_size=3)}),
+    st.just({"predictions": [None]}),
+)
+
+
+@given(_outputs)
+def test_reduce_matches_the_row_by_row_rule(outputs: dict[str, Any]) -> None:
+    assert reduce(outputs) == _reduce_row_by_row(outputs)
+
+
+@pytest.mark.parametrize("outputs", [
+    {"predictions": [1], "probabilities": [[]]},
+    {"predictions": [1], "probabilities": [[0.5, "x"]]},
+    {"predictions": [1, 0], "probabilities": [[0.5, 0.5], 3]},
+    {"predictions": [1], "probabilities": [[0.5, "0.5", 0.1]]},
+])
+def test_reduce_rejects_outputs_of_an_odd_shape(outputs: dict[str, list[object]]) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        reduce(outputs)
+
+
+@given(st.lists(st.one_of(_outputs, st.fixed_dictionaries({
+    "predictions": st.lists(st.integers(0, 1), min_size=1, max_size=2),
+    "probabilities": st.one_of(st.lists(_probability, max_size=2),  # 1-D: not the usual
+                               st.lists(st.lists(st.integers(0, 1), min_size=2, max_size=2),
+                                        min_size=1, max_size=2)),
+    "embedding": st.just([[0.5, 0.5]])})), max_size=5), st.booleans())
+def test_the_monitor_reduces_a_record_as_reduce_does(outputs: list[dict[str, Any]],
+                                                     failed: bool) -> None:
+    from rendezvous.roles.monitor import reduced_scores
+
+    scores = [Score(request_id=f"r{i}", deployment="d", model="m@1", outputs=o,
+                    error="boom" if failed else None, finished_ns=i)
+              for i, o in enumerate(outputs)]
+    try:
+        expected = [reduce(s.outputs, error=failed) for s in scores]
+    except (TypeError, ValueError):
+        with pytest.raises((TypeError, ValueError)):
+            reduced_scores(msgspec.msgpack.encode(scores))
+        return
+    got = reduced_scores(msgspec.msgpack.encode(scores))
+    assert [sc for _, sc in got] == expected
+    assert [(s.request_id, s.model, s.finished_ns) for s, _ in got] == [
+        (s.request_id, s.model, s.finished_ns) for s in scores]
+
+
+_scored = st.one_of(_outputs.map(lambda o: reduce(o)), st.just(compare.Scored(error=True)))
+_single_row = st.tuples(_probability, st.sampled_from([0, 1])).map(
+    lambda t: reduce({"predictions": [t[1]], "probabilities": [[1 - t[0], t[0]]]}))
+
+
+@given(st.lists(st.tuples(st.one_of(_scored, _single_row), st.one_of(_scored, _single_row)),
+                max_size=30))
+def test_pair_rows_in_columns_match_pair_by_pair(pairs: list[tuple[compare.Scored,
+                                                                   compare.Scored]]) -> None:
+    assert compare.pair_rows(pairs) == compare._pair_rows_each(pairs)
+
+
+@given(st.lists(st.tuples(_single_row, _single_row), max_size=1500),
+       st.lists(st.integers(1, 40), min_size=1))
+@settings(max_examples=25, deadline=None)
+def test_pair_stats_of_a_batch_equal_pair_by_pair(
+        pairs: list[tuple[compare.Scored, compare.Scored]], cuts: list[int]) -> None:
+    one, window, total = PairStats(), PairStats(), PairStats()
+    for m, c in pairs:
+        one.add(m, c)
+    i = 0
+    while i < len(pairs):
+        n = cuts[i % len(cuts)]
+        PairStats.add_all((window, total), pairs[i:i + n])
+        i += n
+    for batched in (window, total):
+        assert batched.abs_diff_sum == one.abs_diff_sum and batched.pending == one.pending
+        assert _json(batched.diff.to_dict()) == _json(one.diff.to_dict())
+    assert window.summary() == total.summary() == one.summary()
+
+
+@given(st.lists(st.tuples(st.lists(st.floats(0, 1), max_size=3),
+                          st.lists(st.sampled_from("ab"), max_size=2)), max_size=400),
+       st.lists(st.integers(1, 30), min_size=1))
+@settings(max_examples=25, deadline=None)
+def test_model_window_of_a_batch_equals_one_by_one(
+        rows: list[tuple[list[float], list[str]]], cuts: list[int]) -> None:
+    one, batched = windows.ModelWindow(), windows.ModelWindow()
+    for scores, labels in rows:
+        one.add_scores(scores, labels)
+        one.add_outcome("on_time" if scores else "error", 1.0 + len(scores), bool(labels))
+    i = 0
+    while i < len(rows):
+        part = rows[i:i + cuts[i % len(cuts)]]
+        batched.add_scores([x for s, _ in part for x in s], [x for _, ls in part for x in ls])
+        batched.add_outcomes(["on_time" if s else "error" for s, _ in part],
+                             [1.0 + len(s) for s, _ in part if s], sum(bool(ls) for _, ls in part))
+        i += len(part)
+    assert _json(batched.to_state()) == _json(one.to_state())
+
+
+def _traffic(rng: np.random.Generator, n: int) -> tuple[list[Score], list[ResultSummary]]:
+    """Scores and results of ``n`` requests to three models over a few one-second windows,
+    some late, some failed, as the monitor would read them."""
+    models = ["champ@1", "chal@1", "canary@1"]
+    scores, results = [], []
+    for i in range(n):
+        at = int(i * SECOND / 40 + rng.integers(0, SECOND // 4))
+        for m in models:
+            p = float(rng.random())
+            failed = rng.random() < 0.05
+            scores.append(Score(request_id=f"r{i}", deployment="d", model=m,
+                                outputs={} if failed else {
+                                    "predictions": [int(p > 0.5)],
+                                    "probabilities": [[1 - p, p]]},
+                                error="boom" if failed else None, finished_ns=at))
+        results.append(ResultSummary(
+            request_id=f"r{i}", model=models[0], reason=Reason.PREFERRED, received_ns=at,
+            models={m: ModelOutcome(status=Status.ERROR if rng.random() < 0.05
+                                    else Status.ON_TIME, latency_ms=float(rng.random() * 50))
+                    for m in models}))
+    order = rng.permutation(len(scores))  # scores arrive in any order
+    return [scores[j] for j in order], results
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_analytics_of_batches_equal_one_record_at_a_time(seed: int) -> None:
+    """Windows, comparisons, totals: the same whether records come one by one or in batches
+    of any size. (Not drift: a drift report is filed at the time of the batch that closed
+    its block, so its window depends on the batching; it did before batches too.)"""
+    rng = np.random.default_rng(seed)
+    scores, results = _traffic(rng, 400)
+    docs = []
+    for batch in (1, 7, 64, 10_000):
+        a = analytics.DeploymentAnalytics("d", settings=AlarmSettings(window_s=1))
+        a.set_policy(models=["champ@1", "chal@1", "canary@1"], champion="champ@1",
+                     canary=None, deadline_ms=100, references={})
+        for i in range(0, len(scores), batch):
+            a.add_scores(scores[i:i + batch])
+        for i in range(0, len(results), batch):
+            a.add_results(results[i:i + batch])
+        a.tick(100 * SECOND)
+        docs.append(_json((a.compare(), a.windows(), a.to_state())))
+    assert all(d == docs[0] for d in docs)
 
 
 # -- alarms and feedback ----------------------------------------------------------------------

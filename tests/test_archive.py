@@ -109,6 +109,50 @@ def test_an_unreachable_endpoint_is_one_clear_error(monkeypatch: pytest.MonkeyPa
         arc.parts("dep")
 
 
+def test_archive_parts_hold_every_field_of_their_records() -> None:
+    """The scorekeeper's parts, built column by column, against the rows written out one
+    by one: every field, an error's null outputs, a result without a chosen model, any
+    label type."""
+    from rendezvous.roles.scorekeeper import KINDS, RESULTS_SCHEMA, SCORES_SCHEMA
+
+    scores = [messages.Score(request_id=f"r{i}", deployment="d", model=f"m{i % 2}@1",
+                             outputs={"predictions": [i], "probabilities": [[0.5, 0.5]]}
+                             if i % 3 else {}, started_ns=i, finished_ns=i + 5,
+                             error="boom" if i % 3 == 0 else None, worker=f"w{i}")
+              for i in range(7)]
+    results = [messages.Result(request_id=f"r{i}", deployment="d", model="m0@1" if i else None,
+                               reason=messages.Reason.PREFERRED if i else messages.Reason.SLA_MISS,
+                               policy_version=3, received_ns=i, responded_ns=i + 9,
+                               models={"m0@1": messages.ModelOutcome(
+                                   status=messages.Status.ON_TIME, latency_ms=1.5)})
+               for i in range(3)]
+    labels = [messages.Feedback(request_id=f"r{i}", deployment="d", labels=label, at_ns=i)
+              for i, label in enumerate([[1], ["cat", None], [0.5, True]])]
+    records = {"scores": [messages.encode(scores[:4]), messages.encode(scores[4:])],
+               "results": [messages.encode(r) for r in results],
+               "feedback": [messages.encode(fb) for fb in labels]}
+    expected = {
+        "scores": pa.Table.from_pylist([
+            {"request_id": x.request_id, "model": x.model,
+             "outputs": messages.encode(x.outputs), "error": x.error,
+             "started_ns": x.started_ns, "finished_ns": x.finished_ns, "worker": x.worker}
+            for x in scores], schema=SCORES_SCHEMA),
+        "results": pa.Table.from_pylist([
+            {"request_id": r.request_id, "chosen": r.model, "reason": r.reason.value,
+             "policy_version": r.policy_version, "received_ns": r.received_ns,
+             "responded_ns": r.responded_ns,
+             "models": json.dumps({"m0@1": {"status": "on_time", "latency_ms": 1.5}},
+                                  separators=(",", ":"))}
+            for r in results], schema=RESULTS_SCHEMA),
+        "feedback": pa.Table.from_pylist([
+            {"request_id": fb.request_id, "label": json.dumps(fb.labels, separators=(",", ":")),
+             "at_ns": fb.at_ns} for fb in labels], schema=LABELS_SCHEMA),
+    }
+    for topic, kind in KINDS.items():
+        items = [item for data in records[topic] for item in kind.items(data)]
+        assert kind.table(items).equals(expected[topic]), topic
+
+
 def test_the_first_label_of_each_request_wins(tmp_path: Path) -> None:
     arc = open_archive(tmp_path)
 

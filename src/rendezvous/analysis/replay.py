@@ -35,7 +35,7 @@ from rendezvous.errors import ConfigError, RendezvousError
 from rendezvous.hosting.model_host import ModelHost
 from rendezvous.hosting.protocol import HostState
 from rendezvous.registry import Registry
-from rendezvous.roles.scorekeeper import SCORES_SCHEMA, score_rows
+from rendezvous.roles.scorekeeper import score_items, scores_table
 from rendezvous.streams.base import Record
 
 __all__ = ["CandidateError", "Progress", "replay"]
@@ -192,15 +192,15 @@ async def _score(host: ModelHost, ref: str, part: list[evidence.Archived], run: 
         if data is None:
             raise CandidateError(ref, f"its host is {host.state.value}: {host.detail}")
     seconds = time.perf_counter() - t0
-    rows = score_rows(data)
+    table = scores_table(score_items(data))
     n_rows = sum(a.request.n_rows for a in part)
     run.calls.append((len(part), n_rows, seconds))
     run.scored += len(part)
     run.rows += n_rows
-    run.errors += sum(r["error"] is not None for r in rows)
+    run.errors += table.num_rows - table["error"].null_count
     if not run.pending:
         run.pending_at_ns = part[0].request.received_ns
-    run.pending.append(pa.Table.from_pylist(rows, schema=SCORES_SCHEMA))
+    run.pending.append(table)
     run.pending_requests += len(part)
 
 

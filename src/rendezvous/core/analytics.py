@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rendezvous.core.accuracy import DropDetector, LabelStats, PairedDetector, PairedOutcomes
 from rendezvous.core.alarms import AlarmBook, AlarmSettings, window_checks
 from rendezvous.core.compare import PairStats, ScoreBook, Scored, label_key, reduce
 from rendezvous.core.drift import DriftDetector, DriftReport
 from rendezvous.core.labelled import HORIZON_NS, LabelledIds
-from rendezvous.core.messages import Feedback, ResultSummary, Score
+from rendezvous.core.messages import Feedback, Reason, ResultSummary, Score, Status
 from rendezvous.core.windows import ModelWindow, WindowRing
 
 __all__ = ["DeploymentAnalytics", "WindowAcc"]
@@ -29,6 +29,54 @@ FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid", "too_late")
 # Recent requests' scores kept in memory: enough to pair every model with the champion (a few
 # seconds) and to join prompt labels; older labels are joined from the score archive.
 SCORE_BOOK = 20_000
+
+
+_ERROR = Status.ERROR
+
+
+class Timed(Protocol):
+    """What ``add_reduced`` reads of a score besides its reduction."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def started_ns(self) -> int: ...
+    @property
+    def finished_ns(self) -> int: ...
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    """One model's outcomes in a batch of results."""
+
+    statuses: list[Status] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # of those that did not fail
+    chosen: int = 0
+
+
+@dataclass(slots=True)
+class _Gathered:
+    """What a batch of results or scores adds to one window (and to the totals), gathered
+    first so that each accumulator is updated once per batch instead of once per record."""
+
+    requests: int = 0
+    reasons: list[Reason] = field(default_factory=list)
+    outcomes: dict[str, _Outcomes] = field(default_factory=dict)
+    scores: dict[str, tuple[list[float], list[str]]] = field(default_factory=dict)
+    pairs: dict[str, list[tuple[Scored, Scored]]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.requests or self.scores or self.pairs)
+
+    def clear(self) -> None:
+        self.requests = 0
+        self.reasons = []
+        self.outcomes = {}
+        self.scores = {}
+        self.pairs = {}
 
 
 @dataclass(slots=True)
@@ -133,13 +181,34 @@ class DeploymentAnalytics:
     # -- intake -------------------------------------------------------------------------------
 
     def add_result(self, result: ResultSummary) -> None:
-        acc = self.ring.at(result.received_ns or 0)
-        acc.requests += 1
-        acc.reasons[result.reason.value] += 1
-        for model, outcome in result.models.items():
-            chosen = model == result.model
-            acc.model(model).add_outcome(outcome.status.value, outcome.latency_ms, chosen)
-            self._total(model).add_outcome(outcome.status.value, outcome.latency_ms, chosen)
+        self.add_results((result,))
+
+    def add_results(self, results: Iterable[ResultSummary]) -> None:
+        """Results, in order: the same as ``add_result`` one by one, gathered per window and
+        model first (``_Gathered``) so that each accumulator is updated once per batch."""
+        g = _Gathered()
+        ring = self.ring
+        try:
+            for result in results:
+                at = result.received_ns or 0
+                if not ring.holds(at):
+                    self._apply(g)
+                    ring.at(at)
+                g.requests += 1
+                g.reasons.append(result.reason)
+                chosen = result.model
+                for model, outcome in result.models.items():
+                    status = outcome.status
+                    o = g.outcomes.get(model)
+                    if o is None:
+                        o = g.outcomes[model] = _Outcomes()
+                    o.statuses.append(status)
+                    if outcome.latency_ms is not None and status is not _ERROR:
+                        o.latencies.append(outcome.latency_ms)
+                    if model == chosen:
+                        o.chosen += 1
+        finally:  # what came before a record that raised counts, as one by one
+            self._apply(g)
 
     def _total(self, model: str) -> ModelWindow:
         t = self.totals.get(model)
@@ -148,32 +217,80 @@ class DeploymentAnalytics:
         return t
 
     def add_scores(self, scores: Sequence[Score]) -> None:
+        """Scores, in order (e.g. a worker's batch)."""
+        self.add_reduced([(s, self.learn(s.model, reduce(s.outputs, error=s.error is not None)))
+                          for s in scores])
+
+    def learn(self, model: str, scored: Scored) -> Scored:
+        """Until every column is named, which of ``model``'s probability columns is which
+        class; returns ``scored``. Raises on outputs of an odd shape (``TypeError``,
+        ``ValueError``), as ``core.compare.reduce`` does, so that a caller can skip those
+        alone: what was reduced and learnt without error, ``add_reduced`` counts without
+        error."""
+        if scored.probabilities and len(self.class_cols.get(model, ())) < len(
+                scored.probabilities[0]):  # every column named: nothing left to learn
+            self._learn_classes(model, scored)
+        return scored
+
+    def add_reduced(self, scores: Sequence[tuple[Timed, Scored]]) -> None:
+        """Scores (a ``Score`` or a ``ScoreSummary``) with their reductions (``reduce`` and
+        ``learn``), in order. The same as one at a time, but what each model's window and
+        total accumulators get is gathered first (``_Gathered``) and added once per window,
+        and the pairs with the champion go through ``PairStats`` as one list."""
+        g = _Gathered()
+        ring, book, champion, canary_model = self.ring, self.book, self.champion, self.canary
         canary: list[float] = []
         canary_labels: list[str] = []
         canary_at = 0
-        for s in scores:
-            scored = reduce(s.outputs, error=s.error is not None)
-            at = s.finished_ns or s.started_ns
-            acc = self.ring.at(at)
-            acc.model(s.model).add_scores(scored.scores, scored.labels)
-            self._total(s.model).add_scores(scored.scores, scored.labels)
-            if scored.probabilities and len(self.class_cols.get(s.model, ())) < len(
-                    scored.probabilities[0]):  # every column named: nothing left to learn
-                self._learn_classes(s.model, scored)
-            for model, mine, champ in self.book.add(s.request_id, s.model, scored, at,
-                                                    self.champion):
-                window, total = acc.pairs.get(model), self.pairs.get(model)
-                if window is None:
-                    window = acc.pairs[model] = PairStats()
-                if total is None:
-                    total = self.pairs[model] = PairStats()
-                PairStats.add_all((window, total), mine, champ)
-            if s.model == self.canary and not scored.error:
-                canary.extend(scored.scores)
-                canary_labels.extend(scored.labels)
-                canary_at = at
+        try:
+            for s, scored in scores:
+                at = s.finished_ns or s.started_ns
+                if not ring.holds(at):
+                    self._apply(g)
+                    ring.at(at)
+                model = s.model
+                mine = g.scores.get(model)
+                if mine is None:
+                    mine = g.scores[model] = ([], [])
+                mine[0].extend(scored.scores)
+                mine[1].extend(scored.labels)
+                for other, theirs, champ in book.add(s.request_id, model, scored, at,
+                                                     champion):
+                    pairs = g.pairs.get(other)
+                    if pairs is None:
+                        pairs = g.pairs[other] = []
+                    pairs.append((theirs, champ))
+                if model == canary_model and not scored.error:
+                    canary.extend(scored.scores)
+                    canary_labels.extend(scored.labels)
+                    canary_at = at
+        finally:  # what came before a score that raised counts, as one by one
+            self._apply(g)
         if canary or canary_labels:  # one call per batch: the detector's cost is per call
             self.add_canary_scores(canary, canary_labels, canary_at)
+
+    def _apply(self, g: _Gathered) -> None:
+        """Add what was gathered to the open window and the totals, and start afresh."""
+        if g.empty:
+            return
+        acc = self.ring.current
+        acc.requests += g.requests
+        acc.reasons.update(map(str, g.reasons))  # a StrEnum's str is its value
+        for model, o in g.outcomes.items():
+            statuses = list(map(str, o.statuses))
+            acc.model(model).add_outcomes(statuses, o.latencies, o.chosen)
+            self._total(model).add_outcomes(statuses, o.latencies, o.chosen)
+        for model, (values, labels) in g.scores.items():
+            acc.model(model).add_scores(values, labels)
+            self._total(model).add_scores(values, labels)
+        for model, pairs in g.pairs.items():
+            window, total = acc.pairs.get(model), self.pairs.get(model)
+            if window is None:
+                window = acc.pairs[model] = PairStats()
+            if total is None:
+                total = self.pairs[model] = PairStats()
+            PairStats.add_all((window, total), pairs)
+        g.clear()
 
     def _learn_classes(self, model: str, scored: Scored) -> None:
         """Which probability column is which class: a classifier predicts the class of its

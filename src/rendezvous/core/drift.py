@@ -45,7 +45,7 @@ from scipy import special, stats
 from rendezvous.core.reference import OTHER, bin_counts
 
 __all__ = ["DESIGNED_RATE", "ColumnTest", "DriftDetector", "DriftReport", "chi2_homogeneity",
-           "ks_binned"]
+           "gather_columns", "ks_binned"]
 
 DESIGNED_RATE = 0.05  # expected false alarms per 1,000,000 rows, per detector
 MIN_EXPECTED = 5  # reference rows a category needs to stand on its own in the chi-square
@@ -134,6 +134,29 @@ class DriftReport:
         return {"rows_seen": self.rows_seen, "block_rows": self.block_rows,
                 "alpha": self.alpha, "drifted": self.drifted,
                 "columns": {c: t.to_dict() for c, t in sorted(self.columns.items())}}
+
+
+def gather_columns(requests: Sequence[tuple[Mapping[str, Sequence[Any]], int]]
+                   ) -> dict[str, list[Any]]:
+    """The columns of several requests (``(inputs, n_rows)`` each) as one set of aligned
+    columns, for one ``DriftDetector.add``: a column a request lacks holds None for its rows.
+
+    >>> gather_columns([({"a": [1, 2], "b": ["x", "y"]}, 2), ({"a": [3]}, 1)])
+    {'a': [1, 2, 3], 'b': ['x', 'y', None]}
+    """
+    columns: dict[str, list[Any]] = {}
+    rows = 0
+    for inputs, n_rows in requests:
+        for name, values in inputs.items():
+            col = columns.get(name)
+            if col is None:
+                col = columns[name] = [None] * rows  # a column missing so far
+            col.extend(values)
+        rows += n_rows
+        for col in columns.values():  # keep every column aligned with the rows
+            if len(col) < rows:
+                col.extend([None] * (rows - len(col)))
+    return columns
 
 
 class _Column:

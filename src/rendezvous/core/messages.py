@@ -142,6 +142,36 @@ class RequestHead(msgspec.Struct, kw_only=True, gc=False):
     meta: dict[str, str] = {}
 
 
+class RequestInputs(msgspec.Struct, kw_only=True, gc=False):
+    """What the drift test needs of a ``Request``: its inputs, as tuples (cheaper to decode
+    than lists), its row count and arrival time."""
+
+    received_ns: int
+    inputs: dict[str, tuple[Any, ...]]
+    n_rows: int
+
+
+class Outputs(msgspec.Struct, frozen=True, gc=False):
+    """A model's usual outputs, decoded straight into the tuples the comparisons keep
+    (``core.compare.reduce_rows``). Outputs of another shape (a 1-D ``probabilities``, a
+    null) do not decode into it: read those as a ``Score``."""
+
+    predictions: tuple[Any, ...] = ()
+    probabilities: tuple[tuple[float, ...], ...] | None = None
+
+
+class ScoreSummary(msgspec.Struct, kw_only=True, gc=False):
+    """What statistics need of a ``Score`` with the usual ``Outputs`` (decoding skips its
+    deployment, worker and digest)."""
+
+    request_id: str
+    model: str
+    outputs: Outputs = Outputs()
+    started_ns: int = 0
+    finished_ns: int = 0
+    error: str | None = None
+
+
 class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
     """A ``Score`` whose outputs stay encoded until they are chosen."""
 
@@ -160,7 +190,9 @@ request_decoder = msgspec.msgpack.Decoder(Request)
 # per request): one append, one log row and one delivery per batch instead of per request.
 scores_decoder = msgspec.msgpack.Decoder(list[Score])
 request_head_decoder = msgspec.msgpack.Decoder(RequestHead)
+request_inputs_decoder = msgspec.msgpack.Decoder(RequestInputs)
 score_heads_decoder = msgspec.msgpack.Decoder(list[ScoreHead])
+score_summaries_decoder = msgspec.msgpack.Decoder(list[ScoreSummary])
 result_decoder = msgspec.msgpack.Decoder(Result)
 result_summary_decoder = msgspec.msgpack.Decoder(ResultSummary)
 feedback_decoder = msgspec.msgpack.Decoder(Feedback)

@@ -26,6 +26,7 @@ from fastdigest import TDigest
 __all__ = ["ModelWindow", "Summarizable", "WindowRing", "digest_quantiles"]
 
 SCORE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+SCORE_CHUNK = 512  # scores per digest update: the update's cost is mostly per call
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -58,6 +59,11 @@ class WindowRing(Generic[A]):
 
     def _start_of(self, t_ns: int) -> int:
         return t_ns - t_ns % self.width_ns
+
+    def holds(self, t_ns: int) -> bool:
+        """Whether ``at(t_ns)`` returns the open accumulator without closing it: what a
+        caller that adds a batch at once checks before each point."""
+        return self.start_ns is not None and t_ns < self.start_ns + self.width_ns
 
     def roll(self, now_ns: int) -> list[dict[str, Any]]:
         """Close the open window if ``now_ns`` is past its end; returns what closed."""
@@ -109,26 +115,39 @@ class ModelWindow:
     pending: list[float] = field(default_factory=list)  # scores not yet in ``scores``
 
     def add_outcome(self, status: str, latency_ms: float | None, chosen: bool) -> None:
-        self.requests += 1
-        self.statuses[status] += 1
-        if latency_ms is not None and status != "error":
-            self.latency.update(latency_ms)
-        self.chosen += int(chosen)
+        self.add_outcomes((status,), () if latency_ms is None or status == "error"
+                          else (latency_ms,), int(chosen))
 
-    def add_scores(self, scores: Sequence[float], labels: Sequence[str] = ()) -> None:
-        """Score values (one per row) and, for a classifier, the predicted classes."""
+    def add_outcomes(self, statuses: Sequence[str], latencies_ms: Iterable[float],
+                     chosen: int) -> None:
+        """Many requests' ``add_outcome`` at once: their statuses, the latencies of those
+        that did not fail (in order: the digest sees them one by one, as there), and how
+        many chose this model."""
+        self.requests += len(statuses)
+        self.statuses.update(statuses)
+        update = self.latency.update
+        for ms in latencies_ms:
+            update(ms)
+        self.chosen += chosen
+
+    def add_scores(self, scores: Sequence[float], labels: Iterable[str] = ()) -> None:
+        """Score values (one per row) and, for a classifier, the predicted classes: of one
+        request or of many (the digest sees the same values in the same chunks either way)."""
         if scores:
-            self.pending.extend(scores)
-            if len(self.pending) >= 512:  # one digest update per many scores
+            self.pending += scores
+            self._flush(SCORE_CHUNK)
+        self.classes.update(labels)
+
+    def _flush(self, chunk: int = 0) -> None:
+        """Move pending scores into the digest: all (``chunk`` 0) or whole chunks only."""
+        if not chunk:
+            if self.pending:
                 self.scores.batch_update(self.pending)
                 self.pending = []
-        for label in labels:
-            self.classes[label] += 1
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.scores.batch_update(self.pending)
-            self.pending = []
+            return
+        while len(self.pending) >= chunk:
+            self.scores.batch_update(self.pending[:chunk])
+            del self.pending[:chunk]
 
     def to_state(self) -> dict[str, Any]:
         """Everything, digests included, as JSON-able data (``from_state`` takes it back)."""

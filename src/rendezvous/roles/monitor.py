@@ -35,8 +35,9 @@ from rendezvous import config
 from rendezvous.analysis.gates import Watch, watch_verdict
 from rendezvous.core import messages
 from rendezvous.core.alarms import AlarmSettings
-from rendezvous.core.analytics import DeploymentAnalytics
-from rendezvous.core.compare import Scored
+from rendezvous.core.analytics import DeploymentAnalytics, Timed
+from rendezvous.core.compare import Scored, reduce, reduce_rows
+from rendezvous.core.drift import gather_columns
 from rendezvous.core.messages import Feedback
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
@@ -54,6 +55,11 @@ __all__ = ["DeploymentStats", "Monitor", "stats_from_log"]
 GROUP = "monitor"
 TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, in its group
 TICK_S = 1.0
+# The least time between two deliveries of a topic the monitor (or the scorekeeper beside it)
+# takes: read as soon as records come, each delivery would hold one or two of them, and a
+# delivery's cost (wake-up, handler call, acknowledgement committed to the stream) is mostly
+# per delivery, not per record. The documents lag by as much at most.
+READ_PAUSE_S = 0.05
 FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before "unknown"
 WEBHOOK_TRIES = 4
 AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
@@ -78,8 +84,26 @@ def _contained(deployment: str, what: str, offset: int) -> Iterator[None]:
     try:
         yield
     except (TypeError, ValueError, KeyError, IndexError) as exc:
-        log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset,
-                  exc)
+        _skipped(deployment, what, offset, exc)
+
+
+def _skipped(deployment: str, what: str, offset: int, exc: Exception) -> None:
+    log.error("monitor %s: skipped %s %s in the analytics: %s", deployment, what, offset, exc)
+
+
+def reduced_scores(data: bytes) -> list[tuple[Timed, Scored]]:
+    """The scores of one scores record, each with its outputs reduced. The usual outputs
+    decode straight into the tuples a reduction keeps (``ScoreSummary``): this runs for every
+    score of every model. Any other outputs are read as a whole ``Score``. Raises
+    ``msgspec.DecodeError`` for a record that is not a list of scores, and what ``reduce``
+    raises for outputs it cannot reduce."""
+    try:
+        return [(s, reduce_rows(s.outputs.predictions, s.outputs.probabilities,
+                                error=s.error is not None))
+                for s in messages.score_summaries_decoder.decode(data)]
+    except msgspec.ValidationError:
+        return [(s, reduce(s.outputs, error=s.error is not None))
+                for s in messages.scores_decoder.decode(data)]
 
 
 def _label_horizon_ns() -> int:
@@ -247,7 +271,7 @@ class Monitor:
             loops += [self._pump(topic(self.deployment, "scores"), self._on_scores),
                       self._pump(topic(self.deployment, "input"), self._on_inputs),
                       self._pump(topic(self.deployment, "feedback"), self._on_feedback,
-                                 max_batch=500)]
+                                 max_batch=500, pause_s=0.0)]
             background = [asyncio.ensure_future(self._tick()),
                           asyncio.ensure_future(self._webhook())]
         try:
@@ -257,7 +281,9 @@ class Monitor:
                 task.cancel()
 
     async def _pump(self, topic: str, handle: Callable[[list[Any]], Any], *,
-                    max_batch: int = 2048) -> None:
+                    max_batch: int = 2048, pause_s: float = READ_PAUSE_S) -> None:
+        """Hand each delivery of ``topic`` to ``handle``, then acknowledge it; after a
+        delivery that was not full, wait ``pause_s`` for more records to gather."""
         consumer = self.stream.consume(topic, GROUP, start="latest", max_batch=max_batch)
         self._consumers.append(consumer)
         async for batch in consumer:
@@ -265,8 +291,11 @@ class Monitor:
             if asyncio.iscoroutine(done):
                 await done
             await batch.ack()
+            if pause_s and len(batch.records) < max_batch:
+                await asyncio.sleep(pause_s)
 
     def _on_results(self, records: list[Any]) -> None:
+        results = []
         for rec in records:
             try:
                 result = messages.result_summary_decoder.decode(rec.data)
@@ -274,46 +303,50 @@ class Monitor:
                 log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
                 continue
             self.stats.add(result)
-            if self.analytics is not None:
-                with _contained(self.deployment, "result", rec.offset):
-                    self.analytics.add_result(result)
+            results.append(result)
+        if self.analytics is not None and results:
+            with _contained(self.deployment, "results up to", records[-1].offset):
+                self.analytics.add_results(results)
 
     def _on_scores(self, records: list[Any]) -> None:
+        """Each record's outputs are reduced on their own (a model's odd outputs skip its
+        record alone), then the whole delivery goes to the analytics at once: their cost is
+        mostly per call."""
         assert self.analytics is not None
+        reduced: list[tuple[Timed, Scored]] = []
         for rec in records:
             try:
-                scores = messages.scores_decoder.decode(rec.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                scores = reduced_scores(rec.data)
+            except msgspec.DecodeError:
                 log.error("monitor %s: undecodable scores %s", self.deployment, rec.offset)
                 continue
+            except (TypeError, ValueError, IndexError) as exc:
+                _skipped(self.deployment, "scores", rec.offset, exc)
+                continue
             with _contained(self.deployment, "scores", rec.offset):
-                self.analytics.add_scores(scores)
+                for s, scored in scores:
+                    self.analytics.learn(s.model, scored)
+                reduced += scores
+        if reduced:
+            with _contained(self.deployment, "scores up to", records[-1].offset):
+                self.analytics.add_reduced(reduced)
 
     def _on_inputs(self, records: list[Any]) -> None:
         """The inputs of a whole batch of requests go to the drift test at once: its cost is
         per call, not per row."""
         assert self.analytics is not None
-        columns: dict[str, list[Any]] = {}
-        rows = 0
+        requests = []
         last_ns = 0
         for rec in records:
             try:
-                req = messages.request_decoder.decode(rec.data)
+                req = messages.request_inputs_decoder.decode(rec.data)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # the decoy and the workers log undecodable requests already
-            for name, values in req.inputs.items():
-                col = columns.get(name)
-                if col is None:
-                    col = columns[name] = [None] * rows  # a column missing so far
-                col.extend(values)
-            rows += req.n_rows
-            for col in columns.values():  # keep every column aligned with the rows
-                if len(col) < rows:
-                    col.extend([None] * (rows - len(col)))
+            requests.append((req.inputs, req.n_rows))
             last_ns = req.received_ns
-        if rows:
+        if requests:
             with _contained(self.deployment, "requests up to", records[-1].offset):
-                self.analytics.add_inputs(columns, last_ns)
+                self.analytics.add_inputs(gather_columns(requests), last_ns)
 
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from

@@ -25,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pyarrow as pa
@@ -40,15 +41,16 @@ from rendezvous.core.compare import Scored, reduce
 from rendezvous.core.reference import score_series
 from rendezvous.errors import NotFoundError, RendezvousError
 from rendezvous.ids import ulid_ms
+from rendezvous.roles.monitor import READ_PAUSE_S
 from rendezvous.streams.base import Batch, Stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUP", "TOPICS", "Scorekeeper", "archived_feedback", "export_labels",
-           "export_scores", "lookup_scores", "read_labels", "read_scores"]
+__all__ = ["GROUP", "KINDS", "TOPICS", "Kind", "Scorekeeper", "archived_feedback",
+           "export_labels", "export_scores", "lookup_scores", "read_labels", "read_scores",
+           "score_items", "scores_table"]
 
 GROUP = "scorekeeper"
-TOPICS = ("scores", "results", "feedback")  # what the scorekeeper reads, in its group
 _json = msgspec.json.Encoder()
 
 SCORES_SCHEMA = pa.schema([
@@ -83,60 +85,103 @@ LABELS_SCHEMA = pa.schema([
 ])
 
 
-def score_rows(data: bytes) -> list[dict[str, Any]]:
-    """Archive rows from one scores record (a worker's batch of ``Score``)."""
-    return [{"request_id": s.request_id, "model": s.model, "outputs": bytes(s.outputs),
-             "error": s.error, "started_ns": s.started_ns, "finished_ns": s.finished_ns,
-             "worker": s.worker} for s in _scores_raw.decode(data)]
+def score_items(data: bytes) -> list[Any]:
+    """The scores of one scores record (a worker's batch of ``Score``), their outputs still
+    as the worker encoded them."""
+    return _scores_raw.decode(data)
 
 
-def result_rows(data: bytes) -> list[dict[str, Any]]:
-    """The archive row of one result record."""
-    r = messages.result_summary_decoder.decode(data)
-    return [{"request_id": r.request_id, "chosen": r.model, "reason": r.reason.value,
-             "policy_version": r.policy_version, "received_ns": r.received_ns,
-             "responded_ns": r.responded_ns,
-             "models": _json.encode(r.models).decode()}]
+def _column(items: Sequence[Any], name: str) -> list[Any]:
+    return list(map(operator.attrgetter(name), items))
 
 
-def label_rows(data: bytes) -> list[dict[str, Any]]:
-    """The archive row of one feedback record: its labels as JSON."""
-    fb = messages.feedback_decoder.decode(data)
-    return [{"request_id": fb.request_id, "label": _json.encode(fb.labels).decode(),
-             "at_ns": fb.at_ns}]
+def scores_table(scores: Sequence[Any]) -> pa.Table:
+    """The archive rows of ``score_items``, built column by column: a part holds thousands,
+    and a list per column costs one builtin call per column, not a dict per row."""
+    return pa.table([_column(scores, "request_id"), _column(scores, "model"),
+                     list(map(bytes, _column(scores, "outputs"))), _column(scores, "error"),
+                     _column(scores, "started_ns"), _column(scores, "finished_ns"),
+                     _column(scores, "worker")], schema=SCORES_SCHEMA)
+
+
+def result_items(data: bytes) -> list[Any]:
+    """The result of one results record, as the statistics read it."""
+    return [messages.result_summary_decoder.decode(data)]
+
+
+def results_table(results: Sequence[Any]) -> pa.Table:
+    """The archive rows of ``result_items``: ``models`` (status and latency of every model)
+    as JSON."""
+    return pa.table([_column(results, "request_id"), _column(results, "model"),
+                     list(map(str, _column(results, "reason"))),  # a StrEnum's str: its value
+                     _column(results, "policy_version"), _column(results, "received_ns"),
+                     _column(results, "responded_ns"),
+                     list(map(bytes.decode, map(_json.encode, _column(results, "models"))))],
+                    schema=RESULTS_SCHEMA)
+
+
+def label_items(data: bytes) -> list[Any]:
+    """The feedback of one feedback record."""
+    return [messages.feedback_decoder.decode(data)]
+
+
+def labels_table(feedback: Sequence[Any]) -> pa.Table:
+    """The archive rows of ``label_items``: the labels as JSON, so any label type survives."""
+    return pa.table([_column(feedback, "request_id"),
+                     list(map(bytes.decode, map(_json.encode, _column(feedback, "labels")))),
+                     _column(feedback, "at_ns")], schema=LABELS_SCHEMA)
+
+
+class Kind(NamedTuple):
+    """How one topic is archived: the items of a record, the part of many items, and the
+    time of an item (which names the part's day)."""
+
+    dataset: str
+    items: Callable[[bytes], list[Any]]
+    table: Callable[[Sequence[Any]], pa.Table]
+    time_field: str
+
+
+# topic -> how it is archived
+KINDS = {"scores": Kind("scores", score_items, scores_table, "finished_ns"),
+         "results": Kind("results", result_items, results_table, "received_ns"),
+         "feedback": Kind("labels", label_items, labels_table, "at_ns")}
+TOPICS = tuple(KINDS)  # what the scorekeeper reads, in its group
 
 
 class _Archiver:
-    """One topic into one dataset: accumulate rows, write a file, then acknowledge."""
+    """One topic into one dataset: accumulate items, write a part, then acknowledge."""
 
-    def __init__(self, stream: Stream, topic: str, archive: Archive, dataset: str,
-                 schema: pa.Schema, to_rows: Callable[[bytes], list[dict[str, Any]]],
-                 time_field: str, *, flush_rows: int, flush_s: float) -> None:
-        self.stream, self.topic, self.schema = stream, topic, schema
+    def __init__(self, stream: Stream, topic: str, archive: Archive, dataset: str, kind: Kind,
+                 *, flush_rows: int, flush_s: float) -> None:
+        self.stream, self.topic, self.kind = stream, topic, kind
         self.archive, self.dataset = archive, dataset
-        self.to_rows, self.time_field = to_rows, time_field
         self.flush_rows, self.flush_s = flush_rows, flush_s
-        self.rows: list[dict[str, Any]] = []
+        self.items: list[Any] = []
         self.batches: list[Batch] = []
         self.consumer: Any = None
         self.lock = asyncio.Lock()
 
     async def run(self) -> None:
-        self.consumer = self.stream.consume(self.topic, GROUP, start="latest", max_batch=2048)
+        max_batch = 2048
+        self.consumer = self.stream.consume(self.topic, GROUP, start="latest",
+                                            max_batch=max_batch)
         ticker = asyncio.ensure_future(self._tick())
         try:
             async for batch in self.consumer:
                 for rec in batch.records:
                     try:
-                        self.rows.extend(self.to_rows(rec.data))
+                        self.items += self.kind.items(rec.data)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         log.error("scorekeeper: undecodable record %s of %s", rec.offset,
                                   self.topic)
                         continue
                 self.batches.append(batch)
-                if len(self.rows) >= self.flush_rows:
+                if len(self.items) >= self.flush_rows:
                     with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
                         await self.flush()
+                if len(batch.records) < max_batch:  # as the monitor's pumps: fewer deliveries
+                    await asyncio.sleep(READ_PAUSE_S)
         finally:
             ticker.cancel()
             await self.flush()
@@ -153,16 +198,16 @@ class _Archiver:
         async with self.lock:
             if not self.batches:
                 return
-            rows, batches = self.rows, self.batches
-            self.rows, self.batches = [], []
-            if rows:
-                stamp = rows[0][self.time_field] or time.time_ns()
-                table = pa.Table.from_pylist(rows, schema=self.schema)
+            items, batches = self.items, self.batches
+            self.items, self.batches = [], []
+            if items:
+                stamp = getattr(items[0], self.kind.time_field) or time.time_ns()
+                table = self.kind.table(items)
                 try:
                     await asyncio.to_thread(self.archive.write, table, self.dataset, stamp)
                 except (RendezvousError, OSError):
                     # Kept, in front of what came meanwhile, for the retry.
-                    self.rows, self.batches = rows + self.rows, batches + self.batches
+                    self.items, self.batches = items + self.items, batches + self.batches
                     raise
             for b in batches:
                 await b.ack()
@@ -180,14 +225,11 @@ class Scorekeeper:
                  archive: Archive | str | None = None,
                  flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
         arc = open_archive(home, archive)
-        kinds = {"scores": (SCORES_SCHEMA, score_rows, "finished_ns"),
-                 "results": (RESULTS_SCHEMA, result_rows, "received_ns"),
-                 "feedback": (LABELS_SCHEMA, label_rows, "at_ns")}
         self.parts = [
-            _Archiver(stream, messages.topic(deployment, kind), arc,
-                      dataset(deployment, _DATASET[kind]), schema, to_rows, time_field,
-                      flush_rows=flush_rows, flush_s=flush_s)
-            for kind, (schema, to_rows, time_field) in kinds.items()]
+            _Archiver(stream, messages.topic(deployment, topic), arc,
+                      dataset(deployment, kind.dataset), kind, flush_rows=flush_rows,
+                      flush_s=flush_s)
+            for topic, kind in KINDS.items()]
 
     async def run(self) -> None:
         await asyncio.gather(*(p.run() for p in self.parts))
@@ -199,9 +241,6 @@ class Scorekeeper:
     async def stop(self) -> None:
         for p in self.parts:
             await p.stop()
-
-
-_DATASET = {"scores": "scores", "results": "results", "feedback": "labels"}
 
 
 def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:

@@ -1,0 +1,214 @@
+"""CPU per request of a running ``rendezvous-4`` server, analytics on and off:
+``python -m bench.analytics_serving_cpu [--duration S] [--concurrency C]``.
+
+Throughput on a shared two-core machine is noisy; the CPU time the server's processes spend
+per request much less so. Starts the ``rendezvous-4`` deployment of the serving benchmark
+(``serve --processes 2``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
+with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
+processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool)
+and of the model hosts, and how many requests a worker's scores record held (its micro-batch).
+Flat out, the faster run also batches more, which lowers its cost per request on its own;
+``--delay-ms`` paces each connection instead, for the same offered rate in both runs (at low
+rates every stage handles requests one at a time, far from the regime of c=32).
+
+The servers import ``rendezvous`` from the ``src`` beside this file, or ``--src``
+(``PYTHONPATH``), whatever the environment's editable install says; the ``rendezvous from``
+line (read off each process's stack with ``py-spy dump``) shows which. Needs ``wrk`` and
+``py-spy`` on the PATH.
+``--py-spy FILE`` also records one serving process of each run, only while a thread holds
+the GIL (``FILE`` with ``-on``/``-off`` before its suffix; ``.svg``: a flame graph; any
+other suffix: folded stacks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import loadgen
+from bench.models import request_rows
+from bench.payloads import oip_v2
+from bench.rendezvous_contender import _prepare
+from bench.server import Server, Workspace, free_port
+from bench.venv import ROOT
+
+_THREAD = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:idle|active)[^)]*\): "(.*)"')
+
+
+def _processes(pid: int) -> dict[int, str]:
+    """pid -> kind (``serving`` or ``model host``) of the server and its descendants."""
+    root = psutil.Process(pid)
+    out = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        out[p.pid] = "model host" if "host_main" in cmd else "serving"
+    return out
+
+
+def _threads(pids: dict[int, str]) -> dict[tuple[int, int], float]:
+    """(pid, thread id) -> CPU seconds so far."""
+    out = {}
+    for pid in pids:
+        try:
+            for t in psutil.Process(pid).threads():
+                out[(pid, t.id)] = t.user_time + t.system_time
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _dump(pid: int) -> str:
+    return subprocess.run(["py-spy", "dump", "--full-filenames", "-p", str(pid)],
+                          capture_output=True, text=True).stdout
+
+
+def _thread_names(dump: str) -> dict[int, str]:
+    """OS thread id -> Python thread name, from a ``py-spy dump``; pool threads by pool."""
+    names = {}
+    for line in dump.splitlines():
+        m = _THREAD.match(line)
+        if m and m.group(1).isdigit():
+            name = m.group(2)
+            if name.startswith("asyncio_"):
+                name = "to_thread pool"
+            elif name.startswith("asyncio-waitpid"):
+                name = "waitpid"
+            names[int(m.group(1))] = name
+    return names
+
+
+def _sources(dumps: dict[int, str], pids: dict[int, str]) -> str:
+    where = []
+    for pid, dump in dumps.items():
+        roots = sorted({line.rsplit("(", 1)[-1].split("/rendezvous/")[0]
+                        for line in dump.splitlines() if "/rendezvous/" in line})
+        where.append(f"{pids[pid]} {pid}: {', '.join(roots) or '?'}")
+    return "rendezvous from: " + "; ".join(where)
+
+
+def _scores_per_record(home: Path) -> float:
+    """How many requests a worker's scores record holds on average (its micro-batch)."""
+    import msgspec
+
+    n = records = 0
+    for log in home.glob("streams*.db"):
+        with sqlite3.connect(log) as db:
+            for (data,) in db.execute("SELECT data FROM records WHERE topic = 'bench4.scores'"):
+                n += len(msgspec.msgpack.decode(data))
+                records += 1
+    return n / max(1, records)
+
+
+def _paced(tmp: Path, delay_ms: float) -> Path:
+    """wrk's request script with a pause of ``delay_ms`` before each request of a
+    connection (wrk's ``delay`` hook)."""
+    script = tmp / "paced.lua"
+    script.write_text(loadgen.LUA_SCRIPT.read_text()
+                      + f"\nfunction delay()\n  return {delay_ms:g}\nend\n")
+    return script
+
+
+def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
+         script: Path) -> loadgen.LoadResult:
+    argv = loadgen.wrk_argv(url, bodies, connections=connections, duration_s=duration_s)
+    argv[argv.index(str(loadgen.LUA_SCRIPT))] = str(script)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True,
+                         timeout=duration_s + 60).stdout
+    return loadgen.parse(out)
+
+
+def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
+            delay_ms: float, py_spy: Path | None, src: Path) -> dict[str, float]:
+    """CPU ms per request by part, plus ``req/s`` and ``errors``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace("cpu", Path(tmp), free_port())
+        spec = _prepare(ws, "bench4")
+        env = {**spec.env, "PYTHONPATH": f"{src}:{ROOT}",
+               "RENDEZVOUS_ANALYTICS": "1" if analytics else "0"}
+        spec = dataclasses.replace(spec, env=env)
+        bodies = loadgen.write_bodies(Path(tmp) / "bodies.txt",
+                                      [oip_v2(r) for r in request_rows()])
+        script = _paced(Path(tmp), delay_ms)
+        with Server(spec, log_path=Path(tmp) / "server.log") as server:
+            _wrk(spec.infer_url, bodies, connections=concurrency, duration_s=warmup,
+                 script=script)
+            time.sleep(1.0)
+            pids = _processes(server.pid)
+            before = _threads(pids)
+            spy = None
+            if py_spy is not None:
+                one = next(p for p, k in pids.items() if k == "serving" and p != server.pid)
+                fmt = "flamegraph" if py_spy.suffix == ".svg" else "raw"
+                spy = subprocess.Popen(["py-spy", "record", "-o", str(py_spy), "-r", "200",
+                                        "--format", fmt, "--gil", "--nonblocking",
+                                        "-p", str(one)],
+                                       stdout=subprocess.DEVNULL)
+            load = _wrk(spec.infer_url, bodies, connections=concurrency,
+                        duration_s=duration, script=script)
+            time.sleep(1.5)  # the monitor and the archivers catch up
+            after = _threads(pids)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait()
+            dumps = {pid: _dump(pid) for pid in pids}
+        micro = _scores_per_record(Path(tmp) / "home")
+    print(_sources(dumps, pids), file=sys.stderr)
+    names = {pid: _thread_names(d) for pid, d in dumps.items()}
+    per: dict[str, float] = {"req/s": load.rps, "errors": load.errors,
+                             "scores per scores record": micro}
+    for (pid, tid), t1 in after.items():
+        kind = pids[pid]
+        part = kind if kind == "model host" else \
+            f"serving: {names[pid].get(tid, 'other threads')}"
+        spent = (t1 - before.get((pid, tid), 0.0)) * 1000 / max(1, load.requests)
+        per[part] = per.get(part, 0.0) + spent
+        per[f"{kind} (all)"] = per.get(f"{kind} (all)", 0.0) + spent
+    return per
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds of load (8)")
+    ap.add_argument("--concurrency", type=int, default=16, help="wrk connections (16)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds (3)")
+    ap.add_argument("--delay-ms", type=float, default=0.0,
+                    help="pause before each request of a connection (default 0: flat out)")
+    ap.add_argument("--only", choices=["on", "off"], help="one of the two runs")
+    ap.add_argument("--py-spy", type=Path, help="record one serving process of each run")
+    ap.add_argument("--src", type=Path, default=ROOT / "src",
+                    help="the rendezvous source tree the servers run (default: the one beside "
+                         "this script), e.g. another worktree's, for a before and after")
+    args = ap.parse_args(argv)
+    rows = {}
+    for on in (True, False):
+        name = "on" if on else "off"
+        if args.only in (None, name):
+            rows[name] = measure(on, duration=args.duration, concurrency=args.concurrency,
+                                 warmup=args.warmup, delay_ms=args.delay_ms,
+                                 src=args.src.resolve(),
+                                 py_spy=args.py_spy and args.py_spy.with_stem(
+                                     f"{args.py_spy.stem}-{name}"))
+    print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
+          f"{args.delay_ms:g} ms pause before each request)")
+    parts = sorted({p for r in rows.values() for p in r})
+    print(f"  {'':36s}" + "".join(f"{n:>12s}" for n in rows))
+    for part in parts:
+        print(f"  {part:36s}" + "".join(f"{r.get(part, 0.0):12.3f}" for r in rows.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
