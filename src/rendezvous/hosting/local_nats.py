@@ -30,25 +30,20 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-
-import httpx
 
 from rendezvous import config
 from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
-from rendezvous.hosting.plans import START_TIMEOUT_S, role_command, wait_for_groups
-from rendezvous.hosting.supervisor import Child, Supervisor
+from rendezvous.hosting.plans import START_TIMEOUT_S, role_command, wait_for_groups, wait_ready
+from rendezvous.hosting.supervisor import Child, Say, Supervisor
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
 from rendezvous.streams.base import Stream, open_stream
 from rendezvous.streams.nats.server import LocalNatsServer
 
 __all__ = ["LocalNats"]
-
-Say = Callable[[str], None]
 
 
 class LocalNats:
@@ -74,7 +69,6 @@ class LocalNats:
         self.registry_url = registry_url
         self.say = say
         self.nats = LocalNatsServer(self.home / "nats", new_session=True)
-        self.sup = Supervisor(say)  # the one running this plan, from start()
         self.proxy_url = ""
         self._lock_file: IO[str] | None = None
         self._stream: Stream | None = None
@@ -87,7 +81,6 @@ class LocalNats:
     async def start(self, sup: Supervisor) -> None:
         """Start the server and the roles in order. One long sequence on purpose: it reads as
         the startup order."""
-        self.sup = sup
         with Registry(self.home, url=self.registry_url) as reg:
             names = self.deployments or await asyncio.to_thread(reg.deployments)
             if not names:
@@ -100,29 +93,30 @@ class LocalNats:
         await asyncio.to_thread(self.nats.start)
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
         self._stream = await open_stream(self.nats.url, home=self.home)
-        backends = [self._spawn_role(ProcessRole.RENDEZVOUS)]
+        backends = [self._spawn_role(sup, ProcessRole.RENDEZVOUS)]
         if self.serves_all or any(p.decoy for p in self._policies.values()):
-            backends.append(self._spawn_role(ProcessRole.DECOY))
-        backends.append(self._spawn_role(ProcessRole.MONITOR, port=self.monitor_port))
+            backends.append(self._spawn_role(sup, ProcessRole.DECOY))
+        backends.append(self._spawn_role(sup, ProcessRole.MONITOR, port=self.monitor_port))
         for name, policy in self._policies.items():
             for model in policy.model_names():
-                backends += self._spawn_workers(name, model)
+                backends += self._spawn_workers(sup, name, model)
         pairs = [pair for name, policy in self._policies.items()
                  for role in ProcessRole for pair in groups_of(name, policy, role)]
         await wait_for_groups(self._stream, pairs, children=backends)
-        proxy = self._spawn_role(ProcessRole.PROXY, port=self.port)
+        proxy = self._spawn_role(sup, ProcessRole.PROXY, port=self.port)
         self.proxy_url = await self._wait_for_proxy(proxy)
         self.say(f"serving {', '.join(names)} at {self.proxy_url}: "
-                 f"{len(self.sup.children)} processes, {self.replicas} worker process(es) per "
+                 f"{len(sup.children)} processes, {self.replicas} worker process(es) per "
                  "model (Ctrl-C stops them all)")
         self._versions = {name: 0 for name in names}
         self._registry = Registry(self.home, url=self.registry_url)
 
     async def follow(self, sup: Supervisor) -> None:
         if self._registry is not None:
-            await self._follow_registry(self._registry, self._versions)
+            await self._follow_registry(sup, self._registry, self._versions)
 
-    async def _follow_registry(self, reg: Registry, versions: dict[str, int]) -> None:
+    async def _follow_registry(self, sup: Supervisor, reg: Registry,
+                               versions: dict[str, int]) -> None:
         """Policy changes reach the launcher as they reach every process: from the registry.
         Serving every deployment, one created meanwhile gets its workers (the other roles'
         processes add it themselves)."""
@@ -143,7 +137,7 @@ class LocalNats:
                 continue
             if rec.version != versions[name]:
                 versions[name] = rec.version
-                self._follow(name, policy)
+                self._follow(sup, name, policy)
 
     async def _take_home(self) -> None:
         """Make sure this launcher is the only one using the server's store: two nats-servers
@@ -168,62 +162,62 @@ class LocalNats:
             while _alive(pid) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
 
-    def _spawn_role(self, role: ProcessRole, *, port: int | None = None) -> Child:
+    def _spawn_role(self, sup: Supervisor, role: ProcessRole, *,
+                    port: int | None = None) -> Child:
         names = [] if self.serves_all else self.deployments
         args = role_command(names, role, streams=self.nats.url, home=self.home,
                             host=self.host if port is not None else None, port=port,
                             registry_url=self.registry_url)
-        return self.sup.spawn(Child(role.value, role, args))
+        return sup.spawn(Child(role.value, role, args))
 
-    def _spawn_workers(self, deployment: str, model: str) -> list[Child]:
+    def _spawn_workers(self, sup: Supervisor, deployment: str, model: str) -> list[Child]:
         args = role_command([deployment], ProcessRole.WORKER, streams=self.nats.url,
                             home=self.home, models=[model], registry_url=self.registry_url)
-        return [self.sup.spawn(Child(f"worker {deployment} {model} #{i + 1}",
+        return [sup.spawn(Child(f"worker {deployment} {model} #{i + 1}",
                                      ProcessRole.WORKER, args, (deployment, model)))
                 for i in range(self.replicas)]
 
     async def _wait_for_proxy(self, proxy: Child) -> str:
-        """The proxy's URL once it answers ready (it writes it to its run file)."""
+        """The proxy's URL (from its run file) once it answers ready."""
         from rendezvous.hosting.serving import read_run_file
 
         deadline = time.monotonic() + START_TIMEOUT_S
-        async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
-                if not proxy.alive:
-                    raise RendezvousError(f"the proxy exited with code "
-                                          f"{proxy.proc.returncode} while starting")  # type: ignore[union-attr]
-                info = read_run_file(self.home, self.deployments[0])
-                if info is not None and info.get("pid") == proxy.pid:
-                    with contextlib.suppress(httpx.HTTPError):
-                        r = await client.get(f"{info['url']}/v2/health/ready")
-                        if r.status_code == 200:
-                            return str(info["url"])
-                await asyncio.sleep(0.05)
-        raise RendezvousError(f"the proxy did not get ready within {START_TIMEOUT_S:g} s")
+        while True:
+            info = read_run_file(self.home, self.deployments[0])
+            if info is not None and info.get("pid") == proxy.pid:
+                url = str(info["url"])
+                await wait_ready(url, [proxy], timeout_s=max(deadline - time.monotonic(), 1))
+                return url
+            if not proxy.alive:
+                raise RendezvousError(f"the proxy exited with code "
+                                      f"{proxy.proc.returncode} while starting")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RendezvousError(f"the proxy did not start within {START_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.05)
 
     # -- policy changes -------------------------------------------------------------------
 
-    def _follow(self, deployment: str, policy: Policy) -> None:
+    def _follow(self, sup: Supervisor, deployment: str, policy: Policy) -> None:
         """Workers for the models ``policy`` adds; stop, later, those of models it drops."""
         self._policies[deployment] = policy
-        running = {c.model for c in self.sup.children if c.model and c.alive}
+        running = {c.model for c in sup.children if c.model and c.alive}
         for model in policy.model_names():
             if (deployment, model) not in running:
-                self._spawn_workers(deployment, model)
-        retired = [c for c in self.sup.children
+                self._spawn_workers(sup, deployment, model)
+        retired = [c for c in sup.children
                    if c.model and c.model[0] == deployment and c.model[1] not in
                    policy.model_names()]
         if retired:
             # Requests decided under the old policy may still wait for these models.
             linger = (policy.deadline_ms + config.LATE_GRACE_MS.get()) / 1000
             asyncio.get_running_loop().call_later(
-                linger, lambda: asyncio.ensure_future(self._retire(deployment, retired)))
+                linger, lambda: asyncio.ensure_future(self._retire(sup, deployment, retired)))
 
-    async def _retire(self, deployment: str, children: list[Child]) -> None:
+    async def _retire(self, sup: Supervisor, deployment: str, children: list[Child]) -> None:
         names = self._policies[deployment].model_names()
         gone = [c for c in children if c.model is not None and c.model[1] not in names]
         if gone:
-            await self.sup.stop(gone)
+            await sup.stop(gone)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -233,9 +227,9 @@ class LocalNats:
         if self._registry is not None:
             self._registry.close()
             self._registry = None
-        proxies = [c for c in self.sup.children if c.role == ProcessRole.PROXY]
-        await self.sup.stop(proxies, timeout_s=10)
-        await self.sup.stop(list(self.sup.children))
+        proxies = [c for c in sup.children if c.role == ProcessRole.PROXY]
+        await sup.stop(proxies, timeout_s=10)
+        await sup.stop(list(sup.children))
         if self._stream is not None:
             with contextlib.suppress(RendezvousError, StreamError):
                 await self._stream.close()

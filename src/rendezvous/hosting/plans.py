@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import httpx
 
 from rendezvous import config
 from rendezvous.errors import ConfigError, RendezvousError
-from rendezvous.hosting.supervisor import Child, Plan, Supervisor
+from rendezvous.hosting.supervisor import Child, Plan, Say, Supervisor
 from rendezvous.hosting.topology import Mode, ProcessRole, Topology
 from rendezvous.registry import Registry
 from rendezvous.streams.base import Stream
@@ -34,7 +34,6 @@ from rendezvous.streams.base import Stream
 __all__ = ["Partitions", "Replicas", "plan_for", "reuseport_socket", "role_command",
            "wait_for_groups"]
 
-Say = Callable[[str], None]
 START_TIMEOUT_S = 120.0  # loading models may take a while; a child that dies fails at once
 
 
@@ -151,7 +150,7 @@ class Partitions:
     port: int
     reset_log: bool
     say: Say
-    token: str = ""
+    token: str  # the admin token every partition checks (``plan_for`` decides it)
     _probe: socket.socket | None = None
     _files: list[Path] = field(default_factory=list)
 
@@ -170,7 +169,6 @@ class Partitions:
         self._probe = reuseport_socket(self.host, self.port)
         addr = self._probe.getsockname()
         url = f"http://{'127.0.0.1' if addr[0] in ('0.0.0.0', '::') else addr[0]}:{addr[1]}"
-        self.token = config.ADMIN_TOKEN.get() or self.token
         children = []
         for i in range(self.processes):
             args = [sys.executable, "-m", "rendezvous.cli", "serve", *self.deployments,
@@ -225,7 +223,7 @@ def plan_for(topology: Topology, deployments: list[str] | None, *, home: Path,
 
         return Partitions(list(deployments or []), topology.processes, home,
                           config.HOST.get(host), config.PORT.get(port), topology.reset_log,
-                          say, token=secrets.token_urlsafe(24))
+                          say, token=config.ADMIN_TOKEN.get() or secrets.token_urlsafe(24))
     if mode is Mode.LAUNCHER:
         from rendezvous.hosting.local_nats import LocalNats
 

@@ -12,17 +12,14 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 from rendezvous import config
 from rendezvous.hosting.plans import plan_for, reuseport_socket
-from rendezvous.hosting.supervisor import Supervisor, parent_gone
+from rendezvous.hosting.supervisor import Say, Supervisor, parent_gone
 from rendezvous.hosting.topology import Mode, ProcessRole, Roles, Topology
 
 __all__ = ["serve", "until_stopped"]
-
-Say = Callable[[str], None]
 
 
 def serve(topology: Topology, deployments: list[str] | None, *, home: Path | None = None,

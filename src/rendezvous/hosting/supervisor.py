@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["PARENT_ENV", "Backoff", "Child", "Plan", "Supervisor", "describe_exit",
+__all__ = ["PARENT_ENV", "Backoff", "Child", "Plan", "Say", "Supervisor", "describe_exit",
            "parent_gone"]
 
+Say = Callable[[str], None]  # where progress lines go (``print``, a Rich console, a log)
 PARENT_ENV = "RENDEZVOUS_PARENT_PID"  # set in the environment of the processes we start
 
 
@@ -119,7 +120,7 @@ TICK_S = 0.5
 class Supervisor:
     """Starts children in their own process groups, reports deaths, stops them gracefully."""
 
-    say: Callable[[str], None]
+    say: Say
     children: list[Child] = field(default_factory=list)
     backoff: Backoff = field(default_factory=Backoff)
 
