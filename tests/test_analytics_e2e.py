@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.roles import monitor as monitor_role
 from rendezvous.roles.scorekeeper import export_scores
-from tests.conftest import webhook_listener
+from tests.conftest import register_callable, webhook_listener
 
 Serve = Callable[..., Any]
 N_FEATURES = 3
@@ -54,6 +54,17 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> 
         await asyncio.sleep(0.1)
 
 
+async def scores_seen(client: httpx.AsyncClient, n: int) -> None:
+    """Wait until the monitor holds every model's score of the ``n`` requests sent: a label
+    that comes before its scores waits only ``FEEDBACK_WAIT_S`` (shortened here), so on a
+    loaded machine it could count as unknown."""
+    async def seen() -> bool:
+        models = (await client.get("/v1/deployments/dep/compare")).json()["models"]
+        return bool(models) and all(m.get("requests") == n for m in models.values())
+
+    await until(seen, timeout=60)
+
+
 async def send(client: httpx.AsyncClient, rows: np.ndarray) -> list[str]:
     ids = []
     for chunk in np.array_split(rows, max(1, len(rows) // 10)):
@@ -78,6 +89,7 @@ async def test_feedback_compare_accuracy_and_score_archive(registry: Registry, s
     x, y = training(seed=1, n=120)
     async with serve("dep") as client:
         ids = await send(client, x)
+        await scores_seen(client, len(ids))
         labels = [{"request_id": rid, "label": int(lab)}
                   for rid, lab in zip(ids[:80], y[:80], strict=True)]
         r = await client.post("/v1/deployments/dep/feedback", json={"feedback": [
@@ -136,6 +148,35 @@ async def test_feedback_compare_accuracy_and_score_archive(registry: Registry, s
     assert {row["status"] for row in table} <= {"on_time", "late"}
     assert all(row["policy_version"] == 1 for row in table)
     assert sum(row["chosen"] for row in table) == 120
+
+
+async def test_a_label_sent_before_a_slow_models_score_joins_every_model(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_role, "FEEDBACK_WAIT_S", 30.0)  # far more than it needs
+    fast = register_callable(registry, "fast", "tests.models:make_constant", value=1.0)
+    slow = register_callable(registry, "slow", "tests.models:make_constant", value=0.0,
+                             sleep_ms=300)
+    registry.apply_policy("dep", Policy(deadline_ms=1000, models=[
+        ModelSpec(fast, Role.CHAMPION, wait_ms=50), ModelSpec(slow, Role.CHALLENGER)]))
+    async with serve("dep") as client:
+        replies = [await client.post("/v1/deployments/dep/predict",
+                                     json=[{"x": 1.0, "y": 2.0}]) for _ in range(3)]
+        assert [r.json()["model"] for r in replies] == [fast] * 3
+        ids = [r.json()["request_id"] for r in replies]
+        # The labels come right after the champion's answers, before the challenger's
+        # scores: each label waits for them and counts for both models, once.
+        r = await client.post("/v1/deployments/dep/feedback", json={"feedback": [
+            {"request_id": rid, "label": 1.0} for rid in ids]})
+        assert r.status_code == 202, r.text
+
+        async def joined() -> bool:
+            doc = (await client.get("/v1/deployments/dep/accuracy")).json()
+            return doc["feedback"]["joined"] == 3
+
+        await until(joined)
+        acc = (await client.get("/v1/deployments/dep/accuracy")).json()
+    assert acc["models"][fast]["labels"] == 3 and acc["models"][slow]["labels"] == 3
+    assert acc["feedback"].get("unknown", 0) == 0
 
 
 async def test_a_restart_keeps_windows_and_never_counts_a_label_twice(

@@ -23,7 +23,7 @@ from rendezvous.core.policy import Gates
 from rendezvous.errors import ConfigError
 from rendezvous.roles import monitor as monitor_role
 from tests.conftest import register_callable, webhook_listener
-from tests.test_analytics_e2e import Serve, until
+from tests.test_analytics_e2e import Serve, scores_seen, until
 
 POLICY = Policy(deadline_ms=100, models=[ModelSpec("a@1", Role.CHAMPION, wait_ms=40),
                                          ModelSpec("b@1", Role.CHALLENGER)])
@@ -216,6 +216,7 @@ async def test_gates_pass_a_better_challenger_and_refuse_a_worse_one(registry: R
     async with serve("dep") as client:
         ids, statuses = await predict(client, xs)
         assert set(statuses) == {200}
+        await scores_seen(client, len(ids))
         r = await client.post("/v1/deployments/dep/feedback", json={"feedback": [
             {"request_id": i, "label": "yes" if x > 0 else "no"}
             for i, x in zip(ids, xs, strict=True)]})

@@ -229,12 +229,14 @@ async def _until(check: object, timeout_s: float = 30.0, log: Path | None = None
 
 
 def _launch(home: Path, port: int, log: Path, *extra: str,
-            deployments: tuple[str, ...] = (DEP,)) -> subprocess.Popen[bytes]:
+            deployments: tuple[str, ...] = (DEP,),
+            monitor_port: int | None = None) -> subprocess.Popen[bytes]:
+    # The monitor's default port (--port + 1) may be taken on a busy machine: pick a free one.
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "rendezvous.cli", "serve", *deployments, "--streams",
-             "local-nats",
-             "--home", str(home), "--port", str(port), *extra],
+             "local-nats", "--home", str(home), "--port", str(port),
+             "--monitor-port", str(monitor_port or free_port()), *extra],
             cwd=ROOT, env={**os.environ, **ENV}, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -272,8 +274,10 @@ async def test_local_nats_runs_every_role_as_its_own_process(registry: Registry,
     refs = two_models(registry)
     challenger = register_callable(registry, "chal", "tests.models:doubler")
     home, port, log = registry.home, free_port(), tmp_path / "launcher.log"
+    monitor_port = free_port()
     # Naming no deployment: every one, including those created while serving.
-    launcher = _launch(home, port, log, "--replicas", "2", deployments=())
+    launcher = _launch(home, port, log, "--replicas", "2", deployments=(),
+                       monitor_port=monitor_port)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             await _serving(client, launcher, log)
@@ -299,7 +303,7 @@ async def test_local_nats_runs_every_role_as_its_own_process(registry: Registry,
             async def challenger_scores() -> bool:
                 await client.post(f"/v1/deployments/{DEP}/predict", json=[{"x": 1, "y": 2}])
                 status = await client.get(
-                    f"http://127.0.0.1:{port + 1}/v1/deployments/{DEP}/status")
+                    f"http://127.0.0.1:{monitor_port}/v1/deployments/{DEP}/status")
                 model = status.json()["models"].get(challenger, {})
                 return bool(model.get("on_time"))
 
@@ -421,3 +425,21 @@ def test_worker_replicas_are_processes_stopped_together(
         for pid in _role_processes(home):
             os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.mark.nats
+def test_a_taken_monitor_port_is_named_before_anything_starts(registry: Registry,
+                                                               tmp_path: Path) -> None:
+    import socket
+
+    two_models(registry)
+    log = tmp_path / "launcher.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        launcher = _launch(registry.home, free_port(), log, monitor_port=busy)
+        assert launcher.wait(60) == 1
+    text = log.read_text().replace("\n", " ")
+    assert f"monitor's port 127.0.0.1:{busy} is in use" in text and "--monitor-port" in text
+    assert "started" not in text and not _nats_servers(registry.home)

@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import IO
@@ -36,7 +37,12 @@ from typing import IO
 from rendezvous import config
 from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
-from rendezvous.hosting.plans import START_TIMEOUT_S, role_command, wait_for_groups, wait_ready
+from rendezvous.hosting.plans import (
+    START_TIMEOUT_S,
+    role_command,
+    wait_for_groups,
+    wait_ready,
+)
 from rendezvous.hosting.supervisor import Child, Say, Supervisor
 from rendezvous.hosting.topology import ProcessRole, groups_of
 from rendezvous.registry import Registry
@@ -90,6 +96,7 @@ class LocalNats:
             for name in names:
                 self._policies[name] = (await asyncio.to_thread(reg.policy, name))[0]
         await self._take_home()
+        self._check_monitor_port()
         await asyncio.to_thread(self.nats.start)
         self.say(f"nats-server at {self.nats.url} (store {self.nats.store_dir})")
         self._stream = await open_stream(self.nats.url, home=self.home)
@@ -161,6 +168,21 @@ class LocalNats:
             deadline = time.monotonic() + 10
             while _alive(pid) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+
+    def _check_monitor_port(self) -> None:
+        """A taken monitor port fails here, naming the option, rather than in the monitor's
+        process after every other role has started."""
+        if not self.monitor_port:
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                probe.bind((self.host, self.monitor_port))
+        except OSError:
+            raise ConfigError(
+                f"the monitor's port {self.host}:{self.monitor_port} is in use; pass "
+                "--monitor-port PORT (default: --port + 1) or stop the server using it") from None
 
     def _spawn_role(self, sup: Supervisor, role: ProcessRole, *,
                     port: int | None = None) -> Child:

@@ -60,7 +60,9 @@ TICK_S = 1.0
 # delivery's cost (wake-up, handler call, acknowledgement committed to the stream) is mostly
 # per delivery, not per record. The documents lag by as much at most.
 READ_PAUSE_S = 0.05
-FEEDBACK_WAIT_S = 10.0  # how long a label waits for its request's scores before "unknown"
+# How long a label waits for its request's scores (a recent request's: every model's) before
+# it joins what there is, or counts as unknown when there is none.
+FEEDBACK_WAIT_S = 10.0
 WEBHOOK_TRIES = 4
 AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
 
@@ -350,8 +352,8 @@ class Monitor:
 
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from
-        the score archive); labels whose scores have not arrived yet wait a little. The state
-        is written before the batch is acknowledged."""
+        the score archive); labels whose scores have not all arrived yet wait a little
+        (``FEEDBACK_WAIT_S``). The state is written before the batch is acknowledged."""
         assert self.analytics is not None
         waiting: list[Feedback] = []
         for rec in records:
@@ -361,12 +363,17 @@ class Monitor:
                 log.error("monitor %s: undecodable feedback %s", self.deployment, rec.offset)
         give_up = time.monotonic() + FEEDBACK_WAIT_S
         while waiting:
+            book, expected = self.analytics.book, set(self.analytics.models)
             archived = await self._lookup([fb.request_id for fb in waiting
-                                           if self.analytics.book.get(fb.request_id) is None])
+                                           if book.get(fb.request_id) is None])
             later = []
             for fb in waiting:
-                scored = self.analytics.book.get(fb.request_id) or archived.get(fb.request_id)
-                if not scored and fb.request_id not in self.analytics.labelled \
+                recent = book.get(fb.request_id)
+                scored = recent or archived.get(fb.request_id)
+                # A recent request may still have scores on their way (the topics are read
+                # apart): a label joins once, so it waits for every model's score.
+                pending = not scored or (recent is not None and not expected <= recent.keys())
+                if pending and fb.request_id not in self.analytics.labelled \
                         and time.monotonic() < give_up:
                     later.append(fb)
                     continue
