@@ -18,20 +18,31 @@ line (read off each process's stack with ``py-spy dump``) shows which. Needs ``w
 ``--py-spy FILE`` also records one serving process of each run, only while a thread holds
 the GIL (``FILE`` with ``-on``/``-off`` before its suffix; ``.svg``: a flame graph; any
 other suffix: folded stacks).
+
+``--rounds N`` measures on and off N times, alternating which goes first (one run's
+throughput on this machine moves by 20 % from run to run), and writes each round's
+throughput ratio, their median and the CPU per request to ``--out``
+(``analytics-rounds.{json,md,png}``)::
+
+    python -m bench.analytics_serving_cpu --rounds 3 --concurrency 32 --duration 15 \
+        --out bench/results/analytics-cost
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -179,6 +190,59 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
     return per
 
 
+def rounds(n: int, out: Path, **kw: Any) -> None:
+    """``n`` rounds of on and off, alternating the order; each round's throughput ratio."""
+    runs: list[dict[str, Any]] = []
+    for i in range(n):
+        order = (True, False) if i % 2 == 0 else (False, True)
+        got = {on: measure(on, **kw) for on in order}
+        cpu = {on: got[on].get("serving (all)", 0.0) + got[on].get("model host (all)", 0.0)
+               for on in order}
+        runs.append({"round": i + 1, "first": "on" if order[0] else "off",
+                     "on_rps": round(got[True]["req/s"], 1),
+                     "off_rps": round(got[False]["req/s"], 1),
+                     "ratio": round(got[True]["req/s"] / max(got[False]["req/s"], 1e-9), 3),
+                     "on_errors": got[True]["errors"], "off_errors": got[False]["errors"],
+                     "on_cpu_ms": round(cpu[True], 3), "off_cpu_ms": round(cpu[False], 3)})
+    ratios = [r["ratio"] for r in runs]
+    cpu_ratio = statistics.median(r["on_cpu_ms"] / r["off_cpu_ms"] for r in runs)
+    doc = {"command": "python -m bench.analytics_serving_cpu " + " ".join(sys.argv[1:]),
+           "rounds": runs, "median_ratio": round(statistics.median(ratios), 3),
+           "median_cpu_ratio": round(cpu_ratio, 3), "settings": {k: str(v) for k, v in kw.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analytics-rounds.json").write_text(json.dumps(doc, indent=2) + "\n")
+    cols = list(runs[0])
+    lines = ["# Analytics on / off, alternating rounds", "", f"Command: `{doc['command']}`", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+             *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in runs), "",
+             f"Median throughput ratio on/off: **{doc['median_ratio']:.2f}** "
+             f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); median CPU per request "
+             f"on/off (serving processes and model hosts): {doc['median_cpu_ratio']:.2f}."]
+    (out / "analytics-rounds.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+    xs = [r["round"] for r in runs]
+    ax.bar([x - 0.2 for x in xs], [r["on_rps"] for r in runs], 0.4, label="analytics on")
+    ax.bar([x + 0.2 for x in xs], [r["off_rps"] for r in runs], 0.4, label="analytics off")
+    for r in runs:
+        ax.annotate(f"{r['ratio']:.2f}", (r["round"], max(r["on_rps"], r["off_rps"])),
+                    ha="center", va="bottom")
+    ax.set_xticks(xs, [f"round {x} ({r['first']} first)" for x, r in zip(xs, runs,
+                                                                         strict=True)])
+    ax.set_ylabel("req/s")
+    ax.set_title("rendezvous-4: throughput with analytics on and off (ratio above)")
+    ax.legend(loc="lower right")
+    fig.savefig(out / "analytics-rounds.png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of load (8)")
@@ -191,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--src", type=Path, default=ROOT / "src",
                     help="the rendezvous source tree the servers run (default: the one beside "
                          "this script), e.g. another worktree's, for a before and after")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="alternating on/off rounds, with their ratios written to --out")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics-cost")
     args = ap.parse_args(argv)
+    if args.rounds:
+        rounds(args.rounds, args.out, duration=args.duration, concurrency=args.concurrency,
+               warmup=args.warmup, delay_ms=args.delay_ms, py_spy=None,
+               src=args.src.resolve())
+        return 0
     rows = {}
     for on in (True, False):
         name = "on" if on else "off"
