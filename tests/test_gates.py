@@ -319,3 +319,39 @@ async def test_a_forced_promotion_that_starts_failing_rolls_back_by_itself(
     whole = await asyncio.to_thread(CliRunner().invoke, app, [
         "deploy", "history", "dep", "--json", "--home", str(registry.home)])
     assert json.loads(whole.output)[1]["evidence"]["forced"] is True
+
+
+async def test_a_promoted_champion_worse_on_labels_rolls_back_by_itself(
+        registry: Registry, serve: Serve) -> None:
+    good = threshold(registry, "good", cut=0.0)  # always right
+    bad = threshold(registry, "bad", cut=0.0, flip=True)  # always wrong, never an error
+    registry.apply_policy("dep", Policy(
+        deadline_ms=1000, alarms={"window_s": 1.0}, gates=Gates(watch_s=120),
+        models=[ModelSpec(good, Role.CHAMPION), ModelSpec(bad, Role.CHALLENGER)]).validate())
+    rng = np.random.default_rng(11)
+    async with serve("dep") as client:
+        auth = {"authorization": f"Bearer {client.proxy_app.admin_token}"}  # type: ignore
+        r = await client.post("/v1/admin/deployments/dep/promote",
+                              json={"model": bad, "force": True}, headers=auth)
+        assert r.status_code == 200, r.text
+
+        async def labelled_traffic_brings_it_back() -> bool:
+            xs = rng.normal(size=10)
+            ids, statuses = await predict(client, xs)
+            assert set(statuses) == {200}
+            r = await client.post("/v1/deployments/dep/feedback", json={"feedback": [
+                {"request_id": i, "label": "yes" if x > 0 else "no"}
+                for i, x in zip(ids, xs, strict=True)]})
+            assert r.status_code == 202
+            meta = (await client.get("/v2/models/dep")).json()
+            return bool(meta["parameters"]["champion"] == good)
+
+        await until(labelled_traffic_brings_it_back, timeout=90)
+    history = registry.policy_history("dep")
+    assert [h.action for h in history] == ["apply", "promote", "auto-rollback"]
+    back = history[2]
+    assert back.by == monitor_role.AUTO_ROLLBACK_BY and back.body == history[0].body
+    assert back.evidence is not None and back.evidence["champion"] == bad
+    (reason,) = back.evidence["reasons"]  # labels alone: the bad champion raises no error
+    assert f"the previous champion {good} beats {bad}" in reason["reason"]
+    assert reason["evidence"]["pairs"] >= 10 and reason["evidence"]["lower"] > 0
