@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,13 +98,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--engines", default="embedded,local-nats")
+    p.add_argument("--out", type=Path, default=None, help="also write stages.md here")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-stages-"))
     rows = [run(e, args.requests, work) for e in args.engines.split(",")]
     cols = ["engine", "client_ms", "to_scored_ms", "to_filed_ms", "to_responded_ms", "n"]
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+             *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows)]
+    print("\n".join(lines))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        command = "python -m bench.stages " + " ".join(sys.argv[1:])
+        (args.out / "stages.md").write_text(
+            "# Where a request's time goes at c=1 (medians, ms)\n\n"
+            f"Command: `{command}`\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
