@@ -196,7 +196,7 @@ class LocalNats:
         args = role_command([deployment], ProcessRole.WORKER, streams=self.nats.url,
                             home=self.home, models=[model], registry_url=self.registry_url)
         return [sup.spawn(Child(f"worker {deployment} {model} #{i + 1}",
-                                     ProcessRole.WORKER, args, (deployment, model)))
+                                ProcessRole.WORKER, args, (deployment, model)))
                 for i in range(self.replicas)]
 
     async def _wait_for_proxy(self, proxy: Child) -> str:
