@@ -35,10 +35,11 @@ def serve(topology: Topology, deployments: list[str] | None, *, home: Path | Non
             from rendezvous.archive import open_archive
 
             open_archive(root).check()
-        plan = plan_for(topology, deployments, home=root, host=host, port=port,
-                        say=lambda line: say(f"{mode.value}: {line}"))
-        asyncio.run(Supervisor(lambda line: say(f"{mode.value}: {line}")).run(
-            plan, until_stopped()))
+        def tagged(line: str) -> None:
+            say(f"{mode.value}: {line}")
+
+        plan = plan_for(topology, deployments, home=root, host=host, port=port, say=tagged)
+        asyncio.run(Supervisor(tagged).run(plan, until_stopped()))
         say("stopped")
     elif topology.roles is not None:  # Mode.ROLE
         asyncio.run(_role(topology.roles, topology, deployments, root, host, port, say))
