@@ -28,21 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.isolation import BODY, Scenario, setup, start, stop
+from bench.isolation import Scenario, sequential, setup, start, stop
 from bench.server import free_port
-
-
-def _client_latencies(url: str, n: int) -> list[float]:
-    out = []
-    with httpx.Client(base_url=url, timeout=5) as client:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = client.post("/v1/deployments/dep/predict", json=[BODY])
-            r.raise_for_status()
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 async def _results(streams: str, home: Path) -> list[Any]:
@@ -80,8 +67,8 @@ def run(engine: str, requests: int, work: Path) -> dict[str, Any]:
     proc = start(home, port, sc, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _client_latencies(url, 20)
-        client = _client_latencies(url, requests)
+        sequential(url, 20)  # let connections and caches settle
+        client = sequential(url, requests)
         time.sleep(1)
         nats = re.search(rb"nats-server at (nats://\S+)", log.read_bytes())
         if nats is not None:  # read while the private nats-server still runs
@@ -90,7 +77,7 @@ def run(engine: str, requests: int, work: Path) -> dict[str, Any]:
         stop(proc)
     if nats is None:
         results = asyncio.run(_results("embedded", home))
-    return {"engine": engine, "client_ms": round(statistics.median(client), 2),
+    return {"engine": engine, "client_ms": client["c1_p50_ms"],
             **_stages(results[20:])}
 
 

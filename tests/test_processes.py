@@ -92,3 +92,12 @@ def test_processes_need_the_embedded_engine(registry: Registry) -> None:
          "--streams", "nats://127.0.0.1:1", "--home", str(registry.home)],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "--processes partitions the embedded engine" in proc.stderr
+
+
+def test_processes_say_they_take_no_registry_url(registry: Registry) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rendezvous.cli", "serve", "dep", "--processes", "2",
+         "--registry", "postgresql://127.0.0.1/test", "--home", str(registry.home)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "takes no --registry" in proc.stderr.replace("\n", " ")

@@ -185,10 +185,13 @@ class Topology:
         if not 1 <= self.processes <= MAX_PROCESSES:
             raise ConfigError(f"--processes {self.processes} is out of range; use 1 to "
                               f"{MAX_PROCESSES}")
-        if self.processes > 1 and (eng.partitions is None or self.roles is not None
-                                   or self.registry_url):
+        if self.processes > 1 and (eng.partitions is None or self.roles is not None):
             raise ConfigError("--processes partitions the embedded engine; on NATS run "
                               "several proxies or --replicas workers instead")
+        if self.processes > 1 and self.registry_url:
+            raise ConfigError("--processes shares the SQLite registry under --home between its "
+                              "processes and takes no --registry; drop --registry, or serve "
+                              "with --streams nats://… where every role takes it")
         if eng.starts_server and self.roles is not None:
             raise ConfigError(f"--streams {self.streams} starts every role itself; to run one "
                               "role, point it at a running server: --streams nats://HOST:PORT")
