@@ -118,7 +118,8 @@ def test_archive_parts_hold_every_field_of_their_records() -> None:
     scores = [messages.Score(request_id=f"r{i}", deployment="d", model=f"m{i % 2}@1",
                              outputs={"predictions": [i], "probabilities": [[0.5, 0.5]]}
                              if i % 3 else {}, started_ns=i, finished_ns=i + 5,
-                             error="boom" if i % 3 == 0 else None, worker=f"w{i}")
+                             error="boom" if i % 3 == 0 else None, worker=f"w{i}",
+                             held_ns=i * 1000)
               for i in range(7)]
     results = [messages.Result(request_id=f"r{i}", deployment="d", model="m0@1" if i else None,
                                reason=messages.Reason.PREFERRED if i else messages.Reason.SLA_MISS,
@@ -135,7 +136,8 @@ def test_archive_parts_hold_every_field_of_their_records() -> None:
         "scores": pa.Table.from_pylist([
             {"request_id": x.request_id, "model": x.model,
              "outputs": messages.encode(x.outputs), "error": x.error,
-             "started_ns": x.started_ns, "finished_ns": x.finished_ns, "worker": x.worker}
+             "started_ns": x.started_ns, "finished_ns": x.finished_ns, "worker": x.worker,
+             "held_ns": x.held_ns}
             for x in scores], schema=SCORES_SCHEMA),
         "results": pa.Table.from_pylist([
             {"request_id": r.request_id, "chosen": r.model, "reason": r.reason.value,

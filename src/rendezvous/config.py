@@ -132,6 +132,12 @@ ANALYTICS = Setting("RENDEZVOUS_ANALYTICS", bool, True,
                     "the score archive; off leaves counts and latency only")
 LATE_GRACE_MS = Setting("RENDEZVOUS_LATE_GRACE_MS", float, 2000.0,
                         "how long after the deadline late scores are still collected")
+SHADOW_BATCH_MS = Setting("RENDEZVOUS_SHADOW_BATCH_MS", float, 50.0,
+                          "how long a shadow's worker (challengers, the canary) gathers requests "
+                          "into one batch; 0 scores them as soon as they arrive. Shadows never "
+                          "answer, so scoring them a little later costs no client anything and "
+                          "keeps the cores for the candidates; their latencies leave the wait out",
+                          minimum=0.0)
 LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
                               "how long after a request its feedback label is still counted "
                               "(older labels are counted as too late)", minimum=0.001)

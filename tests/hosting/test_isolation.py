@@ -58,12 +58,17 @@ async def test_a_challenger_that_aborts_is_restarted_and_no_request_fails(
     registry.apply_policy("dep", Policy(deadline_ms=300, models=[
         ModelSpec(champ, Role.CHAMPION, wait_ms=200), ModelSpec(crashy, Role.CHALLENGER)]))
     async with serve("dep") as client:
-        for i in range(40):
-            r = await client.post("/v1/deployments/dep/predict", json=[{"x": i, "y": 1.0}])
-            assert r.status_code == 200, r.text
-            assert r.json()["model"] == champ and r.json()["reason"] == "preferred"
+        sent = 0
 
         async def restarted_and_ready() -> bool:
+            # The challenger is a shadow: its worker gathers requests into batches, so keep
+            # asking until it has been handed its 8th batch (and every answer is the champion's).
+            nonlocal sent
+            for _ in range(5):
+                r = await client.post("/v1/deployments/dep/predict", json=[{"x": sent, "y": 1}])
+                assert r.status_code == 200, r.text
+                assert r.json()["model"] == champ and r.json()["reason"] == "preferred"
+                sent += 1
             s = (await states(client))[crashy]
             return int(s["restarts"]) >= 1 and s["state"] == "ready"  # type: ignore[call-overload]
 

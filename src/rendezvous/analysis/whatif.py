@@ -127,7 +127,7 @@ async def whatif(home: Path, deployment: str, policy: Policy, *, span: Span = Sp
         raise TimeRangeError(f"no decisions of {deployment!r} archived from {span.describe()}; "
                              "widen --from/--to", span.describe())
     ids = res["request_id"].to_pylist()
-    cols = ["request_id", "model", "error", "started_ns", "finished_ns"]
+    cols = ["request_id", "model", "error", "started_ns", "finished_ns", "held_ns"]
     recorded = evidence.scores(home, deployment, span, ids=ids, columns=cols)
     missing = [c.model for c in new.candidates
                if c.model not in set(recorded["model"].to_pylist())]
@@ -182,12 +182,15 @@ def _records(res: pa.Table, recorded: pa.Table,
             continue
         models = filed[mine.request_id]
         o = models.get(s["model"], {})
-        at = o.get("filed_ns", 0)
+        # A shadow's worker held the request while it gathered a batch: promoted, it would
+        # not have (``Score.held_ns``; null in parts archived before it was recorded).
+        held = s.get("held_ns") or 0
+        at = max(0, o.get("filed_ns", 0) - held)
         if not at and any(m.get("filed_ns") for m in models.values()):
             # Kept filing times, yet none for this score: it came after the decision was
             # recorded (missing), so after the response.
-            at = max(s["finished_ns"], mine.responded_ns + 1)
-        mine.scores[s["model"]] = Arrival(s["error"] is None, s["finished_ns"], at)
+            at = max(s["finished_ns"] - held, mine.responded_ns + 1)
+        mine.scores[s["model"]] = Arrival(s["error"] is None, s["finished_ns"] - held, at)
     for model, table in replayed.items():
         for s in table.to_pylist():
             mine = by_id.get(s["request_id"])

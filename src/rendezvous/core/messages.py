@@ -66,6 +66,14 @@ class Score(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     error: str | None = None
     worker: str = ""
     input_digest: str = ""  # blake2b of the Request bytes this worker scored
+    # How long the request waited only because a shadow's worker gathers a batch
+    # (``RENDEZVOUS_SHADOW_BATCH_MS``): the model's latency is ``ready_ns - received_ns``.
+    held_ns: int = 0
+
+    @property
+    def ready_ns(self) -> int:
+        """When the score would have been ready had its worker not paused (``held_ns``)."""
+        return self.finished_ns - self.held_ns
 
 
 class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -181,6 +189,11 @@ class ScoreHead(msgspec.Struct, kw_only=True, gc=False):
     started_ns: int = 0
     finished_ns: int = 0
     error: str | None = None
+    held_ns: int = 0  # see ``Score.held_ns``
+
+    @property
+    def ready_ns(self) -> int:
+        return self.finished_ns - self.held_ns
 
 
 _enc = msgspec.msgpack.Encoder()

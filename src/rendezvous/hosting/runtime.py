@@ -266,6 +266,7 @@ class DeploymentRuntime:
         start = await self.stream.last_offset(self.input_topic) + 1
         for host in new:
             worker = Worker(self.stream, self.name, host.model, host, start=start)
+            worker.follow(schedule or self.schedule)
             self.workers[host.model] = worker
             self._spawn_role(("worker", host.model), worker.run)
         return new
@@ -283,6 +284,8 @@ class DeploymentRuntime:
         follows_policy = ProcessRole.WORKER in self.server.roles and not self.server.roles.models
         if follows_policy:
             await self._start_models(policy.models, schedule=schedule)
+        for worker in self.workers.values():
+            worker.follow(schedule)  # a promoted challenger's worker turns prompt
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
         if self.monitor is not None:

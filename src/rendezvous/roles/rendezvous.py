@@ -274,13 +274,13 @@ class RendezvousServer:
             if s is None:
                 outcomes[model] = ModelOutcome(status=Status.MISSING)
                 continue
-            latency = (s.finished_ns - req.received_ns) / 1e6
+            latency = (s.ready_ns - req.received_ns) / 1e6  # a shadow's pacing left out
             filed = entry.filed.get(model, 0)
             if s.error is not None:
                 outcomes[model] = ModelOutcome(status=Status.ERROR, latency_ms=latency,
                                                error=s.error, filed_ns=filed)
             else:
-                late = s.finished_ns > req.deadline_ns
+                late = s.ready_ns > req.deadline_ns
                 outcomes[model] = ModelOutcome(
                     status=Status.LATE if late else Status.ON_TIME, latency_ms=latency,
                     filed_ns=filed)

@@ -56,7 +56,7 @@ _json = msgspec.json.Encoder()
 SCORES_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("model", pa.string()), ("outputs", pa.binary()),
     ("error", pa.string()), ("started_ns", pa.int64()), ("finished_ns", pa.int64()),
-    ("worker", pa.string()),
+    ("worker", pa.string()), ("held_ns", pa.int64()),  # held_ns: null in older parts
 ])
 
 
@@ -71,6 +71,7 @@ class _ScoreRaw(msgspec.Struct, gc=False):
     finished_ns: int = 0
     error: str | None = None
     worker: str = ""
+    held_ns: int = 0
 
 
 _scores_raw = msgspec.msgpack.Decoder(list[_ScoreRaw])
@@ -101,7 +102,8 @@ def scores_table(scores: Sequence[Any]) -> pa.Table:
     return pa.table([_column(scores, "request_id"), _column(scores, "model"),
                      list(map(bytes, _column(scores, "outputs"))), _column(scores, "error"),
                      _column(scores, "started_ns"), _column(scores, "finished_ns"),
-                     _column(scores, "worker")], schema=SCORES_SCHEMA)
+                     _column(scores, "worker"), _column(scores, "held_ns")],
+                    schema=SCORES_SCHEMA)
 
 
 def result_items(data: bytes) -> list[Any]:

@@ -65,7 +65,16 @@ class Batch(Protocol):
 
 @runtime_checkable
 class Consumer(Protocol):
-    """Async iterator of batches for one (topic, group); ``close()`` stops it."""
+    """Async iterator of batches for one (topic, group); ``close()`` stops it.
+
+    ``priority`` (lower first; a change counts from the consumer's next wait) orders the
+    consumers an engine
+    wakes in one process when records arrive: the embedded engine wakes them in that order,
+    so the champion's worker dispatches a request before other consumers run. On NATS each
+    consumer fetches from the server on its own and the value changes nothing.
+    """
+
+    priority: int
 
     def __aiter__(self) -> AsyncIterator[Batch]: ...
 
@@ -96,10 +105,12 @@ class Stream(Protocol):
         start: Start = "earliest",
         max_batch: int = 256,
         max_deliveries: int = 5,
+        priority: int = 0,
     ) -> Consumer:
         """Consume ``topic`` as member of ``group``.
 
-        ``start`` applies only when the group has no committed position yet. A record nak'ed or
+        ``start`` applies only when the group has no committed position yet; ``priority``
+        is the consumer's wake order (``Consumer.priority``). A record nak'ed or
         left unacknowledged ``max_deliveries`` times goes to the topic's dead-letter topic
         (``<topic>.dlq``) instead of being delivered again.
         """

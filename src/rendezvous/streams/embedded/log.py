@@ -85,17 +85,23 @@ class _Topic:
     dedup: OrderedDict[str, int] = field(default_factory=OrderedDict)
     groups: dict[str, _Group] = field(default_factory=dict)
     retention: Retention | None = None
-    wakeup: asyncio.Future[None] | None = None
+    # Waiting consumers by priority: ``notify`` wakes the lowest first, so the champion's
+    # worker hands a new request to its model host before anything else runs.
+    wakeups: dict[int, asyncio.Future[None]] = field(default_factory=dict)
 
     def notify(self) -> None:
-        if self.wakeup is not None and not self.wakeup.done():
-            self.wakeup.set_result(None)
-        self.wakeup = None
+        if not self.wakeups:
+            return
+        wakeups, self.wakeups = self.wakeups, {}
+        for priority in sorted(wakeups):
+            if not wakeups[priority].done():
+                wakeups[priority].set_result(None)
 
-    def wait(self) -> asyncio.Future[None]:
-        if self.wakeup is None:
-            self.wakeup = asyncio.get_running_loop().create_future()
-        return self.wakeup
+    def wait(self, priority: int = 0) -> asyncio.Future[None]:
+        fut = self.wakeups.get(priority)
+        if fut is None:
+            fut = self.wakeups[priority] = asyncio.get_running_loop().create_future()
+        return fut
 
     def trim_window(self) -> None:
         # Keep only what an attached group has yet to read and what is not durable yet;
@@ -133,8 +139,9 @@ class EmbeddedConsumer:
 
     def __init__(
         self, stream: EmbeddedStream, topic: str, group: str, start: Start,
-        max_batch: int, max_deliveries: int,
+        max_batch: int, max_deliveries: int, priority: int = 0,
     ) -> None:
+        self.priority = priority
         self._stream = stream
         self._topic_name = topic
         self._group_name = group
@@ -184,7 +191,7 @@ class EmbeddedConsumer:
             group.cursor = max(group.cursor, records[-1].offset + 1)
             topic.trim_window()
             return records
-        await topic.wait()
+        await topic.wait(self.priority)
         return []
 
     async def _ack(self, records: list[Record]) -> None:
@@ -416,11 +423,11 @@ class EmbeddedStream:
 
     def consume(
         self, topic: str, group: str, *, start: Start = "earliest", max_batch: int = 256,
-        max_deliveries: int = 5,
+        max_deliveries: int = 5, priority: int = 0,
     ) -> EmbeddedConsumer:
         if max_batch < 1 or max_deliveries < 1:
             raise StreamError("max_batch and max_deliveries must be at least 1")
-        return EmbeddedConsumer(self, topic, group, start, max_batch, max_deliveries)
+        return EmbeddedConsumer(self, topic, group, start, max_batch, max_deliveries, priority)
 
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[Record]:
         assert self._read_conn is not None

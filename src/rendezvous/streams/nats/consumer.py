@@ -108,6 +108,7 @@ class NatsConsumer:
     ) -> None:
         self.topic = topic
         self.group = group
+        self.priority = 0  # see ``Consumer.priority``: the server decides who fetches first
         self.outstanding: set[NatsBatch] = set()
         self._engine = engine
         self._policy = policy

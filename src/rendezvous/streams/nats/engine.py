@@ -215,8 +215,11 @@ class NatsStream:
         start: Start = "earliest",
         max_batch: int = 256,
         max_deliveries: int = 5,
+        priority: int = 0,
     ) -> NatsConsumer:
-        """Consume ``topic`` in ``group``; the durable consumer is bound on first iteration."""
+        """Consume ``topic`` in ``group``; the durable consumer is bound on first iteration.
+        (``priority`` is kept but changes nothing: each consumer fetches from the server on
+        its own.)"""
         if self._closed:
             raise StreamError(f"cannot consume topic {topic!r}: the NATS engine is closed")
         if max_batch < 1 or max_deliveries < 1:
@@ -227,6 +230,7 @@ class NatsStream:
         consumer = NatsConsumer(
             self, check_topic(topic), group, deliver_policy(start), max_batch, max_deliveries
         )
+        consumer.priority = priority
         self._consumers.add(consumer)
         return consumer
 

@@ -1,0 +1,132 @@
+"""Workers by role: candidates prompt, shadows paced (``RENDEZVOUS_SHADOW_BATCH_MS``).
+
+A shadow's worker gathers requests into batches; the time a request waited only for that is
+recorded in its score (``held_ns``) and left out of the shadow's latency and lateness. A
+promoted challenger's worker turns prompt at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import httpx
+import pytest
+
+from rendezvous import ModelSpec, Policy, Registry, Role
+from rendezvous.core import messages
+from rendezvous.core.policy import Candidate, Schedule
+from rendezvous.roles.worker import SHADOW_PRIORITY, held_ns, urgency
+from rendezvous.streams.base import Record
+from tests.conftest import register_callable
+
+Serve = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+WAIT_S = 60.0
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("champ@1", (-2, 0.0)), ("fb@1", (-1, 0.0)), ("chal@1", (SHADOW_PRIORITY, 0.05)),
+    ("canary@1", (SHADOW_PRIORITY, 0.05)), ("unnamed@1", (SHADOW_PRIORITY, 0.05))])
+def test_candidates_are_prompt_and_first_others_are_paced(
+        model: str, expected: tuple[int, float]) -> None:
+    schedule = Schedule("d", 1, 100.0, (Candidate("champ@1", 50.0), Candidate("fb@1", 80.0)),
+                        shadows=("chal@1", "canary@1"))
+    assert urgency(schedule, model, shadow_batch_s=0.05) == expected
+
+
+@pytest.mark.parametrize(("ts", "paused", "resumed", "expected"), [
+    (100, 200, 300, 100),  # appended before the pause: waited from its start
+    (250, 200, 300, 50),  # appended during the pause: waited from its append
+    (300, 200, 300, 0),  # appended as the pause ended
+    (400, 200, 300, 0),  # appended after it
+])
+def test_held_time_counts_only_the_pause(ts: int, paused: int, resumed: int,
+                                         expected: int) -> None:
+    assert held_ns([Record(1, b"", ts_ns=ts)], paused, resumed) == [expected]
+
+
+async def _records(client: httpx.AsyncClient, kind: str) -> list[Any]:
+    stream = client.proxy_app.server.stream  # type: ignore[attr-defined]
+    return await stream.read(f"dep.{kind}", from_offset=1, limit=100_000)
+
+
+async def _scores(client: httpx.AsyncClient) -> list[tuple[int, messages.Score]]:
+    """Every score with the offset of the record (the batch) that carried it."""
+    return [(r.offset, s) for r in await _records(client, "scores")
+            for s in messages.scores_decoder.decode(r.data)]
+
+
+async def _results(client: httpx.AsyncClient, n: int) -> list[Any]:
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while True:
+        found = [messages.result_decoder.decode(r.data) for r in await _records(client,
+                                                                               "results")]
+        if len(found) >= n:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"{len(found)} of {n} results"
+        await asyncio.sleep(0.1)
+
+
+async def _ask(client: httpx.AsyncClient, n: int, model: str) -> set[str]:
+    """Send ``n`` requests one after the other, each answered by ``model``; their ids."""
+    ids = set()
+    for i in range(n):
+        r = await client.post("/v1/deployments/dep/predict", json=[{"x": i, "y": 1.0}])
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == model and r.json()["reason"] == "preferred"
+        ids.add(r.json()["request_id"])
+    return ids
+
+
+def _two_doublers(registry: Registry, monkeypatch: pytest.MonkeyPatch, *,
+                  deadline_ms: float) -> tuple[str, str]:
+    """A champion and a challenger computing the same; shadows gather for 400 ms."""
+    monkeypatch.setenv("RENDEZVOUS_SHADOW_BATCH_MS", "400")
+    champ = register_callable(registry, "champ", "tests.models:doubler")
+    chal = register_callable(registry, "chal", "tests.models:doubler")
+    registry.apply_policy("dep", Policy(deadline_ms=deadline_ms, models=[
+        ModelSpec(champ, Role.CHAMPION, wait_ms=deadline_ms * 0.75),
+        ModelSpec(chal, Role.CHALLENGER)]))
+    return champ, chal
+
+
+async def test_a_shadow_scores_in_batches_and_its_latency_leaves_the_wait_out(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, chal = _two_doublers(registry, monkeypatch, deadline_ms=200)
+    async with serve("dep") as client:
+        await _ask(client, 10, champ)
+        results = await _results(client, 10)
+        scores = await _scores(client)
+    mine = {m: [(o, s) for o, s in scores if s.model == m] for m in (champ, chal)}
+    assert len(mine[champ]) == len(mine[chal]) == 10
+    # The champion scored each request as it came (one batch each), never held.
+    assert len({o for o, _ in mine[champ]}) == 10
+    assert all(s.held_ns == 0 for _, s in mine[champ])
+    # The challenger gathered them: fewer batches, and some requests waited for the pause.
+    assert len({o for o, _ in mine[chal]}) < 10
+    assert any(s.held_ns > 0 for _, s in mine[chal])
+    by_id = {s.request_id: s for _, s in mine[chal]}
+    for res in results:
+        s = by_id[res.request_id]
+        outcome = res.models[chal]
+        assert outcome.status is messages.Status.ON_TIME  # 200 ms deadline, 400 ms batches
+        assert outcome.latency_ms == pytest.approx((s.finished_ns - s.held_ns
+                                                    - res.received_ns) / 1e6)
+
+
+async def test_a_promoted_challenger_turns_prompt(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, chal = _two_doublers(registry, monkeypatch, deadline_ms=2000)
+    async with serve("dep") as client:
+        await _ask(client, 3, champ)
+        server = client.proxy_app.server  # type: ignore[attr-defined]
+        await server.apply_policy("dep", Policy(deadline_ms=2000, models=[
+            ModelSpec(chal, Role.CHAMPION, wait_ms=1500), ModelSpec(champ, Role.CHALLENGER)]),
+            by="test")
+        asked = await _ask(client, 8, chal)
+        after = [(o, s) for o, s in await _scores(client)
+                 if s.model == chal and s.request_id in asked]
+    # Sequential requests to a prompt worker: one batch per request, none held.
+    assert len(after) == 8 and len({o for o, _ in after}) == 8
+    assert all(s.held_ns == 0 for _, s in after)
