@@ -139,6 +139,7 @@ class Worker:
         self._room = asyncio.Semaphore(MAX_RECORDING)
         self._paused = (0, 0)  # wall-clock ns of the last pause, for held_ns
         self._unpause = asyncio.Event()  # set by ``follow``: a pause ends at once
+        self._failed: BaseException | None = None  # of a background recording
 
     def follow(self, schedule: Schedule) -> None:
         """Take the urgency of this model's role in ``schedule`` (at start, and whenever the
@@ -174,6 +175,11 @@ class Worker:
         await asyncio.gather(*self._recording, return_exceptions=True)
 
     async def _handle(self, batch: Batch) -> None:
+        if self._failed is not None:
+            # The engine could not confirm an earlier batch's ack: fail like a synchronous
+            # ack would, so the role is started again (this batch comes back unacknowledged).
+            failed, self._failed = self._failed, None
+            raise failed
         data = await self.scoring.score(batch.records)
         if data is not None and self._paused[1] > batch.records[0].ts_ns:
             data = self._with_held(data, batch.records)
@@ -187,11 +193,14 @@ class Worker:
     def _recorded(self, task: asyncio.Task[None]) -> None:
         self._recording.discard(task)
         self._room.release()
-        if not task.cancelled() and task.exception() is not None:
-            # Only while stopping (appends are retried until then): the batch is not
-            # acknowledged and comes back to the group.
-            log.info("worker %s: scores not recorded while stopping (%s)", self.model,
-                     task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
+            return
+        # Not acknowledged: the batch comes back to the group (after a restart).
+        if self._stopped:
+            log.info("worker %s: a batch not recorded while stopping (%s)", self.model, exc)
+        else:
+            self._failed = exc
 
     def _with_held(self, data: bytes, records: Sequence[Record]) -> bytes:
         held = dict(zip((r.offset for r in records), held_ns(records, *self._paused),
