@@ -31,7 +31,8 @@ from rendezvous.errors import ConfigError, RendezvousError, UnavailableError
 from rendezvous.fsurl import is_remote, local_path, open_url
 from rendezvous.ids import check_name, new_request_id
 
-__all__ = ["Archive", "LocalArchive", "ObjectArchive", "open_archive", "write_atomic"]
+__all__ = ["Archive", "LocalArchive", "ObjectArchive", "import_table_modules", "open_archive",
+           "write_atomic"]
 
 PATTERN = "date=*/part-*.parquet"
 
@@ -47,6 +48,14 @@ def _reaching(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise UnavailableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def import_table_modules() -> None:
+    """Build one tiny table now: the first table pyarrow builds from Python lists imports
+    pandas (hundreds of modules, about 0.2 s here). A serving process calls this before it
+    opens, so its first archive flush does not stall its event loop (and the requests in
+    flight) for that long."""
+    pa.table([[0]], names=["warm"])
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rendezvous import config
-from rendezvous.archive import Archive, open_archive
+from rendezvous.archive import Archive, import_table_modules, open_archive
 from rendezvous.core import messages
 from rendezvous.core.policy import Isolation, ModelSpec, Policy, Role, Schedule
 from rendezvous.core.schema import Signature
@@ -196,6 +196,8 @@ class DeploymentRuntime:
                 self.stream, self.name, self.schedule, self.server.returns,
                 late_grace_ms=self.server.late_grace_ms)
             self._spawn_role("rendezvous", self.rendezvous.run)
+        if ProcessRole.DECOY in roles or ProcessRole.MONITOR in roles:
+            await asyncio.to_thread(import_table_modules)  # before the first archive flush
         if ProcessRole.DECOY in roles and self.policy.decoy:
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature,
                                archive=self.server.archive)
