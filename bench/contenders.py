@@ -147,6 +147,8 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "serve --processes 2"),
     Contender("rendezvous-4-no-analytics", rendezvous_contender.prepare_four_without_analytics,
               None, "rendezvous-4 with RENDEZVOUS_ANALYTICS=0"),
+    Contender("rendezvous-4-preempting", rendezvous_contender.prepare_four_preempting, None,
+              "rendezvous-4 with RENDEZVOUS_HOSTS_PREEMPT=1 (model hosts not SCHED_BATCH)"),
     Contender("rendezvous-1-thread", rendezvous_contender.prepare_one_thread, None,
               "rendezvous-1 with isolation = \"thread\" (the model in the serving process)"),
     Contender("rendezvous-4-thread", rendezvous_contender.prepare_four_thread, None,

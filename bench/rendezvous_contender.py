@@ -173,6 +173,13 @@ def prepare_four_without_analytics(ws: Workspace) -> ServerSpec:
     return dataclasses.replace(spec, env={**spec.env, "RENDEZVOUS_ANALYTICS": "0"})
 
 
+def prepare_four_preempting(ws: Workspace) -> ServerSpec:
+    """``rendezvous-4-preempting``: ``rendezvous-4`` with ``RENDEZVOUS_HOSTS_PREEMPT=1`` (model
+    hosts under Linux's default policy, not SCHED_BATCH): what the host policy is worth."""
+    spec = _prepare(ws, "bench4")
+    return dataclasses.replace(spec, env={**spec.env, "RENDEZVOUS_HOSTS_PREEMPT": "1"})
+
+
 def prepare_one_thread(ws: Workspace) -> ServerSpec:
     """``rendezvous-1-thread``: ``rendezvous-1`` with its model in the serving process."""
     return _prepare(ws, "bench1t")

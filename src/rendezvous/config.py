@@ -138,6 +138,10 @@ SHADOW_BATCH_MS = Setting("RENDEZVOUS_SHADOW_BATCH_MS", float, 50.0,
                           "answer, so scoring them a little later costs no client anything and "
                           "keeps the cores for the candidates; their latencies leave the wait out",
                           minimum=0.0)
+HOSTS_PREEMPT = Setting("RENDEZVOUS_HOSTS_PREEMPT", bool, False,
+                        "let model hosts preempt the serving process when they are handed a "
+                        "batch (Linux's default policy); off runs them SCHED_BATCH, so the "
+                        "serving process keeps its core while it dispatches")
 LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
                               "how long after a request its feedback label is still counted "
                               "(older labels are counted as too late)", minimum=0.001)

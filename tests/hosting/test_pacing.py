@@ -7,6 +7,7 @@ promoted challenger's worker turns prompt at once."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -130,3 +131,17 @@ async def test_a_promoted_challenger_turns_prompt(
     # Sequential requests to a prompt worker: one batch per request, none held.
     assert len(after) == 8 and len({o for o, _ in after}) == 8
     assert all(s.held_ns == 0 for _, s in after)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling policies")
+@pytest.mark.parametrize(("preempt", "policy"), [("0", "SCHED_BATCH"), ("1", "SCHED_OTHER")])
+async def test_model_hosts_do_not_preempt_the_serving_process_unless_told(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch, preempt: str,
+        policy: str) -> None:
+    monkeypatch.setenv("RENDEZVOUS_HOSTS_PREEMPT", preempt)
+    champ, chal = _two_doublers(registry, monkeypatch, deadline_ms=2000)
+    async with serve("dep") as client:
+        await _ask(client, 1, champ)
+        states = (await client.get("/v1/deployments/dep/status")).json()["model_states"]
+        pids = [int(states[m]["pid"]) for m in (champ, chal)]
+        assert all(os.sched_getscheduler(pid) == getattr(os, policy) for pid in pids), pids

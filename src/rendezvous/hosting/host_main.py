@@ -12,12 +12,15 @@ each ``ScoreBatch`` with ``Scored``. It exits when its parent closes the socket 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
 
+from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.errors import NotFoundError
 from rendezvous.hosting.protocol import (
@@ -40,6 +43,19 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _never_preempt_the_parent() -> None:
+    """Run as ``SCHED_BATCH`` (Linux), whose wake-ups do not preempt a running process. When
+    the serving process hands this host a batch, it goes on handing batches to the other hosts
+    and answering clients instead of being pushed off its core in the middle of the write; the
+    host runs on a free core, or as soon as one frees up. It is still an ordinary time-shared
+    process (no privilege needed, same share of the CPU). ``RENDEZVOUS_HOSTS_PREEMPT=1``
+    keeps the default policy; the two are compared in ``bench/results/host-sched``."""
+    if config.HOSTS_PREEMPT.get():
+        return
+    with contextlib.suppress(AttributeError, OSError):  # elsewhere: the default policy
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -104,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", required=True)
     args = p.parse_args(argv)
     _die_with_parent()
+    _never_preempt_the_parent()
     # Ctrl-C in a terminal reaches the whole foreground group; the parent stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
