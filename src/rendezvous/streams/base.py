@@ -68,10 +68,10 @@ class Consumer(Protocol):
     """Async iterator of batches for one (topic, group); ``close()`` stops it.
 
     ``priority`` (lower first; a change counts from the consumer's next wait) orders the
-    consumers an engine
-    wakes in one process when records arrive: the embedded engine wakes them in that order,
-    so the champion's worker dispatches a request before other consumers run. On NATS each
-    consumer fetches from the server on its own and the value changes nothing.
+    consumers an engine wakes in one process when records arrive: the embedded engine wakes
+    them in that order, so the champion's worker dispatches a request before other consumers
+    run. On NATS each consumer fetches from the server on its own and the value changes
+    nothing.
     """
 
     priority: int
