@@ -50,7 +50,7 @@ def _never_preempt_the_parent() -> None:
     the serving process hands this host a batch, it goes on handing batches to the other hosts
     and answering clients instead of being pushed off its core in the middle of the write; the
     host runs on a free core, or as soon as one frees up. It is still an ordinary time-shared
-    process (no privilege needed, same share of the CPU). ``RENDEZVOUS_HOSTS_PREEMPT=1``
+    process (no privilege needed, the same nice weight). ``RENDEZVOUS_HOSTS_PREEMPT=1``
     keeps the default policy; the two are compared in ``bench/results/host-sched``."""
     if config.HOSTS_PREEMPT.get():
         return
