@@ -4,10 +4,13 @@ a consumer's priority may change while it consumes (from its next wait on)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from rendezvous.streams.base import Consumer
 from rendezvous.streams.embedded import log as emb
+
+WAIT_S = 30.0
 
 
 async def _first_batches(consumers: dict[str, Consumer], stream: emb.EmbeddedStream,
@@ -20,10 +23,16 @@ async def _first_batches(consumers: dict[str, Consumer], stream: emb.EmbeddedStr
             order.append(name)
             await batch.ack()
 
+    async def until(done: Callable[[], bool]) -> None:
+        async def poll() -> None:
+            while not done():
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(poll(), WAIT_S)  # a regression fails, it does not hang
+
     async def all_waiting() -> None:
         # Each has acknowledged its last batch (a commit) and waits for the next record.
-        while len(stream._topics["t.input"].wakeups) < len(consumers):
-            await asyncio.sleep(0.01)
+        await until(lambda: len(stream._topics["t.input"].wakeups) >= len(consumers))
 
     tasks = [asyncio.ensure_future(read(n, c)) for n, c in consumers.items()]
     seen = []
@@ -32,8 +41,7 @@ async def _first_batches(consumers: dict[str, Consumer], stream: emb.EmbeddedStr
             await all_waiting()
             order.clear()
             await stream.append("t.input", [f"r{i}".encode()])
-            while len(order) < len(consumers):
-                await asyncio.sleep(0.01)
+            await until(lambda: len(order) >= len(consumers))
             seen.append(list(order))
             if i == 0:
                 # Counts from its next wait: it may wait for the next record already, so

@@ -105,10 +105,11 @@ class NatsConsumer:
         policy: dict[str, Any],
         max_batch: int,
         max_deliveries: int,
+        priority: int = 0,
     ) -> None:
         self.topic = topic
         self.group = group
-        self.priority = 0  # see ``Consumer.priority``: the server decides who fetches first
+        self.priority = priority  # see ``Consumer.priority``: the server decides who fetches first
         self.outstanding: set[NatsBatch] = set()
         self._engine = engine
         self._policy = policy

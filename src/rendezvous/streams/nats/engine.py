@@ -227,10 +227,8 @@ class NatsStream:
                 f"consume {topic!r}: max_batch ({max_batch}) and max_deliveries "
                 f"({max_deliveries}) must be >= 1"
             )
-        consumer = NatsConsumer(
-            self, check_topic(topic), group, deliver_policy(start), max_batch, max_deliveries
-        )
-        consumer.priority = priority
+        consumer = NatsConsumer(self, check_topic(topic), group, deliver_policy(start),
+                                max_batch, max_deliveries, priority)
         self._consumers.add(consumer)
         return consumer
 
