@@ -24,7 +24,8 @@ async def main(seconds: float) -> None:
     home = Path(tempfile.mkdtemp())
     with Registry(home) as reg:
         demo.setup(reg)
-    async with running(["demo"], home=home, port=0) as (_, url):
+    async with running(["demo"], home=home, port=0) as serving:
+        url = serving.edge[1]
         sender = asyncio.ensure_future(demo.traffic(url, seconds))
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path="/usr/bin/chromium",

@@ -77,9 +77,10 @@ def serve(home: Path) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncCl
     async def _serve(*deployments: str, settled: bool = True,
                      **kwargs: object) -> AsyncIterator[httpx.AsyncClient]:
         async with (
-            running(list(deployments), home=home, port=0, **kwargs) as (proxy, url),
-            httpx.AsyncClient(base_url=url, timeout=10) as client,
+            running(list(deployments), home=home, port=0, **kwargs) as serving,
+            httpx.AsyncClient(base_url=serving.edge[1], timeout=10) as client,
         ):
+            proxy = serving.edge[0]
             client.proxy_app = proxy  # type: ignore[attr-defined]
             if settled:  # shadows too: tests count their scores from the first request on
                 await settle(proxy.server)

@@ -27,10 +27,11 @@ from tests.conftest import register_callable
 @contextlib.asynccontextmanager
 async def serve_grpc(home: Path, *deployments: str) -> AsyncIterator[tuple[str, str]]:
     """(HTTP base URL, gRPC address) of a real server with gRPC on a free port."""
-    async with (running(list(deployments), home=home, port=0) as (proxy, url),
-                serving(proxy, port=0) as address):
-        assert address is not None
-        yield url, address
+    async with running(list(deployments), home=home, port=0) as s:
+        proxy, url = s.edge
+        async with serving(proxy, port=0) as address:
+            assert address is not None
+            yield url, address
 
 
 def with_triton(address: str, calls: Callable[[Any], Any]) -> Any:
@@ -152,10 +153,10 @@ async def test_grpc_is_off_unless_a_port_is_set(registry: Registry, home: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     deploy(registry)
     monkeypatch.delenv("RENDEZVOUS_GRPC_PORT", raising=False)
-    async with running(["dep"], home=home, port=0) as (proxy, _), serving(proxy) as address:
+    async with running(["dep"], home=home, port=0) as s, serving(s.edge[0]) as address:
         assert address is None
     monkeypatch.setenv("RENDEZVOUS_GRPC_PORT", "0")
-    async with running(["dep"], home=home, port=0) as (proxy, _), serving(proxy) as address:
+    async with running(["dep"], home=home, port=0) as s, serving(s.edge[0]) as address:
         assert address is not None and address.startswith("127.0.0.1:")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rendezvous import ModelSpec, Policy, Registry, Role
+from rendezvous import ModelSpec, Policy, Registry, Role, config
 from rendezvous.errors import ConfigError, ConflictError, LogInUseError, LogMismatchError
 from rendezvous.ids import ModelRef, check_name
 from rendezvous.roles.monitor import stats_from_log
@@ -189,6 +189,43 @@ async def test_home_and_files_are_private_unless_the_operator_says(
     monkeypatch.setenv("RENDEZVOUS_FILE_MODE", "rw")
     with pytest.raises(ConfigError, match="RENDEZVOUS_FILE_MODE"):
         await EmbeddedStream.open(tmp_path / "x" / "streams.db")
+
+
+def test_writers_of_one_file_never_disturb_each_other(tmp_path: Path) -> None:
+    """Several threads replacing one file (a monitor's tick and its stop both save the
+    state): each write is whole, none fails, and no temporary file is left behind."""
+    path = tmp_path / "home" / "monitor" / "dep.json"
+    bodies = [bytes([i]) * (64 * 1024) for i in range(8)]
+    errors: list[BaseException] = []
+
+    def write(body: bytes) -> None:
+        try:
+            for _ in range(25):
+                config.write_private(path, body)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert path.read_bytes() in bodies and mode(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["dep.json"]
+
+
+def test_a_failed_write_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    path = config.write_private(tmp_path / "state.json", b"before")
+
+    def fail(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        config.replace_private(path, fail)
+    assert path.read_bytes() == b"before"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 # -- item 5: concurrent policy writes --------------------------------------------------------

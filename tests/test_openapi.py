@@ -64,8 +64,8 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop = asyncio.Event()
 
     async def serve() -> None:
-        async with running(["dep"], home=home, port=0) as (_, base):
-            url.append(base)
+        async with running(["dep"], home=home, port=0) as s:
+            url.append(s.edge[1])
             started.set()
             await stop.wait()
 

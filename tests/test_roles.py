@@ -21,7 +21,7 @@ from rendezvous import Registry
 from rendezvous.cli import app
 from rendezvous.errors import ConfigError
 from rendezvous.hosting.plans import wait_for_groups
-from rendezvous.hosting.serving import running, running_roles
+from rendezvous.hosting.serving import running
 from rendezvous.hosting.topology import ProcessRole, Roles, groups_of
 from rendezvous.streams.nats.engine import NatsStream
 from rendezvous.streams.nats.returns import NatsReturns
@@ -74,8 +74,8 @@ def test_serve_refuses_option_combinations_that_mean_nothing(args: list[str], ma
 async def test_one_role_per_process_needs_a_shared_engine(registry: Registry) -> None:
     two_models(registry)
     with pytest.raises(ConfigError, match="needs a stream engine shared between processes"):
-        async with running_roles(Roles.only("decoy"), [DEP], home=registry.home,
-                                 streams="embedded"):
+        async with running([DEP], roles=Roles.only("decoy"), home=registry.home,
+                           streams="embedded"):
             pass
 
 
@@ -137,8 +137,10 @@ async def test_proxy_and_backend_in_separate_servers_follow_one_policy(
     refs = two_models(registry)
     backend = Roles(frozenset(set(ProcessRole) - {ProcessRole.PROXY}))
     url = nats_server.url
-    async with running_roles(backend, [DEP], home=registry.home, streams=url,
-                             port=0) as (server, monitor_url):
+    async with running([DEP], roles=backend, home=registry.home, streams=url,
+                       port=0) as backend_serving:
+        server, monitor_url = backend_serving.server, backend_serving.url
+        assert backend_serving.proxy is None
         policy = registry.policy(DEP)[0]
         await wait_for_groups(nats_stream, [p for r in backend.run
                                             for p in groups_of(DEP, policy, r)], timeout_s=20)
@@ -146,10 +148,10 @@ async def test_proxy_and_backend_in_separate_servers_follow_one_policy(
             # As on another machine: its own data directory, the registry shared by URL.
             running([DEP], home=tmp_path / "elsewhere", streams=url, port=0,
                     roles=Roles.only("proxy"),
-                    registry_url=f"sqlite:///{registry.home / 'registry.db'}") as (
-                        proxy, proxy_url),
-            httpx.AsyncClient(base_url=proxy_url, timeout=5) as client,
+                    registry_url=f"sqlite:///{registry.home / 'registry.db'}") as serving,
+            httpx.AsyncClient(base_url=serving.edge[1], timeout=5) as client,
         ):
+            proxy = serving.edge[0]
             assert (await client.get("/v2/health/ready")).status_code == 200
             r = await client.post(f"/v1/deployments/{DEP}/predict", json=[{"x": 1, "y": 2}])
             assert r.status_code == 200, r.text

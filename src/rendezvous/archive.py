@@ -61,11 +61,7 @@ def import_table_modules() -> None:
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` as the Parquet file ``path``, whole or not at all (temp file, rename),
     with the data directory's modes."""
-    config.private_dir(path.parent)
-    tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp)
-    config.private_file(tmp)
-    os.replace(tmp, path)
+    config.replace_private(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def day_of(at_ns: int) -> str:

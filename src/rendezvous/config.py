@@ -7,6 +7,8 @@ the environment.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -177,3 +179,32 @@ def private_file(path: Path) -> Path:
     whatever the umask made of it."""
     os.chmod(path, FILE_MODE.get())
     return path
+
+
+def replace_private(path: Path, write: Callable[[Path], object]) -> Path:
+    """Make ``path`` whole or not at all: ``write`` fills a temporary file beside it, which
+    then takes its place with the mode of ``private_file``. Each call has its own temporary
+    file, so writers of one path never disturb each other (the last to finish wins), and a
+    failed write leaves ``path`` as it was and no temporary file behind."""
+    private_dir(path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        private_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    """``replace_private`` with ``data``, flushed to the disk before it takes the place."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return replace_private(path, write)

@@ -148,7 +148,8 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
     out.print(f"deployment [bold]demo[/]: {', '.join(models)}")
 
     async def main() -> None:
-        async with running(["demo"], home=root, port=port) as (proxy, url):
+        async with running(["demo"], home=root, port=port) as serving:
+            proxy, url = serving.edge
             out.print(f"serving at {url}; sending traffic"
                       + (f" for {duration:g} s" if duration else " (Ctrl-C stops)")
                       + "; labels for half of it, inputs shifted halfway")

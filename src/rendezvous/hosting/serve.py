@@ -17,7 +17,7 @@ from pathlib import Path
 from rendezvous import config
 from rendezvous.hosting.plans import plan_for, reuseport_socket
 from rendezvous.hosting.supervisor import Say, Supervisor, parent_gone
-from rendezvous.hosting.topology import Mode, ProcessRole, Roles, Topology
+from rendezvous.hosting.topology import Mode, Roles, Topology
 
 __all__ = ["serve", "until_stopped"]
 
@@ -55,10 +55,10 @@ async def _single(topology: Topology, deployments: list[str] | None, home: Path,
     if part is None:
         async with running(deployments, home=home, host=host, port=port,
                            streams=topology.streams, registry_url=topology.registry_url,
-                           reset_log=topology.reset_log) as (proxy, url):
-            for line in proxy.server.problems():
+                           reset_log=topology.reset_log) as serving:
+            for line in serving.server.problems():
                 warn(line)
-            say(f"serving {', '.join(proxy.server.runtimes)} at {url} (Ctrl-C stops)")
+            say(f"serving {', '.join(serving.server.runtimes)} at {serving.url} (Ctrl-C stops)")
             await until_stopped()
         say("stopped")
         return
@@ -68,35 +68,30 @@ async def _single(topology: Topology, deployments: list[str] | None, home: Path,
     # listens, which the HTTP server does when every candidate model is warm.
     sock = reuseport_socket(config.HOST.get(host), config.PORT.get(port))
     async with running(deployments, home=home, sock=sock, streams=partition_url(part),
-                       run_files=False, reset_log=topology.reset_log) as (proxy, _):
+                       run_files=False, reset_log=topology.reset_log) as serving:
         if part == 0:  # every partition loads the same models: one report is enough
-            for line in proxy.server.problems():
+            for line in serving.server.problems():
                 warn(line)
         await until_stopped()
 
 
 async def _role(roles: Roles, topology: Topology, deployments: list[str] | None, home: Path,
                 host: str | None, port: int | None, say: Say) -> None:
-    from rendezvous.hosting.serving import running, running_roles
+    from rendezvous.hosting.serving import running
 
     label = f"{roles.label}[{os.getpid()}]"
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s")
     url = topology.streams
-    if ProcessRole.PROXY in roles:
-        async with running(deployments, home=home, host=host, port=port, streams=url,
-                           roles=roles, registry_url=topology.registry_url) as (proxy, http):
-            say(f"proxy of {', '.join(proxy.server.runtimes)} at {http} on {url} "
-                "(Ctrl-C stops)")
-            await until_stopped()
-    else:
-        async with running_roles(roles, deployments, home=home, host=host, port=port,
-                                 streams=url,
-                                 registry_url=topology.registry_url) as (server, http):
-            where = f" (status at {http})" if http else ""
-            say(f"{roles.label} of {', '.join(server.runtimes)} on {url}{where} "
-                "(Ctrl-C stops)")
-            await until_stopped()
+    async with running(deployments, roles=roles, home=home, host=host, port=port,
+                       streams=url, registry_url=topology.registry_url) as serving:
+        names = ", ".join(serving.server.runtimes)
+        if serving.proxy is not None:
+            say(f"proxy of {names} at {serving.url} on {url} (Ctrl-C stops)")
+        else:
+            where = f" (status at {serving.url})" if serving.url else ""
+            say(f"{roles.label} of {names} on {url}{where} (Ctrl-C stops)")
+        await until_stopped()
     say(f"{roles.label}: stopped")
 
 

@@ -3,9 +3,10 @@
 While serving, ``<home>/run/<deployment>.json`` (mode 0600) tells local commands where the
 server is and holds its admin token, so ``rendezvous promote`` reaches the running process.
 
-``running`` serves the proxy (and, by default, every other role in the same process);
-``running_roles`` runs roles without the proxy, one process each on a shared engine: the
-monitor then answers on its own port (``<home>/run/<deployment>.monitor.json`` says where).
+``running`` runs the roles of one process: by default every role, with the proxy as the HTTP
+edge; a process without the proxy (one role each, on a shared engine) that runs the monitor
+answers the monitor's endpoints on its own port instead
+(``<home>/run/<deployment>.monitor.json`` says where).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,12 +60,7 @@ def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
     paths = []
     for name in deployments:
         path = monitor_run_file(home, name) if kind == "monitor" else run_file(home, name)
-        config.private_dir(path.parent)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        os.replace(tmp, path)
+        config.write_private(path, json.dumps(info).encode())
         paths.append(path)
     return paths
 
@@ -138,89 +135,90 @@ async def _http(app: Any, host: str | None, port: int | None, *,
         await task
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What ``running`` yields: the process's ``Server``; its HTTP edge (``proxy``), or None
+    in a process that runs no proxy; and the base URL it answers on: the proxy's, else the
+    monitor's status endpoint, else None (a process of workers, say, answers no HTTP)."""
+
+    server: Server
+    proxy: Proxy | None
+    url: str | None
+
+    @property
+    def edge(self) -> tuple[Proxy, str]:
+        """The proxy and its base URL, for a process that runs the proxy (the default)."""
+        if self.proxy is None or self.url is None:
+            raise ConfigError(f"this process runs {self.server.roles.label}, not the proxy; "
+                              "serve with every role, or with --role proxy, for the HTTP edge")
+        return self.proxy, self.url
+
+
 @contextlib.asynccontextmanager
 async def running(
-    deployments: list[str] | None = None, *, home: Path | str | None = None,
-    host: str | None = None, port: int | None = None, streams: str | None = None,
-    admin_token: str | None = None, roles: Roles | None = None,
+    deployments: list[str] | None = None, *, roles: Roles | None = None,
+    home: Path | str | None = None, host: str | None = None, port: int | None = None,
+    streams: str | None = None, admin_token: str | None = None,
     registry_url: str | None = None, sock: socket.socket | None = None,
     run_files: bool = True, reset_log: bool = False, archive: str | None = None,
-) -> AsyncIterator[tuple[Proxy, str]]:
-    """Serve in the current event loop; yields (proxy, base URL) once ready.
+) -> AsyncIterator[Serving]:
+    """Run ``roles`` (default every role) of ``deployments`` (default all of the registry's)
+    in the current event loop; yields a ``Serving`` once ready, and stops cleanly on exit
+    (requests in flight finish, the archive is flushed).
 
-    The port opens only once every candidate model is warm (or has failed, with its reason:
-    see ``proxy.server.runtimes[d].failed_models()``), so the first request is answered like
-    the thousandth. ``roles``: what this process runs besides the HTTP edge, default
-    everything; ``Roles.only("proxy")`` for a proxy on a shared engine
-    (``streams="nats://…"``). ``sock``: serve on this socket (one of the ``SO_REUSEPORT``
-    group of ``serve --processes N``) instead of binding ``host:port``. ``archive``: where
-    the evidence archive goes, a path or fsspec URL (default ``RENDEZVOUS_ARCHIVE``, else
-    ``<home>/archive``).
+    With the proxy, the port opens only once every candidate model is warm (or has failed,
+    with its reason: see ``server.runtimes[d].failed_models()``), so the first request is
+    answered like the thousandth. Without it, a process that runs the monitor answers the
+    monitor's read-only endpoints (``rendezvous.http.monitor_app``) instead; one running
+    only some roles needs an engine shared between processes (``streams="nats://…"``).
+    ``sock``: serve on this socket (one of the ``SO_REUSEPORT`` group of ``serve --processes
+    N``) instead of binding ``host:port``. ``archive``: where the evidence archive goes, a
+    path or fsspec URL (default ``RENDEZVOUS_ARCHIVE``, else ``<home>/archive``).
 
-    >>> # async with running(["demo"], port=0) as (proxy, url): ...
+    >>> # async with running(["demo"], port=0) as serving: print(serving.url)
+    >>> # async with running(["fraud"], roles=Roles.only("worker", ["fraud@3"]),
+    >>> #                    streams="nats://10.0.0.5:4222") as serving: ...
     """
     home = config.home(home)
-    if roles is not None and ProcessRole.PROXY not in roles:
-        raise ValueError(f"running() serves the proxy; use running_roles() for {roles.label}")
     server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
                     archive=archive, reset_log=reset_log)
-    token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
-    proxy = Proxy(server, admin_token=token)
-    await proxy.start()
+    if ProcessRole.PROXY in server.roles:
+        token = config.ADMIN_TOKEN.get(admin_token) or secrets.token_urlsafe(24)
+        edge = Proxy(server, admin_token=token)
+        await edge.start()
+        proxy: Proxy | None = edge
+        app: Any = edge
+    else:
+        proxy = None
+        from rendezvous.http.monitor_app import MonitorApp
+
+        app = MonitorApp(server) if ProcessRole.MONITOR in server.roles else None
+        await server.start()
     try:
-        async with (
-            _http(proxy, host, port, sock=sock, lifespan="off") as (_, url),
-            # The OIP gRPC endpoint on its own port when RENDEZVOUS_GRPC_PORT is set.
-            grpc_serving(proxy, host=host, reuse_port=sock is not None) as grpc_address,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            url = None
+            if app is not None:
+                _, url = await stack.enter_async_context(
+                    _http(app, host, port, sock=sock, lifespan="off"))
+            info: dict[str, Any] = {"url": url, "pid": os.getpid()}
+            if proxy is not None:
+                # The OIP gRPC endpoint on its own port when RENDEZVOUS_GRPC_PORT is set.
+                grpc_address = await stack.enter_async_context(
+                    grpc_serving(proxy, host=host, reuse_port=sock is not None))
+                info.update(token=proxy.admin_token, grpc=grpc_address)
             # Everything loaded so far (libraries) lives as long as the process: move it out
             # of the collector's sight so full collections stay short while serving.
             gc.collect()
             gc.freeze()
-            names = [ALL] if server.serves_all else server.deployment_names
-            info = {"url": url, "pid": os.getpid(), "token": token, "grpc": grpc_address}
-            files = write_run_files(home, names, info) if run_files else []
-            try:
-                yield proxy, url
-            finally:
-                for f in files:
-                    f.unlink(missing_ok=True)
+            if run_files and url is not None:
+                names = [ALL] if proxy is not None and server.serves_all \
+                    else server.deployment_names
+                kind = "" if proxy is not None else "monitor"
+                for f in write_run_files(home, names, info, kind=kind):
+                    stack.callback(f.unlink, missing_ok=True)
+            yield Serving(server, proxy, url)
     finally:
-        await proxy.stop()
-
-
-@contextlib.asynccontextmanager
-async def running_roles(
-    roles: Roles, deployments: list[str] | None = None, *, home: Path | str | None = None,
-    host: str | None = None, port: int | None = None, streams: str | None = None,
-    registry_url: str | None = None, archive: str | None = None,
-) -> AsyncIterator[tuple[Server, str | None]]:
-    """Run roles other than the proxy in the current event loop; yields (server, URL of the
-    monitor's status endpoint or None) once started, and stops them cleanly on exit.
-
-    >>> # async with running_roles(Roles.only("worker", ["fraud@3"]),
-    >>> #                          ["demo"], streams="nats://10.0.0.5:4222") as (server, _): ...
-    """
-    if ProcessRole.PROXY in roles:
-        raise ValueError("running_roles() runs no proxy; use running() to serve HTTP")
-    home = config.home(home)
-    server = Server(home, deployments, streams=streams, roles=roles, registry_url=registry_url,
-                    archive=archive)
-    await server.start()
-    try:
-        if ProcessRole.MONITOR not in roles:
-            yield server, None
-            return
-        from rendezvous.http.monitor_app import MonitorApp
-
-        async with _http(MonitorApp(server), host, port, lifespan="off") as (_, url):
-            files = write_run_files(home, server.deployment_names,
-                                     {"url": url, "pid": os.getpid()}, kind="monitor")
-            try:
-                yield server, url
-            finally:
-                for f in files:
-                    f.unlink(missing_ok=True)
-    finally:
-        await server.stop()
-
+        if proxy is not None:
+            await proxy.stop()
+        else:
+            await server.stop()

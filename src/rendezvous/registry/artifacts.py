@@ -7,9 +7,7 @@ for registries shared across machines. Either way the digest is checked on every
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,18 +54,7 @@ class LocalArtifacts:
         path = self._path(digest)
         if path.exists():
             return digest
-        config.private_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            config.private_file(Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        config.write_private(path, data)
         return digest
 
     def get(self, digest: str) -> bytes:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,16 +115,6 @@ def state_path(home: Path, deployment: str) -> Path:
     return home / "monitor" / f"{deployment}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Monitor:
     """Keeps ``DeploymentStats`` and the deployment's analytics current from its streams."""
 
@@ -149,6 +138,7 @@ class Monitor:
         self._refs: dict[str, dict[str, Any]] = {}
         self._consumers: list[Any] = []
         self._wake = asyncio.Event()
+        self._saving: asyncio.Future[None] | None = None  # the latest save of the state
         self.watch: Watch | None = None  # the promotion under watch, if any
         if self.analytics is not None and home is not None:
             path = state_path(home, deployment)
@@ -408,10 +398,21 @@ class Monitor:
                 await self._persist()
 
     async def _persist(self) -> None:
+        """Save the analytics' state. Saves run one after the other, in the order they were
+        asked for, even when the one asking is cancelled mid-save (the tick, at stop): the
+        last state asked for is the one on disk."""
         if self.analytics is None or self.home is None:
             return
         data = msgspec.json.encode(self.analytics.to_state())
-        await asyncio.to_thread(_write_atomic, state_path(self.home, self.deployment), data)
+        path, previous = state_path(self.home, self.deployment), self._saving
+
+        async def save() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await asyncio.to_thread(config.write_private, path, data)
+
+        self._saving = saving = asyncio.ensure_future(save())
+        await asyncio.shield(saving)
 
     async def _webhook(self) -> None:
         """POST each alarm change (JSON) to the webhook, retried with backoff; changes that

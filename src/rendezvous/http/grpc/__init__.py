@@ -4,7 +4,7 @@ by grpc.aio in the proxy's event loop, on its own port.
 Off unless a port is given (``port=`` or ``RENDEZVOUS_GRPC_PORT``); grpcio comes with the
 ``grpc`` extra (``pip install 'rendezvous-ml[grpc]'``) and is imported only when serving.
 
->>> # async with running(["fraud"]) as (proxy, url), serving(proxy, port=8001) as address:
+>>> # async with running(["fraud"]) as s, serving(s.edge[0], port=8001) as address:
 >>> #     ...  # tritonclient.grpc.InferenceServerClient(address)
 """
 
