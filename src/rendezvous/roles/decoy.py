@@ -5,15 +5,13 @@ in the archive's location (``<home>/archive`` or any fsspec URL; see ``rendezvou
 Besides the inputs, each row carries its request's head (deadline, policy version, return
 address, meta as JSON), so that replay can re-encode the exact bytes the models scored
 (``analysis.evidence``); parts written before those columns existed read back with them null.
-Batches are acknowledged only after their part is written, so a crash re-archives at worst,
-never loses; ``export`` drops such duplicates.
+Batches are acknowledged only after their part is written (``roles.archiving``), so a crash
+re-archives at worst, never loses; ``export`` drops such duplicates.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +23,13 @@ from rendezvous.archive import Archive, dataset, open_archive, write_atomic
 from rendezvous.core import messages
 from rendezvous.core.messages import Request
 from rendezvous.core.schema import Datatype, Signature
-from rendezvous.errors import NotFoundError, RendezvousError
+from rendezvous.errors import NotFoundError
 from rendezvous.ids import check_name
+from rendezvous.roles.archiving import ArchiveWriter
 from rendezvous.roles.worker import input_digest
-from rendezvous.streams.base import Batch, Stream
-
-log = logging.getLogger(__name__)
+from rendezvous.streams.base import Stream
 
 GROUP = "decoy"
-RETRY_MAX_S = 5.0
 _ARROW = {
     Datatype.FP64: pa.float64(), Datatype.FP32: pa.float32(), Datatype.INT64: pa.int64(),
     Datatype.INT32: pa.int32(), Datatype.BOOL: pa.bool_(), Datatype.BYTES: pa.string(),
@@ -91,6 +87,13 @@ class Rows:
                                               req.return_to, meta), strict=True):
             self.heads[name].extend([value] * n)
 
+    def add_record(self, data: bytes) -> None:
+        """The rows of one input record, with the digest of its bytes (the workers')."""
+        self.add(messages.request_decoder.decode(data), input_digest(data))
+
+    def first_ns(self) -> int:
+        return self.received[0]
+
     def extend(self, other: Rows) -> None:
         self.ids.extend(other.ids)
         self.received.extend(other.received)
@@ -107,85 +110,17 @@ class Rows:
                         schema=arrow_schema(self.sig))
 
 
-class Decoy:
+class Decoy(ArchiveWriter[Rows]):
     """Archives one deployment's inputs (in ``archive``, default: the one ``home`` and the
     settings name)."""
 
     def __init__(self, stream: Stream, home: Path, deployment: str, signature: Signature, *,
                  archive: Archive | str | None = None,
                  flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
-        self.stream = stream
-        self.archive = open_archive(home, archive)
-        self.dataset = dataset(deployment)
-        self.deployment = deployment
-        self.signature = signature
-        self.flush_rows = flush_rows
-        self.flush_s = flush_s
-        self._pending = Rows(signature)
-        self._batches: list[Batch] = []
-        self._consumer: Any = None
-        self._lock = asyncio.Lock()
-        self.backlog = 0  # rows whose archive write failed, retried with backoff
-
-    async def run(self) -> None:
-        self._consumer = self.stream.consume(messages.topic(self.deployment, "input"), GROUP,
-                                             start="latest", max_batch=2048)
-        ticker = asyncio.ensure_future(self._tick())
-        try:
-            async for batch in self._consumer:
-                for rec in batch.records:
-                    try:
-                        req = messages.request_decoder.decode(rec.data)
-                    except msgspec.DecodeError:
-                        log.error("decoy %s: undecodable record %s", self.deployment, rec.offset)
-                        continue
-                    self._pending.add(req, input_digest(rec.data))
-                self._batches.append(batch)
-                if len(self._pending) >= self.flush_rows and not self.backlog:
-                    with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
-                        await self.flush()
-        finally:
-            ticker.cancel()
-            await self.flush()
-
-    async def _tick(self) -> None:
-        delay = self.flush_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.flush()
-                delay = self.flush_s
-            except (RendezvousError, OSError) as exc:
-                # A full disk, or the stream engine down: the rows stay pending (batches not
-                # acknowledged), retried with backoff while running. A batch acknowledged
-                # late may be archived twice; export drops the duplicates.
-                log.warning("decoy %s: flush failed (%s); %d rows pending, retrying",
-                            self.deployment, exc, len(self._pending))
-                delay = min(RETRY_MAX_S, max(delay * 2, 0.05))
-
-    async def flush(self) -> None:
-        async with self._lock:
-            if not self._batches:
-                return
-            pending, batches = self._pending, self._batches
-            self._pending, self._batches = Rows(self.signature), []
-            if pending:
-                try:
-                    await asyncio.to_thread(self.archive.write, pending.table(), self.dataset,
-                                            pending.received[0])
-                except (RendezvousError, OSError):
-                    # Keep the rows, in front of those that came meanwhile, for the retry.
-                    pending.extend(self._pending)
-                    self._pending, self._batches = pending, batches + self._batches
-                    self.backlog = len(pending)
-                    raise
-            self.backlog = 0
-            for b in batches:
-                await b.ack()
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.close()
+        super().__init__(stream, messages.topic(deployment, "input"), GROUP,
+                         open_archive(home, archive), dataset(deployment),
+                         functools.partial(Rows, signature), name=f"decoy {deployment}",
+                         flush_rows=flush_rows, flush_s=flush_s)
 
 
 def read_archive(home: Path | None, deployment: str, *,

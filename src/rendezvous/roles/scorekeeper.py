@@ -23,7 +23,7 @@ and replay need after the stream log's retention has passed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import operator
 import time
@@ -39,10 +39,10 @@ from rendezvous.archive import Archive, dataset, day_of, open_archive, write_ato
 from rendezvous.core import messages
 from rendezvous.core.compare import Scored, reduce
 from rendezvous.core.reference import score_series
-from rendezvous.errors import NotFoundError, RendezvousError
+from rendezvous.errors import NotFoundError
 from rendezvous.ids import ulid_ms
-from rendezvous.roles.monitor import READ_PAUSE_S
-from rendezvous.streams.base import Batch, Stream
+from rendezvous.roles.archiving import ArchiveWriter
+from rendezvous.streams.base import Stream
 
 log = logging.getLogger(__name__)
 
@@ -151,72 +151,27 @@ KINDS = {"scores": Kind("scores", score_items, scores_table, "finished_ns"),
 TOPICS = tuple(KINDS)  # what the scorekeeper reads, in its group
 
 
-class _Archiver:
-    """One topic into one dataset: accumulate items, write a part, then acknowledge."""
+class Items:
+    """The pending rows of one ``Kind``, as the items its records decode to."""
 
-    def __init__(self, stream: Stream, topic: str, archive: Archive, dataset: str, kind: Kind,
-                 *, flush_rows: int, flush_s: float) -> None:
-        self.stream, self.topic, self.kind = stream, topic, kind
-        self.archive, self.dataset = archive, dataset
-        self.flush_rows, self.flush_s = flush_rows, flush_s
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
         self.items: list[Any] = []
-        self.batches: list[Batch] = []
-        self.consumer: Any = None
-        self.lock = asyncio.Lock()
 
-    async def run(self) -> None:
-        max_batch = 2048
-        self.consumer = self.stream.consume(self.topic, GROUP, start="latest",
-                                            max_batch=max_batch)
-        ticker = asyncio.ensure_future(self._tick())
-        try:
-            async for batch in self.consumer:
-                for rec in batch.records:
-                    try:
-                        self.items += self.kind.items(rec.data)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        log.error("scorekeeper: undecodable record %s of %s", rec.offset,
-                                  self.topic)
-                        continue
-                self.batches.append(batch)
-                if len(self.items) >= self.flush_rows:
-                    with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
-                        await self.flush()
-                if len(batch.records) < max_batch:  # as the monitor's pumps: fewer deliveries
-                    await asyncio.sleep(READ_PAUSE_S)
-        finally:
-            ticker.cancel()
-            await self.flush()
+    def __len__(self) -> int:
+        return len(self.items)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except (RendezvousError, OSError) as exc:  # the rows stay pending, unacknowledged
-                log.warning("scorekeeper %s: flush failed (%s); retrying", self.topic, exc)
+    def add_record(self, data: bytes) -> None:
+        self.items += self.kind.items(data)
 
-    async def flush(self) -> None:
-        async with self.lock:
-            if not self.batches:
-                return
-            items, batches = self.items, self.batches
-            self.items, self.batches = [], []
-            if items:
-                stamp = getattr(items[0], self.kind.time_field) or time.time_ns()
-                table = self.kind.table(items)
-                try:
-                    await asyncio.to_thread(self.archive.write, table, self.dataset, stamp)
-                except (RendezvousError, OSError):
-                    # Kept, in front of what came meanwhile, for the retry.
-                    self.items, self.batches = items + self.items, batches + self.batches
-                    raise
-            for b in batches:
-                await b.ack()
+    def extend(self, other: Items) -> None:
+        self.items += other.items
 
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
+    def table(self) -> pa.Table:
+        return self.kind.table(self.items)
+
+    def first_ns(self) -> int:
+        return getattr(self.items[0], self.kind.time_field) or time.time_ns()
 
 
 class Scorekeeper:
@@ -228,9 +183,10 @@ class Scorekeeper:
                  flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
         arc = open_archive(home, archive)
         self.parts = [
-            _Archiver(stream, messages.topic(deployment, topic), arc,
-                      dataset(deployment, kind.dataset), kind, flush_rows=flush_rows,
-                      flush_s=flush_s)
+            ArchiveWriter(stream, messages.topic(deployment, topic), GROUP, arc,
+                          dataset(deployment, kind.dataset), functools.partial(Items, kind),
+                          name=f"scorekeeper {deployment}.{topic}", flush_rows=flush_rows,
+                          flush_s=flush_s)
             for topic, kind in KINDS.items()]
 
     async def run(self) -> None:
