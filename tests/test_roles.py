@@ -398,10 +398,12 @@ def test_worker_replicas_are_processes_stopped_together(
 ) -> None:
     refs = two_models(registry)
     home = registry.home
+    registry_url = f"sqlite:///{home / 'registry.db'}"  # a shared one may hold a password
     log = (tmp_path / "replicas.log").open("wb")
     sup = subprocess.Popen(
         [sys.executable, "-m", "rendezvous.cli", "serve", DEP, "--role", "worker", "--model",
-         refs["champion"], "--replicas", "3", "--streams", nats_server.url, "--home", str(home)],
+         refs["champion"], "--replicas", "3", "--streams", nats_server.url, "--home", str(home),
+         "--registry", registry_url],
         cwd=ROOT, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT)
     banner = f"worker ({refs['champion']}) of dep on"
     try:
@@ -413,6 +415,10 @@ def test_worker_replicas_are_processes_stopped_together(
         children = {p: a for p, a in _role_processes(home).items() if p != sup.pid}
         assert len(children) == 3
         assert all("--replicas" not in a and refs["champion"] in a for a in children.values())
+        # The registry URL reaches them through the environment, out of sight of `ps`.
+        assert all("--registry" not in a and registry_url not in a for a in children.values())
+        assert all(f"RENDEZVOUS_REGISTRY={registry_url}".encode()
+                   in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in children)
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(30) == 0, (tmp_path / "replicas.log").read_text()
         assert not _role_processes(home)

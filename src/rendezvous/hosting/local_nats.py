@@ -39,6 +39,7 @@ from rendezvous.core.policy import Policy
 from rendezvous.errors import ConfigError, RendezvousError, StreamError
 from rendezvous.hosting.plans import (
     START_TIMEOUT_S,
+    registry_env,
     role_command,
     wait_for_groups,
     wait_ready,
@@ -188,15 +189,15 @@ class LocalNats:
                     port: int | None = None) -> Child:
         names = [] if self.serves_all else self.deployments
         args = role_command(names, role, streams=self.nats.url, home=self.home,
-                            host=self.host if port is not None else None, port=port,
-                            registry_url=self.registry_url)
-        return sup.spawn(Child(role.value, role, args))
+                            host=self.host if port is not None else None, port=port)
+        return sup.spawn(Child(role.value, role, args, env=registry_env(self.registry_url)))
 
     def _spawn_workers(self, sup: Supervisor, deployment: str, model: str) -> list[Child]:
         args = role_command([deployment], ProcessRole.WORKER, streams=self.nats.url,
-                            home=self.home, models=[model], registry_url=self.registry_url)
+                            home=self.home, models=[model])
         return [sup.spawn(Child(f"worker {deployment} {model} #{i + 1}",
-                                ProcessRole.WORKER, args, (deployment, model)))
+                                ProcessRole.WORKER, args, (deployment, model),
+                                env=registry_env(self.registry_url)))
                 for i in range(self.replicas)]
 
     async def _wait_for_proxy(self, proxy: Child) -> str:

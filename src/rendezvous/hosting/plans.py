@@ -31,8 +31,8 @@ from rendezvous.hosting.topology import Mode, ProcessRole, Topology
 from rendezvous.registry import Registry
 from rendezvous.streams.base import Stream
 
-__all__ = ["Partitions", "Replicas", "plan_for", "reuseport_socket", "role_command",
-           "wait_for_groups"]
+__all__ = ["Partitions", "Replicas", "plan_for", "registry_env", "reuseport_socket",
+           "role_command", "wait_for_groups"]
 
 START_TIMEOUT_S = 120.0  # loading models may take a while; a child that dies fails at once
 
@@ -40,9 +40,10 @@ START_TIMEOUT_S = 120.0  # loading models may take a while; a child that dies fa
 def role_command(
     deployments: Iterable[str], role: ProcessRole | str, *, streams: str, home: Path,
     models: Iterable[str] = (), host: str | None = None, port: int | None = None,
-    registry_url: str | None = None,
 ) -> list[str]:
-    """The command line of one role process: ``python -m rendezvous.cli serve … --role …``."""
+    """The command line of one role process: ``python -m rendezvous.cli serve … --role …``.
+    A shared registry's URL (it may hold a password) goes in its environment instead
+    (``registry_env``): command lines are visible to every user."""
     args = [sys.executable, "-m", "rendezvous.cli", "serve", *deployments,
             "--role", str(role)]
     for model in models:
@@ -52,9 +53,12 @@ def role_command(
         args += ["--host", host]
     if port is not None:
         args += ["--port", str(port)]
-    if registry_url is not None:
-        args += ["--registry", registry_url]
     return args
+
+
+def registry_env(registry_url: str | None) -> dict[str, str]:
+    """What a role process's environment adds so that it opens ``registry_url``."""
+    return {config.REGISTRY.env: registry_url} if registry_url else {}
 
 
 def _first_dead(children: Iterable[Child]) -> Child | None:
@@ -202,10 +206,11 @@ class Replicas:
 
     args: list[str]
     replicas: int
+    env: dict[str, str] = field(default_factory=dict)
 
     async def start(self, sup: Supervisor) -> None:
         for i in range(self.replicas):
-            sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, self.args))
+            sup.spawn(Child(f"worker #{i + 1}", ProcessRole.WORKER, self.args, env=self.env))
 
     async def follow(self, sup: Supervisor) -> None:
         """Nothing to do: each worker follows policy changes itself."""
@@ -233,7 +238,6 @@ def plan_for(topology: Topology, deployments: list[str] | None, *, home: Path,
     if mode is Mode.REPLICAS:
         models = topology.roles.models if topology.roles is not None else ()
         args = role_command(deployments or [], ProcessRole.WORKER, streams=topology.streams,
-                            home=home, models=models,
-                            registry_url=topology.registry_url)
-        return Replicas(args, topology.replicas)
+                            home=home, models=models)
+        return Replicas(args, topology.replicas, registry_env(topology.registry_url))
     raise ValueError(f"{mode.value} serving runs in this process; it has no plan")
