@@ -321,6 +321,48 @@ async def test_a_forced_promotion_that_starts_failing_rolls_back_by_itself(
     assert json.loads(whole.output)[1]["evidence"]["forced"] is True
 
 
+async def test_a_server_started_during_a_watch_takes_it_up(registry: Registry,
+                                                           serve: Serve) -> None:
+    """A promotion recorded while no monitor ran (or before the server restarted) is still
+    under watch when the server starts: the monitor takes the watch up from the policy
+    record, and the promoted champion that starts failing is rolled back."""
+    from rendezvous import deploy
+
+    champ = threshold(registry, "champ", cut=0.0)
+    backup = threshold(registry, "backup", cut=0.0)
+    flaky = threshold(registry, "flaky", cut=0.0, fail_after=8)
+    registry.apply_policy("dep", Policy(
+        deadline_ms=1000, alarms={"window_s": 0.5, "min_requests": 5},
+        gates=Gates(watch_s=120),
+        models=[ModelSpec(champ, Role.CHAMPION, wait_ms=500),
+                ModelSpec(backup, Role.FALLBACK), ModelSpec(flaky, Role.CHALLENGER)]).validate())
+    promoted, _ = deploy.promote(registry, "dep", flaky, documents={}, force=True)
+    statuses: list[int] = []
+    async with serve("dep") as client:
+        monitor = client.proxy_app.server.runtimes["dep"].monitor  # type: ignore[attr-defined]
+
+        async def watching() -> bool:  # the monitor reads the policy record as it starts
+            return monitor.watch is not None
+
+        await until(watching, timeout=20)
+        watch = monitor.watch
+        assert (watch.version, watch.champion, watch.previous) == (promoted.version, flaky,
+                                                                   champ)
+        rng = np.random.default_rng(5)
+
+        async def rolled_back() -> bool:
+            statuses.extend((await predict(client, rng.normal(size=4)))[1])
+            meta = (await client.get("/v2/models/dep")).json()
+            return meta["parameters"]["champion"] == champ
+
+        await until(rolled_back, timeout=40)
+    assert statuses and set(statuses) == {200}, f"failed requests: {set(statuses)}"
+    history = registry.policy_history("dep")
+    assert [r.action for r in history] == ["apply", "promote", "auto-rollback"]
+    assert history[2].evidence is not None and \
+        history[2].evidence["promoted_policy"] == promoted.version
+
+
 async def test_a_promoted_champion_worse_on_labels_rolls_back_by_itself(
         registry: Registry, serve: Serve) -> None:
     good = threshold(registry, "good", cut=0.0)  # always right

@@ -56,15 +56,17 @@ P = TypeVar("P", bound=Pending)
 
 class ArchiveWriter(Generic[P]):
     """Reads ``topic`` in ``group`` from the latest record on, and archives its rows (built by
-    ``pending()``) as parts of ``dataset``. ``name`` is how the logs call it."""
+    ``pending()``) as parts of ``dataset``. ``name`` is how the logs call it. ``pause_s``:
+    after a delivery that was not full, wait that long for records to gather (fewer, fuller
+    deliveries, as the monitor's pumps); 0 reads on at once."""
 
     def __init__(self, stream: Stream, topic: str, group: str, archive: Archive, dataset: str,
                  pending: Callable[[], P], *, name: str, flush_rows: int = 20_000,
-                 flush_s: float = 1.0) -> None:
+                 flush_s: float = 1.0, pause_s: float = READ_PAUSE_S) -> None:
         self.stream, self.topic, self.group = stream, topic, group
         self.archive, self.dataset = archive, dataset
         self.name = name
-        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self.flush_rows, self.flush_s, self.pause_s = flush_rows, flush_s, pause_s
         self._new = pending
         self._pending = pending()
         self._batches: list[Batch] = []
@@ -88,9 +90,8 @@ class ArchiveWriter(Generic[P]):
                 if len(self._pending) >= self.flush_rows and not self.backlog:
                     with contextlib.suppress(RendezvousError, OSError):  # the ticker retries
                         await self.flush()
-                if len(batch.records) < MAX_BATCH:
-                    # Let records gather: fewer, fuller deliveries (as the monitor's pumps).
-                    await asyncio.sleep(READ_PAUSE_S)
+                if self.pause_s and len(batch.records) < MAX_BATCH:
+                    await asyncio.sleep(self.pause_s)
         finally:
             ticker.cancel()
             await self.flush()

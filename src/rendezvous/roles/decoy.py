@@ -120,7 +120,10 @@ class Decoy(ArchiveWriter[Rows]):
         super().__init__(stream, messages.topic(deployment, "input"), GROUP,
                          open_archive(home, archive), dataset(deployment),
                          functools.partial(Rows, signature), name=f"decoy {deployment}",
-                         flush_rows=flush_rows, flush_s=flush_s)
+                         flush_rows=flush_rows, flush_s=flush_s,
+                         # It reads like a model, always pulling: a restarted decoy is seen
+                         # to be back (``Stream.unread``) even under load.
+                         pause_s=0.0)
 
 
 def read_archive(home: Path | None, deployment: str, *,
