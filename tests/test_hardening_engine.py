@@ -215,6 +215,18 @@ def test_writers_of_one_file_never_disturb_each_other(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["dep.json"]
 
 
+def test_run_files_stay_owner_only_whatever_the_file_mode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run file holds the admin token: 0600 even where the operator shares the data
+    directory's other files with a group."""
+    from rendezvous.hosting.serving import write_run_files
+
+    monkeypatch.setenv("RENDEZVOUS_FILE_MODE", "0640")
+    [run] = write_run_files(tmp_path, ["dep"], {"token": "secret"})
+    assert mode(run) == 0o600 and json.loads(run.read_text()) == {"token": "secret"}
+    assert mode(config.write_private(tmp_path / "state.json", b"{}")) == 0o640
+
+
 def test_a_failed_write_leaves_the_file_as_it_was(tmp_path: Path) -> None:
     path = config.write_private(tmp_path / "state.json", b"before")
 

@@ -181,18 +181,19 @@ def private_file(path: Path) -> Path:
     return path
 
 
-def replace_private(path: Path, write: Callable[[Path], object]) -> Path:
+def replace_private(path: Path, write: Callable[[Path], object], *,
+                    mode: int | None = None) -> Path:
     """Make ``path`` whole or not at all: ``write`` fills a temporary file beside it, which
-    then takes its place with the mode of ``private_file``. Each call has its own temporary
-    file, so writers of one path never disturb each other (the last to finish wins), and a
-    failed write leaves ``path`` as it was and no temporary file behind."""
+    then takes its place with the mode of ``private_file``, or ``mode``. Each call has its
+    own temporary file, so writers of one path never disturb each other (the last to finish
+    wins), and a failed write leaves ``path`` as it was and no temporary file behind."""
     private_dir(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
-        private_file(tmp)
+        os.chmod(tmp, FILE_MODE.get() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -200,11 +201,11 @@ def replace_private(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def write_private(path: Path, data: bytes) -> Path:
+def write_private(path: Path, data: bytes, *, mode: int | None = None) -> Path:
     """``replace_private`` with ``data``, flushed to the disk before it takes the place."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-    return replace_private(path, write)
+    return replace_private(path, write, mode=mode)

@@ -60,7 +60,8 @@ def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
     paths = []
     for name in deployments:
         path = monitor_run_file(home, name) if kind == "monitor" else run_file(home, name)
-        config.write_private(path, json.dumps(info).encode())
+        # It may hold the admin token: the owner's only, whatever RENDEZVOUS_FILE_MODE says.
+        config.write_private(path, json.dumps(info).encode(), mode=0o600)
         paths.append(path)
     return paths
 
