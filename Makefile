@@ -23,8 +23,11 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	S=; [ "$$(id -u)" = 0 ] || S=sudo; $$S apt-get update -q && $$S apt-get install -y -q chromium
 
+# Two pytest processes: most tests wait on the processes they start, so one process leaves a
+# core idle. A test file runs whole in one of them (its module fixtures start once).
+TEST_WORKERS ?= 2
 test: $(STAMP) | $(CHROMIUM)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
