@@ -36,6 +36,7 @@ import httpx
 
 from bench import loadgen
 from bench.machine import machine_info
+from bench.report import write_results
 from bench.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,9 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {rows[-1]}", flush=True)
     doc = {"machine": machine_info([]), "command": "python -m bench.isolation "
            + " ".join(argv if argv is not None else sys.argv[1:]), "results": rows}
-    (args.out / "isolation.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "isolation.md").write_text(markdown(doc))
-    plot(rows, args.out / "isolation.png")
+    write_results(args.out, "isolation", doc, markdown(doc), lambda p: plot(rows, p))
     print(markdown(doc))
 
 

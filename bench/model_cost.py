@@ -18,7 +18,6 @@ batch 1. Writes ``model-cost.{json,md,png}`` to ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from bench.machine import machine_info
 from bench.models import reference_split
 from bench.rendezvous_contender import MODELS
+from bench.report import write_results
 from bench.venv import ROOT
 
 BATCHES = (1, 16, 256)
@@ -110,10 +110,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "model-cost")
     args = ap.parse_args()
     doc = measure()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "model-cost.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "model-cost.md").write_text(markdown(doc))
-    write_png(doc, args.out / "model-cost.png")
+    write_results(args.out, "model-cost", doc, markdown(doc), lambda p: write_png(doc, p))
     print(markdown(doc))
 
 

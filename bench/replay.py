@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 
 from bench.machine import machine_info
 from bench.models import FEATURE_NAMES, reference_split, train_reference
+from bench.report import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DEP = "bench"
@@ -182,10 +182,7 @@ def main() -> None:
     doc = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "command": "python -m bench.replay " + " ".join(sys.argv[1:]),
            "machine": machine_info([]), "shapes": shapes}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "replay.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "replay.md").write_text(markdown(doc))
-    plot(doc, args.out / "replay.png")
+    write_results(args.out, "replay", doc, markdown(doc), lambda p: plot(doc, p))
     print(markdown(doc))
 
 

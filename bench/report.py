@@ -7,7 +7,7 @@ The Markdown, the ratios and the findings are pure functions of the document; on
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,15 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
     _atomic_write(path, markdown(doc).encode())
+
+
+def write_results(out: Path, stem: str, doc: dict[str, Any], text: str,
+                  plot: Callable[[Path], object]) -> None:
+    """A benchmark's committed results: ``<out>/<stem>.json`` (``doc``), ``.md`` (``text``)
+    and ``.png`` (what ``plot`` draws at that path)."""
+    write_json(doc, out / f"{stem}.json")
+    _atomic_write(out / f"{stem}.md", text.encode())
+    plot(out / f"{stem}.png")
 
 
 def write_png(results: Sequence[Row], path: Path) -> bool:
