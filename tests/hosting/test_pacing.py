@@ -52,10 +52,19 @@ async def _records(client: httpx.AsyncClient, kind: str) -> list[Any]:
     return await stream.read(f"dep.{kind}", from_offset=1, limit=100_000)
 
 
-async def _scores(client: httpx.AsyncClient) -> list[tuple[int, messages.Score]]:
-    """Every score with the offset of the record (the batch) that carried it."""
-    return [(r.offset, s) for r in await _records(client, "scores")
-            for s in messages.scores_decoder.decode(r.data)]
+async def _scores(client: httpx.AsyncClient, ids: set[str],
+                  models: tuple[str, ...]) -> list[tuple[int, messages.Score]]:
+    """Every score with the offset of the record (the batch) that carried it, once each of
+    ``models`` has a score of each request in ``ids`` in the log. A worker records its scores
+    in the background: an answer may reach the client before its score is committed."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while True:
+        found = [(r.offset, s) for r in await _records(client, "scores")
+                 for s in messages.scores_decoder.decode(r.data)]
+        if all(ids <= {s.request_id for _, s in found if s.model == m} for m in models):
+            return found
+        assert asyncio.get_running_loop().time() < deadline, "scores not recorded in time"
+        await asyncio.sleep(0.1)
 
 
 async def _results(client: httpx.AsyncClient, n: int) -> list[Any]:
@@ -96,9 +105,9 @@ async def test_a_shadow_scores_in_batches_and_its_latency_leaves_the_wait_out(
         registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
     champ, chal = _two_doublers(registry, monkeypatch, deadline_ms=200)
     async with serve("dep") as client:
-        await _ask(client, 10, champ)
+        asked = await _ask(client, 10, champ)
         results = await _results(client, 10)
-        scores = await _scores(client)
+        scores = await _scores(client, asked, (champ, chal))
     mine = {m: [(o, s) for o, s in scores if s.model == m] for m in (champ, chal)}
     assert len(mine[champ]) == len(mine[chal]) == 10
     # The champion scored each request as it came (one batch each), never held.
@@ -126,7 +135,7 @@ async def test_a_promoted_challenger_turns_prompt(
             ModelSpec(chal, Role.CHAMPION, wait_ms=1500), ModelSpec(champ, Role.CHALLENGER)]),
             by="test")
         asked = await _ask(client, 8, chal)
-        after = [(o, s) for o, s in await _scores(client)
+        after = [(o, s) for o, s in await _scores(client, asked, (chal,))
                  if s.model == chal and s.request_id in asked]
     # Sequential requests to a prompt worker: one batch per request, none held.
     assert len(after) == 8 and len({o for o, _ in after}) == 8
