@@ -6,7 +6,10 @@ per request much less so. Starts the ``rendezvous-4`` deployment of the serving 
 (``serve --processes 2``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
 with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
 processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool)
-and of the model hosts, and how many requests a worker's scores record held (its micro-batch).
+and of the model hosts, split by model; wrk's latency percentiles; and how many requests a
+worker's scores record held (its micro-batch), over all models and per model.
+``--serve-args`` replaces the benchmark's ``--processes 2``, e.g.
+``--serve-args='--processes 1'`` for one serving process and one model host per model.
 Flat out, the faster run also batches more, which lowers its cost per request on its own;
 ``--delay-ms`` paces each connection instead, for the same offered rate in both runs (at low
 rates every stage handles requests one at a time, far from the regime of c=32).
@@ -58,15 +61,18 @@ _THREAD = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:idle|active)[^)]*\): "(
 
 
 def _processes(pid: int) -> dict[int, str]:
-    """pid -> kind (``serving`` or ``model host``) of the server and its descendants."""
+    """pid -> kind (``serving``, or ``model host MODEL``) of the server and its descendants."""
     root = psutil.Process(pid)
     out = {}
     for p in [root, *root.children(recursive=True)]:
         try:
-            cmd = " ".join(p.cmdline())
+            cmd = p.cmdline()
         except psutil.NoSuchProcess:
             continue
-        out[p.pid] = "model host" if "host_main" in cmd else "serving"
+        if "rendezvous.hosting.host_main" in cmd and "--model" in cmd:
+            out[p.pid] = f"model host {cmd[cmd.index('--model') + 1]}"
+        else:
+            out[p.pid] = "serving"
     return out
 
 
@@ -111,17 +117,23 @@ def _sources(dumps: dict[int, str], pids: dict[int, str]) -> str:
     return "rendezvous from: " + "; ".join(where)
 
 
-def _scores_per_record(home: Path) -> float:
-    """How many requests a worker's scores record holds on average (its micro-batch)."""
+def _scores_per_record(home: Path) -> dict[str, float]:
+    """How many requests a worker's scores record holds on average (its micro-batch), over
+    every model and per model."""
     import msgspec
 
-    n = records = 0
+    per: dict[str, list[int]] = {}
     for log in home.glob("streams*.db"):
         with sqlite3.connect(log) as db:
             for (data,) in db.execute("SELECT data FROM records WHERE topic = 'bench4.scores'"):
-                n += len(msgspec.msgpack.decode(data))
-                records += 1
-    return n / max(1, records)
+                scores = msgspec.msgpack.decode(data)
+                if scores:
+                    per.setdefault(scores[0]["model"], []).append(len(scores))
+    out = {"scores per scores record": sum(map(sum, per.values()))
+           / max(1, sum(map(len, per.values())))}
+    for model, sizes in sorted(per.items()):
+        out[f"scores per scores record: {model}"] = sum(sizes) / len(sizes)
+    return out
 
 
 def _paced(tmp: Path, delay_ms: float) -> Path:
@@ -143,11 +155,13 @@ def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
 
 
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
-            delay_ms: float, py_spy: Path | None, src: Path) -> dict[str, float]:
-    """CPU ms per request by part, plus ``req/s`` and ``errors``."""
+            delay_ms: float, py_spy: Path | None, src: Path,
+            serve_args: list[str] | None = None) -> dict[str, float]:
+    """CPU ms per request by part, plus ``req/s`` and ``errors``. ``serve_args`` replace the
+    serving benchmark's ``--processes 2``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
-        spec = _prepare(ws, "bench4")
+        spec = _prepare(ws, "bench4", serve_args)
         env = {**spec.env, "PYTHONPATH": f"{src}:{ROOT}",
                "RENDEZVOUS_ANALYTICS": "1" if analytics else "0"}
         spec = dataclasses.replace(spec, env=env)
@@ -179,15 +193,15 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
         micro = _scores_per_record(Path(tmp) / "home")
     print(_sources(dumps, pids), file=sys.stderr)
     names = {pid: _thread_names(d) for pid, d in dumps.items()}
-    per: dict[str, float] = {"req/s": load.rps, "errors": load.errors,
-                             "scores per scores record": micro}
+    per: dict[str, float] = {"req/s": load.rps, "errors": load.errors, "p50 ms": load.p50_ms,
+                             "p99 ms": load.p99_ms, "p99.9 ms": load.p999_ms, **micro}
     for (pid, tid), t1 in after.items():
         kind = pids[pid]
-        part = kind if kind == "model host" else \
-            f"serving: {names[pid].get(tid, 'other threads')}"
+        part = kind if kind != "serving" else f"serving: {names[pid].get(tid, 'other threads')}"
         spent = (t1 - before.get((pid, tid), 0.0)) * 1000 / max(1, load.requests)
         per[part] = per.get(part, 0.0) + spent
-        per[f"{kind} (all)"] = per.get(f"{kind} (all)", 0.0) + spent
+        whole = "serving (all)" if kind == "serving" else "model host (all)"
+        per[whole] = per.get(whole, 0.0) + spent
     return per
 
 
@@ -284,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=0,
                     help="alternating on/off rounds, with their ratios written to --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics-cost")
+    ap.add_argument("--serve-args", default=None,
+                    help="arguments for `rendezvous serve` instead of the serving benchmark's "
+                         "'--processes 2', e.g. '--processes 1'")
     args = ap.parse_args(argv)
+    serve_args = args.serve_args.split() if args.serve_args is not None else None
     if args.rounds:
         rounds(args.rounds, args.out, duration=args.duration, concurrency=args.concurrency,
                warmup=args.warmup, delay_ms=args.delay_ms, py_spy=None,
-               src=args.src.resolve())
+               src=args.src.resolve(), serve_args=serve_args)
         return 0
     rows = {}
     for on in (True, False):
@@ -296,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, name):
             rows[name] = measure(on, duration=args.duration, concurrency=args.concurrency,
                                  warmup=args.warmup, delay_ms=args.delay_ms,
-                                 src=args.src.resolve(),
+                                 src=args.src.resolve(), serve_args=serve_args,
                                  py_spy=args.py_spy and args.py_spy.with_stem(
                                      f"{args.py_spy.stem}-{name}"))
     print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
