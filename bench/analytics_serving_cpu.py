@@ -38,6 +38,7 @@ import dataclasses
 import json
 import math
 import re
+import shlex
 import signal
 import sqlite3
 import statistics
@@ -157,8 +158,8 @@ def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
             delay_ms: float, py_spy: Path | None, src: Path,
             serve_args: list[str] | None = None) -> dict[str, float]:
-    """CPU ms per request by part, plus ``req/s`` and ``errors``. ``serve_args`` replace the
-    serving benchmark's ``--processes 2``."""
+    """CPU ms per request by part, plus ``req/s``, ``errors``, wrk's percentiles and the
+    micro-batches. ``serve_args`` replace the serving benchmark's ``--processes 2``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
         spec = _prepare(ws, "bench4", serve_args)
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="arguments for `rendezvous serve` instead of the serving benchmark's "
                          "'--processes 2', e.g. '--processes 1'")
     args = ap.parse_args(argv)
-    serve_args = args.serve_args.split() if args.serve_args is not None else None
+    serve_args = shlex.split(args.serve_args) if args.serve_args is not None else None
     if args.rounds:
         rounds(args.rounds, args.out, duration=args.duration, concurrency=args.concurrency,
                warmup=args.warmup, delay_ms=args.delay_ms, py_spy=None,
