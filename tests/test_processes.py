@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +54,12 @@ async def test_two_processes_share_a_port_and_follow_one_promote(registry: Regis
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "the server did not start"
             await asyncio.sleep(0.1)
+        # Open to traffic only once every process listens: connections made earlier would
+        # all land on the first one, and keep-alive connections stay where they landed.
+        if shutil.which("ss"):
+            listed = subprocess.run(["ss", "-tlnpH", f"( sport = :{port} )"],
+                                    capture_output=True, text=True, check=True).stdout
+            assert len(set(re.findall(r"pid=(\d+)", listed))) == 2, listed
         first = await _traffic(url, 120, 16)
         assert {r.status_code for r in first} == {200}
         assert {r.json()["model"] for r in first} == {champ}

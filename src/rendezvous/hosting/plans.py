@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,25 @@ def _died_starting(child: Child) -> RendezvousError:
                            "is printed above); nothing was opened to traffic")
 
 
+async def _poll(children: Iterable[Child], pending: Callable[[], Awaitable[str]],
+                fail: Callable[[str], str], *, timeout_s: float, every_s: float) -> None:
+    """Call ``pending()`` every ``every_s`` until it returns "" (done; otherwise it says what
+    is still awaited). Raises if a child exits meanwhile, or ``fail(what)`` once
+    ``timeout_s`` has passed."""
+    watched = list(children)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dead = _first_dead(watched)
+        if dead is not None:
+            raise _died_starting(dead)
+        what = await pending()
+        if not what:
+            return
+        if time.monotonic() > deadline:
+            raise RendezvousError(fail(what))
+        await asyncio.sleep(every_s)
+
+
 async def wait_for_groups(stream: Stream, pairs: Iterable[tuple[str, str]], *,
                           timeout_s: float = START_TIMEOUT_S,
                           children: Iterable[Child] = ()) -> None:
@@ -78,36 +97,81 @@ async def wait_for_groups(stream: Stream, pairs: Iterable[tuple[str, str]], *,
     nothing appended afterwards is missed. Raises if a child exits meanwhile or ``timeout_s``
     passes."""
     waiting = list(pairs)
-    watched = list(children)
-    deadline = time.monotonic() + timeout_s
-    while waiting:
-        dead = _first_dead(watched)
-        if dead is not None:
-            raise _died_starting(dead)
+
+    async def unread() -> str:
+        nonlocal waiting
         waiting = await stream.unread(waiting)
-        if waiting and time.monotonic() > deadline:
-            names = ", ".join(f"{g} on {t}" for t, g in waiting)
-            raise RendezvousError(f"roles did not start reading within {timeout_s:g} s: {names}")
-        if waiting:
-            await asyncio.sleep(0.05)
+        return ", ".join(f"{g} on {t}" for t, g in waiting)
+
+    await _poll(children, unread,
+                lambda names: f"roles did not start reading within {timeout_s:g} s: {names}",
+                timeout_s=timeout_s, every_s=0.05)
 
 
 async def wait_ready(url: str, children: Iterable[Child], *,
                      timeout_s: float = START_TIMEOUT_S) -> None:
     """Return once ``url`` answers ready; raises if a child exits meanwhile or ``timeout_s``
     passes."""
-    watched = list(children)
-    deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            dead = _first_dead(watched)
-            if dead is not None:
-                raise _died_starting(dead)
+
+        async def not_ready() -> str:
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(f"{url}/v2/health/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise RendezvousError(f"the server at {url} did not become ready in {timeout_s:g} s")
+                    return ""
+            return "not ready"
+
+        await _poll(children, not_ready,
+                    lambda _: f"the server at {url} did not become ready in {timeout_s:g} s",
+                    timeout_s=timeout_s, every_s=0.1)
+
+
+def listening_inodes(table: str, port: int) -> set[str]:
+    """The socket inodes listening on ``port`` in one of Linux's ``/proc/net/tcp`` tables
+    (pure).
+
+    >>> row = "0: 0100007F:1F90 00000000:0000 0A 0:0 00:0 0 0 0 4242 1 0 100 0 0 10 0"
+    >>> listening_inodes("header\\n" + row, 8080), listening_inodes("header\\n" + row, 8081)
+    ({'4242'}, set())
+    """
+    found = set()
+    for row in table.splitlines()[1:]:
+        f = row.split()
+        if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            found.add(f[9])
+    return found
+
+
+def listening(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` has a TCP socket listening on ``port``; None where ``/proc``
+    cannot tell (not Linux)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    inodes = set()
+    with contextlib.suppress(OSError):  # a process that is gone listens on nothing
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            if inodes & listening_inodes(fh.read(), port):
+                return True
+    return False
+
+
+async def wait_listening(children: Iterable[Child], port: int, *,
+                         timeout_s: float = START_TIMEOUT_S) -> None:
+    """Return once every child listens on ``port`` (where ``/proc`` tells; elsewhere at once).
+    Raises if a child exits meanwhile or ``timeout_s`` passes."""
+    watched = list(children)
+
+    async def not_listening() -> str:
+        return ", ".join(c.label for c in watched if listening(c.pid, port) is False)
+
+    await _poll(watched, not_listening,
+                lambda labels: f"{labels} did not open port {port} within {timeout_s:g} s",
+                timeout_s=timeout_s, every_s=0.05)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -183,6 +247,10 @@ class Partitions:
             children.append(sup.spawn(Child(f"serving process {i}", "partition", args,
                                              env=env)))
         await wait_ready(url, children)
+        # The port answers ready as soon as one process listens; the kernel hands every
+        # connection made before the others listen to that one, and a client's keep-alive
+        # connections stay where they landed. Open for business once every process listens.
+        await wait_listening(children, addr[1])
         self._files = write_run_files(self.home, self.deployments or [ALL],
                                       {"url": url, "pid": os.getpid(), "token": self.token})
         self.say(f"serving {', '.join(names)} at {url} with {self.processes} processes "
