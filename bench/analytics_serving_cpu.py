@@ -177,7 +177,9 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
             before = _threads(pids)
             spy = None
             if py_spy is not None:
-                one = next(p for p, k in pids.items() if k == "serving" and p != server.pid)
+                serving = [p for p, k in pids.items() if k == "serving"]
+                # with --processes N > 1 the supervisor serves nothing itself: record a child
+                one = next((p for p in serving if p != server.pid), server.pid)
                 fmt = "flamegraph" if py_spy.suffix == ".svg" else "raw"
                 spy = subprocess.Popen(["py-spy", "record", "-o", str(py_spy), "-r", "200",
                                         "--format", fmt, "--gil", "--nonblocking",

@@ -47,7 +47,7 @@ from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics, backlog
 from rendezvous.http.middleware import token_matches
-from rendezvous.http.reply import Reply
+from rendezvous.http.reply import Reply, send_reply
 from rendezvous.http.tensors import datatype_of, shape_of
 from rendezvous.ids import new_request_id
 
@@ -127,9 +127,7 @@ class Proxy:
         if scope["type"] != "http":
             return
         reply = await self._dispatch(scope, receive)
-        await send({"type": "http.response.start", "status": reply.status,
-                    "headers": reply.headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        await send_reply(send, reply.status, reply.body, reply.headers)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -23,6 +23,7 @@ import msgspec
 from rendezvous import config
 from rendezvous.errors import AuthError, RendezvousError, RequestTimeoutError
 from rendezvous.http.errors import error_body
+from rendezvous.http.reply import send_reply
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -37,9 +38,7 @@ INFERENCE_PATH = re.compile(r"/v2/models/[^/]+/infer|/v1/deployments/[^/]+/(pred
 
 async def _reply(send: Send, status: int, body: bytes,
                  headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *headers]})
-    await send({"type": "http.response.body", "body": body})
+    await send_reply(send, status, body, [(b"content-type", b"application/json"), *headers])
 
 
 async def _refuse(send: Send, exc: RendezvousError) -> None:

@@ -18,6 +18,7 @@ from rendezvous.errors import NotFoundError, RendezvousError
 from rendezvous.http.analytics import AnalyticsHandlers
 from rendezvous.http.errors import error_body
 from rendezvous.http.metrics import ProxyMetrics
+from rendezvous.http.reply import send_reply
 
 if TYPE_CHECKING:
     from rendezvous.hosting.runtime import Server
@@ -42,8 +43,7 @@ class MonitorApp:
         if scope["type"] != "http":
             return
         status, body, headers = self._answer(scope["method"], scope["path"])
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_reply(send, status, body, headers)
 
     def _answer(self, method: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if method != "GET":
