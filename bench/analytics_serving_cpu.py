@@ -221,7 +221,9 @@ def rounds(n: int, out: Path, **kw: Any) -> None:
                      "off_rps": round(got[False]["req/s"], 1),
                      "ratio": round(got[True]["req/s"] / max(got[False]["req/s"], 1e-9), 3),
                      "on_errors": got[True]["errors"], "off_errors": got[False]["errors"],
-                     "on_cpu_ms": round(cpu[True], 3), "off_cpu_ms": round(cpu[False], 3)})
+                     "on_cpu_ms": round(cpu[True], 3), "off_cpu_ms": round(cpu[False], 3),
+                     "on_p99_ms": round(got[True]["p99 ms"], 1),
+                     "off_p99_ms": round(got[False]["p99 ms"], 1)})
     doc = {"command": "python -m bench.analytics_serving_cpu " + " ".join(sys.argv[1:]),
            "rounds": runs, "settings": {k: str(v) for k, v in kw.items()}}
     write(doc, out)
@@ -247,6 +249,8 @@ def write(doc: dict[str, Any], out: Path) -> None:
     cpu_by_order = [_geomean([r["on_cpu_ms"] / r["off_cpu_ms"] for r in runs
                               if r["first"] == first]) for first in by_order]
     doc["balanced_cpu_ratio"] = round(_geomean(cpu_by_order), 3)
+    p99 = [r["on_p99_ms"] / r["off_p99_ms"] for r in runs if r.get("off_p99_ms")]
+    doc["median_p99_ratio"] = round(statistics.median(p99), 3) if p99 else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "analytics-rounds.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(runs[0])
@@ -260,7 +264,9 @@ def write(doc: dict[str, Any], out: Path) -> None:
              f"- CPU per request on/off (serving processes and model hosts): median "
              f"{doc['median_cpu_ratio']:.2f}; both orders weighed alike: "
              f"**{doc['balanced_cpu_ratio']:.2f}** (the first run of a round costs more "
-             "per request, whichever it is)."]
+             "per request, whichever it is).",
+             *([f"- wrk's p99 on/off: median **{doc['median_p99_ratio']:.2f}** (rounds: "
+                f"{', '.join(f'{x:.2f}' for x in p99)})."] if p99 else [])]
     (out / "analytics-rounds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
