@@ -276,7 +276,10 @@ def write(doc: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+    with_p99 = all(r.get("off_p99_ms") for r in runs)
+    fig, axes = plt.subplots(1, 2 if with_p99 else 1, figsize=(12 if with_p99 else 7, 3.6),
+                             constrained_layout=True, squeeze=False)
+    ax = axes[0][0]
     xs = [r["round"] for r in runs]
     ax.bar([x - 0.2 for x in xs], [r["on_rps"] for r in runs], 0.4, label="analytics on")
     ax.bar([x + 0.2 for x in xs], [r["off_rps"] for r in runs], 0.4, label="analytics off")
@@ -288,6 +291,16 @@ def write(doc: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("req/s")
     ax.set_title("rendezvous-4: throughput with analytics on and off (ratio above)")
     ax.legend(loc="lower right")
+    if with_p99:
+        p99_ax = axes[0][1]
+        p99_ax.bar([x - 0.2 for x in xs], [r["on_p99_ms"] for r in runs], 0.4,
+                   label="analytics on")
+        p99_ax.bar([x + 0.2 for x in xs], [r["off_p99_ms"] for r in runs], 0.4,
+                   label="analytics off")
+        p99_ax.set_xticks(xs, [f"round {x}" for x in xs])
+        p99_ax.set_ylabel("wrk p99 ms")
+        p99_ax.set_title("p99 latency, same runs")
+        p99_ax.legend(loc="lower right")
     fig.savefig(out / "analytics-rounds.png", dpi=110)
     plt.close(fig)
 

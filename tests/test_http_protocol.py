@@ -1,6 +1,6 @@
 """The HTTP edge's protocol, on a real server over raw sockets: each response leaves in one
-send (status line, headers and body together), and responses without a body, pipelined
-requests and streamed answers still arrive whole and in order."""
+send (status line, headers and body together), and answers without a body, error answers and
+the answers to pipelined requests still arrive whole and in order."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def _response(sock: socket.socket, buffered: bytes = b"", *, head: bool = False
     """One whole response (headers, body) read off ``sock``, and what came after it."""
     data = buffered
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536) or b""
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before the headers ended: {data!r}"
+        data += chunk
     headers, _, rest = data.partition(b"\r\n\r\n")
     length = 0
     for line in headers.split(b"\r\n")[1:]:
@@ -80,8 +82,8 @@ async def test_each_response_leaves_in_one_segment(registry: Registry, serve: Se
     assert segments == 3
 
 
-async def test_bodiless_pipelined_and_refused_responses_arrive_whole(registry: Registry,
-                                                                    serve: Serve) -> None:
+async def test_bodiless_error_and_pipelined_answers_arrive_whole(registry: Registry,
+                                                                 serve: Serve) -> None:
     deploy(registry)
     async with serve("dep") as client:
         url = str(client.base_url)
