@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 
@@ -170,6 +171,42 @@ def test_analytics_pair_label_outcomes_with_the_current_champion() -> None:
     a.set_policy(models=["a@1", "b@1"], champion="b@1", canary=None, deadline_ms=100,
                  references={})
     assert a.accuracy()["paired"] == {"champion": "b@1", "models": {}}  # a new champion
+
+
+def test_paired_label_evidence_survives_a_restart_under_the_same_champion() -> None:
+    """The state a monitor saves keeps the label pairs with the champion: a restart under the
+    same champion resumes them (the promotion gates and the watch need not wait for new
+    labels); under another champion, or after a policy change that keeps the champion, the
+    pairs are what they would have been without the restart."""
+    def paired(a: DeploymentAnalytics) -> dict[str, Any]:
+        return a.accuracy()["paired"]
+
+    policy = {"models": ["a@1", "b@1"], "canary": None, "deadline_ms": 100, "references": {}}
+    a = DeploymentAnalytics("dep")
+    a.set_policy(champion="a@1", **policy)
+    right, wrong = reduce({"predictions": ["yes"]}), reduce({"predictions": ["no"]})
+    for i, (champ, chal) in enumerate([(wrong, right), (right, right), (wrong, right)]):
+        fb = Feedback(request_id=f"r{i}", deployment="dep", labels=["yes"], at_ns=i)
+        assert a.add_feedback(fb, {"a@1": champ, "b@1": chal}, i) == "joined"
+    before = paired(a)
+    assert before["models"]["b@1"]["pairs"] == 3
+    state = msgspec.json.decode(msgspec.json.encode(a.to_state()))  # as the monitor saves it
+
+    restarted = DeploymentAnalytics("dep")  # the monitor restores, then follows the policy
+    restarted.restore(state)
+    restarted.set_policy(champion="a@1", **policy)
+    assert paired(restarted) == before
+    restarted.set_policy(champion="a@1", **{**policy, "models": ["a@1", "b@1", "c@1"]})
+    assert paired(restarted) == before  # a new shadow does not change the champion
+    policy_first = DeploymentAnalytics("dep")  # the other order
+    policy_first.set_policy(champion="a@1", **policy)
+    policy_first.restore(state)
+    assert paired(policy_first) == before
+
+    promoted = DeploymentAnalytics("dep")
+    promoted.restore(state)
+    promoted.set_policy(champion="b@1", **policy)
+    assert paired(promoted) == {"champion": "b@1", "models": {}}
 
 
 # -- end to end ------------------------------------------------------------------------------
