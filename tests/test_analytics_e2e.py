@@ -195,6 +195,8 @@ async def test_a_restart_keeps_windows_and_never_counts_a_label_twice(
                 and fb["joined"] == 1
 
         await until(closed)
+        paired = (await client.get("/v1/deployments/dep/accuracy")).json()["paired"]
+        assert paired["models"] and all(m["pairs"] == 1 for m in paired["models"].values())
     async with serve("dep") as client:
         doc = (await client.get("/v1/deployments/dep/windows")).json()
         assert sum(w["requests"] for w in doc["windows"]) == 40
@@ -212,6 +214,10 @@ async def test_a_restart_keeps_windows_and_never_counts_a_label_twice(
         # The resent label was dropped: by the engine's de-duplication or by the monitor.
         assert all(m["labels"] == 2 for m in acc["models"].values())
         assert acc["feedback"]["unknown"] == 0
+        # the label pairs with the champion resumed too: the gates count both
+        assert acc["paired"]["champion"] == paired["champion"]
+        assert {m: p["pairs"] for m, p in acc["paired"]["models"].items()} == {
+            m: 2 for m in paired["models"]}
 
 
 async def test_prometheus_gauges_and_the_monitor_app(registry: Registry, serve: Serve) -> None:
