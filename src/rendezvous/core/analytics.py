@@ -149,9 +149,7 @@ class DeploymentAnalytics:
         self.paired: dict[str, PairedDetector] = {}
         # model -> its labelled outcomes minus the champion's, since that champion took over
         self.paired_labels: dict[str, PairedOutcomes] = {}
-        # Paired evidence read back by ``restore``, with the champion it was paired against:
-        # the first ``set_policy`` keeps it if that is still the champion.
-        self._restored_pairs: tuple[str | None, dict[str, PairedOutcomes]] | None = None
+        self.paired_with: str | None = None  # the champion of ``paired_labels``
         self.class_cols: dict[str, dict[str, int]] = {}  # model -> class label -> column
         self.labelled = LabelledIds(horizon_ns=label_horizon_ns)
         self.feedback: Counter[str] = Counter({k: 0 for k in FEEDBACK_OUTCOMES})
@@ -170,10 +168,8 @@ class DeploymentAnalytics:
                 cols, rate_per_million=s.drift_rate_per_million, block_rows=s.drift_block_rows,
                 min_effect=s.drift_min_effect) if cols and s.column_drift else None
             self.paired = {}
-        if champion != self.champion:  # label evidence is paired with one champion
-            kept = self._restored_pairs
-            self.paired_labels = kept[1] if kept is not None and kept[0] == champion else {}
-        self._restored_pairs = None
+        if champion != self.paired_with:  # label evidence is paired with one champion
+            self.paired_labels, self.paired_with = {}, champion
         if canary != self.canary or (canary and self.canary_drift is None):
             scores = (references.get(canary or "") or {}).get("scores") or {}
             # One series is enough: the score when the model has one, else the prediction.
@@ -511,7 +507,7 @@ class DeploymentAnalytics:
                 "labelled": self.labelled.to_state(), "feedback": dict(self.feedback),
                 "totals": {m: t.to_state() for m, t in self.totals.items()},
                 "labels": {m: _label_state(s) for m, s in self.labels.items()},
-                "paired": {"champion": self.champion,
+                "paired": {"champion": self.paired_with,
                            "models": {m: [p.n, p.total, p.total_sq]
                                       for m, p in self.paired_labels.items()}}}
 
@@ -532,11 +528,10 @@ class DeploymentAnalytics:
             with contextlib.suppress(TypeError, ValueError):  # e.g. a NaN saved as null
                 n, total, total_sq = raw
                 pairs[model] = PairedOutcomes(int(n), float(total), float(total_sq))
-        if self.champion is not None:  # the policy came first: keep what it still pairs
-            if paired.get("champion") == self.champion:
-                self.paired_labels = pairs
-        else:
-            self._restored_pairs = (paired.get("champion"), pairs)
+        # Restored before the first policy, or under the same champion; the next policy
+        # with another champion starts the pairs afresh.
+        if self.champion is None or paired.get("champion") == self.champion:
+            self.paired_labels, self.paired_with = pairs, paired.get("champion")
 
 
 @dataclass(frozen=True, slots=True)
