@@ -27,29 +27,28 @@ class _OneSend:
     event loop's current iteration in any case (a response without a body, a streamed one
     whose first chunk comes later), and before a close."""
 
-    __slots__ = ("_fresh", "_held", "_holding", "_loop", "_transport")
+    __slots__ = ("_fresh", "_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held = b""
-        self._holding = False
+        self._held: bytes | None = None  # the first write, until it goes out
         self._fresh = True
 
     def write(self, data: bytes) -> None:
         if self._fresh:
             self._fresh = False
-            self._held, self._holding = data, True
+            self._held = data
             self._loop.call_soon(self._flush)
-        elif self._holding:
-            held, self._held, self._holding = self._held, b"", False
+        elif self._held is not None:
+            held, self._held = self._held, None
             self._transport.write(held + data)
         else:
             self._transport.write(data)
 
     def _flush(self) -> None:
-        if self._holding:
-            held, self._held, self._holding = self._held, b"", False
+        if self._held is not None:
+            held, self._held = self._held, None
             self._transport.write(held)
 
     def close(self) -> None:
