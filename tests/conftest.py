@@ -124,3 +124,12 @@ def webhook_listener(fail_first: int = 0) -> Iterator[tuple[str, list[dict[str, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config,
+                                  item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on uvloop's event loop, the one every serving process runs on
+    (``hosting.serve.run_loop``)."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

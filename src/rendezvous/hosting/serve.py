@@ -12,14 +12,29 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from rendezvous import config
 from rendezvous.hosting.plans import plan_for, reuseport_socket
 from rendezvous.hosting.supervisor import Say, Supervisor, parent_gone
 from rendezvous.hosting.topology import Mode, Roles, Topology
 
-__all__ = ["serve", "until_stopped"]
+__all__ = ["run_loop", "serve", "until_stopped"]
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to its end on uvloop's event loop, asyncio's where uvloop is not installed
+    (it does not build on Windows). Every serving process runs on it: the event loop's own work
+    (scheduling callbacks and timers, socket reads and writes) is a large share of a request's
+    CPU, and uvloop does it in C (bench/README.md, "Findings worth knowing")."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def serve(topology: Topology, deployments: list[str] | None, *, home: Path | None = None,
@@ -39,12 +54,12 @@ def serve(topology: Topology, deployments: list[str] | None, *, home: Path | Non
             say(f"{mode.value}: {line}")
 
         plan = plan_for(topology, deployments, home=root, host=host, port=port, say=tagged)
-        asyncio.run(Supervisor(tagged).run(plan, until_stopped()))
+        run_loop(Supervisor(tagged).run(plan, until_stopped()))
         say("stopped")
     elif topology.roles is not None:  # Mode.ROLE
-        asyncio.run(_role(topology.roles, topology, deployments, root, host, port, say))
+        run_loop(_role(topology.roles, topology, deployments, root, host, port, say))
     else:
-        asyncio.run(_single(topology, deployments, root, host, port, say, warn))
+        run_loop(_single(topology, deployments, root, host, port, say, warn))
 
 
 async def _single(topology: Topology, deployments: list[str] | None, home: Path,

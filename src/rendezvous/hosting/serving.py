@@ -1,4 +1,5 @@
-"""Serve deployments over HTTP with uvicorn (its fastest settings: uvloop and httptools).
+"""Serve deployments over HTTP with uvicorn and httptools, in the process's event loop (uvloop's:
+``hosting.serve.run_loop``).
 
 While serving, ``<home>/run/<deployment>.json`` (mode 0600) tells local commands where the
 server is and holds its admin token, so ``rendezvous promote`` reaches the running process.
@@ -83,7 +84,8 @@ def uvicorn_config(app: Any, host: str, port: int, *,
             raise ConfigError(f"{name}={path!r} is not a file; give the PEM file's path")
     protocol = hardened_protocol(header_timeout_s=config.HEADER_TIMEOUT_S.get(),
                                  max_header_bytes=config.MAX_HEADER_BYTES.get())
-    return uvicorn.Config(harden(app, host=host), host=host, port=port, loop="uvloop",
+    # loop="none": uvicorn serves in the running loop (``_http``), never makes one of its own.
+    return uvicorn.Config(harden(app, host=host), host=host, port=port, loop="none",
                           http=protocol, lifespan=lifespan, access_log=False,
                           log_level="warning", timeout_keep_alive=30,
                           ssl_certfile=certfile or None, ssl_keyfile=keyfile or None,
