@@ -104,22 +104,33 @@ def prepare_mlserver(ws: Workspace) -> ServerSpec:
     )
 
 
+def _gunicorn(ws: Workspace, app: str, endpoint: str, env: dict[str, str]) -> ServerSpec:
+    """gunicorn with 2 uvicorn workers serving the ASGI ``app`` (``module:attribute``)."""
+    return ServerSpec(
+        argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
+              "-b", f"127.0.0.1:{ws.port}", app],
+        ready_url=f"{ws.base_url}/health",
+        infer_url=f"{ws.base_url}{endpoint}",
+        wire=Wire.FASTAPI,
+        cwd=ROOT,
+        env={**_env(BENCH), **env},
+    )
+
+
 def prepare_fastapi(endpoint: str) -> Callable[[Workspace], ServerSpec]:
     """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app`` at ``endpoint``."""
 
     def prepare(ws: Workspace) -> ServerSpec:
         model_path = _artifact(BENCH, "joblib", ws.dir / "artifact") / "model.joblib"
-        return ServerSpec(
-            argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-                  "-b", f"127.0.0.1:{ws.port}", "bench.fastapi_app:app"],
-            ready_url=f"{ws.base_url}/health",
-            infer_url=f"{ws.base_url}{endpoint}",
-            wire=Wire.FASTAPI,
-            cwd=ROOT,
-            env={**_env(BENCH), "BENCH_MODEL_PATH": str(model_path)},
-        )
+        return _gunicorn(ws, "bench.fastapi_app:app", endpoint,
+                         {"BENCH_MODEL_PATH": str(model_path)})
 
     return prepare
+
+
+def prepare_floor(ws: Workspace) -> ServerSpec:
+    """gunicorn, 2 uvicorn workers, serving ``bench.floor_app`` (no model, no framework)."""
+    return _gunicorn(ws, "bench.floor_app:app", "/predict", {})
 
 
 #: Every contender, in the order they run and appear in the results.
@@ -134,6 +145,9 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("fastapi-async", prepare_fastapi("/predict-async"), BENCH,
               "the same app's async endpoint, predicting on the event loop; gunicorn with 2 "
               "uvicorn workers"),
+    Contender("floor", prepare_floor, BENCH,
+              "not a contender: a bare ASGI app that answers a constant without a model, "
+              "gunicorn with 2 uvicorn workers; what any Python server here can reach"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
               "Rendezvous, champion only, decoy archive; serve --processes 2"),
     Contender("rendezvous-1-mlflow", rendezvous_contender.prepare_one_mlflow, None,

@@ -30,6 +30,9 @@ def _at(results: Sequence[Row], contender: str, level: int) -> Row | None:
 
 #: The three contenders the issue's targets name; others (fastapi-async) are reported too.
 TARGET_OTHERS = ("mlflow", "mlserver", "fastapi")
+#: Not a contender: a server that answers a constant (``bench.floor_app``), the bound on what
+#: any Python server on the machine can reach; compared with the anchors, never among them.
+FLOOR = "floor"
 
 
 def _others(results: Sequence[Row], level: int, names: Sequence[str] | None = None) -> list[Row]:
@@ -37,19 +40,23 @@ def _others(results: Sequence[Row], level: int, names: Sequence[str] | None = No
     all of them or those in ``names``."""
     return [r for r in results
             if r["concurrency"] == level and not r["contender"].startswith("rendezvous")
-            and (names is None or r["contender"] in names)]
+            and r["contender"] != FLOOR and (names is None or r["contender"] in names)]
 
 
-def _versus(r4: Row, others: list[Row], label: str) -> list[str]:
+def _versus(row: Row, others: list[Row], label: str,
+            notes: tuple[str, str] = ("", "")) -> list[str]:
+    """``row`` against the best throughput and the lowest p99 of ``others``; ``notes`` end
+    the two lines' parentheses."""
     best = max(others, key=lambda r: r["rps"])
     low = min(others, key=lambda r: r["p99_ms"])
+    name = row["contender"]
     return [
-        f"- **{RENDEZVOUS_4} throughput / best of {label} at c={RATIO_LEVEL}**: "
-        f"{r4['rps'] / best['rps']:.2f}x ({r4['rps']:.0f} vs {best['contender']} "
-        f"{best['rps']:.0f} req/s)",
-        f"- **{RENDEZVOUS_4} p99 / lowest p99 of {label} at c={RATIO_LEVEL}**: "
-        f"{r4['p99_ms'] / low['p99_ms']:.2f}x ({r4['p99_ms']:.1f} ms vs {low['contender']} "
-        f"{low['p99_ms']:.1f} ms, {r4['p99_ms'] - low['p99_ms']:+.1f} ms)",
+        f"- **{name} throughput / best of {label} at c={RATIO_LEVEL}**: "
+        f"{row['rps'] / best['rps']:.2f}x ({row['rps']:.0f} vs {best['contender']} "
+        f"{best['rps']:.0f} req/s{notes[0]})",
+        f"- **{name} p99 / lowest p99 of {label} at c={RATIO_LEVEL}**: "
+        f"{row['p99_ms'] / low['p99_ms']:.2f}x ({row['p99_ms']:.1f} ms vs {low['contender']} "
+        f"{low['p99_ms']:.1f} ms, {row['p99_ms'] - low['p99_ms']:+.1f} ms{notes[1]})",
     ]
 
 
@@ -76,9 +83,22 @@ def ratios(results: Sequence[Row]) -> list[str]:
                 f"{fa['p50_ms']:.2f} ms)")
         elif r or name == RENDEZVOUS_1:
             lines.append(f"- {name} p50 - {FASTAPI} p50 at c=1: n/a (needs both at c=1)")
+    lines += floor(results)
     lines += scaleout(results)
     lines += client_paths(results)
     return lines
+
+
+def floor(results: Sequence[Row]) -> list[str]:
+    """The floor (no model, no framework) against the anchors the targets name, at c=32,
+    beside the targets set for ``rendezvous-4``: how far a server that does nothing gets past
+    them."""
+    f, named = _at(results, FLOOR, RATIO_LEVEL), _others(results, RATIO_LEVEL, TARGET_OTHERS)
+    if f is None or not named:
+        return []
+    return _versus(f, named, "mlflow, mlserver, fastapi",
+                   (f"; the target for {RENDEZVOUS_4} is 2x",
+                    f"; the target for {RENDEZVOUS_4} is at most 0.33x"))
 
 
 #: The same deployment as ``rendezvous-1`` reached through another client protocol.

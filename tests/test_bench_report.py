@@ -1,0 +1,37 @@
+"""The serving report's headline ratios: what the targets are measured against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import ratios
+
+
+def _row(contender: str, c: int, rps: float, p50: float, p99: float) -> dict[str, Any]:
+    return {"contender": contender, "concurrency": c, "rps": rps, "p50_ms": p50,
+            "p99_ms": p99, "p999_ms": p99, "errors": 0, "peak_rss_mb": 100.0}
+
+
+ROWS = [
+    _row("mlserver", 32, 2000.0, 12.0, 80.0),
+    _row("fastapi", 32, 1600.0, 18.0, 60.0),
+    _row("fastapi", 1, 1000.0, 1.0, 2.0),
+    _row("floor", 32, 9000.0, 3.0, 15.0),
+    _row("rendezvous-4", 32, 3000.0, 9.0, 40.0),
+]
+
+
+def test_the_floor_is_reported_against_the_anchors_and_never_counted_as_one() -> None:
+    lines = "\n".join(ratios(ROWS))
+    # rendezvous-4 is compared with the best anchor (mlserver) and the lowest anchor p99
+    # (fastapi), not with the floor's far better numbers
+    assert "1.50x (3000 vs mlserver 2000 req/s)" in lines
+    assert "0.67x (40.0 ms vs fastapi 60.0 ms" in lines
+    assert "4.50x (9000 vs mlserver 2000 req/s; the target for rendezvous-4 is 2x)" in lines
+    assert ("0.25x (15.0 ms vs fastapi 60.0 ms, -45.0 ms; the target for rendezvous-4 is at "
+            "most 0.33x)") in lines
+
+
+def test_no_floor_line_without_the_floor() -> None:
+    assert not [line for line in ratios([r for r in ROWS if r["contender"] != "floor"])
+                if "floor" in line]
