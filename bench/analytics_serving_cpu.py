@@ -29,6 +29,14 @@ throughput ratio, their median and the CPU per request to ``--out``
 
     python -m bench.analytics_serving_cpu --rounds 3 --concurrency 32 --duration 15 \
         --out bench/results/analytics-cost
+
+``--against DIR`` makes the rounds a before and after instead: ``--src`` against the source
+tree ``DIR`` (another worktree), analytics on in both (off with ``--only off``), each arm
+named by its tree's commit, written to ``ab-rounds.{json,md,png}``::
+
+    git worktree add /tmp/before HEAD~1
+    python -m bench.analytics_serving_cpu --rounds 4 --against /tmp/before/src \
+        --concurrency 32 --duration 15 --out bench/results/uvloop
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,23 +217,51 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
     return per
 
 
-def rounds(n: int, out: Path, **kw: Any) -> None:
-    """``n`` rounds of on and off, alternating the order; each round's throughput ratio."""
+@dataclass(frozen=True)
+class Arm:
+    """One side of the rounds: its name in the results, analytics on or off, the source tree."""
+
+    name: str
+    analytics: bool
+    src: Path
+
+
+def tree_name(src: Path) -> str:
+    """A source tree's commit (``git rev-parse --short HEAD``, ``+`` when it has changes), or
+    its path outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--untracked-files=no", ".")
+        return git("rev-parse", "--short", "HEAD") + ("+" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return str(src)
+
+
+def rounds(n: int, out: Path, arms: tuple[Arm, Arm], **kw: Any) -> None:
+    """``n`` rounds of both arms, alternating which goes first; each round's ratios of the
+    first arm to the second."""
+    a, b = arms
     runs: list[dict[str, Any]] = []
     for i in range(n):
-        order = (True, False) if i % 2 == 0 else (False, True)
-        got = {on: measure(on, **kw) for on in order}
-        cpu = {on: got[on].get("serving (all)", 0.0) + got[on].get("model host (all)", 0.0)
-               for on in order}
-        runs.append({"round": i + 1, "first": "on" if order[0] else "off",
-                     "on_rps": round(got[True]["req/s"], 1),
-                     "off_rps": round(got[False]["req/s"], 1),
-                     "ratio": round(got[True]["req/s"] / max(got[False]["req/s"], 1e-9), 3),
-                     "on_errors": got[True]["errors"], "off_errors": got[False]["errors"],
-                     "on_cpu_ms": round(cpu[True], 3), "off_cpu_ms": round(cpu[False], 3),
-                     "on_p99_ms": round(got[True]["p99 ms"], 1),
-                     "off_p99_ms": round(got[False]["p99 ms"], 1)})
+        order = (a, b) if i % 2 == 0 else (b, a)
+        got = {arm.name: measure(arm.analytics, src=arm.src, **kw) for arm in order}
+        cpu = {k: v.get("serving (all)", 0.0) + v.get("model host (all)", 0.0)
+               for k, v in got.items()}
+        row: dict[str, Any] = {"round": i + 1, "first": order[0].name}
+        for what, key, digits in (("rps", "req/s", 1), ("errors", "errors", 0),
+                                  ("p99_ms", "p99 ms", 1)):
+            for arm in arms:
+                row[f"{arm.name}_{what}"] = round(got[arm.name][key], digits)
+        for arm in arms:
+            row[f"{arm.name}_cpu_ms"] = round(cpu[arm.name], 3)
+        row["ratio"] = round(got[a.name]["req/s"] / max(got[b.name]["req/s"], 1e-9), 3)
+        runs.append(row)
     doc = {"command": "python -m bench.analytics_serving_cpu " + " ".join(sys.argv[1:]),
+           "arms": [{"name": arm.name, "analytics": arm.analytics, "src": str(arm.src)}
+                    for arm in arms],
            "rounds": runs, "settings": {k: str(v) for k, v in kw.items()}}
     write(doc, out)
 
@@ -234,40 +271,47 @@ def _geomean(xs: list[float]) -> float:
 
 
 def write(doc: dict[str, Any], out: Path) -> None:
-    """``analytics-rounds.{json,md,png}`` from the rounds in ``doc`` (adds the summary)."""
+    """``analytics-rounds.{json,md,png}`` (arms ``on`` and ``off``) or ``ab-rounds.*`` (two
+    source trees) from the rounds in ``doc`` (adds the summary)."""
     runs = doc["rounds"]
+    a, b = (arm["name"] for arm in doc["arms"])
     ratios = [r["ratio"] for r in runs]
     # Whichever runs second in a round tends to be faster here: average each order first,
     # then the two orders, so that an odd number of rounds does not favour one side.
     by_order = {first: _geomean([r["ratio"] for r in runs if r["first"] == first])
-                for first in ("on", "off") if any(r["first"] == first for r in runs)}
+                for first in (a, b) if any(r["first"] == first for r in runs)}
     doc["median_ratio"] = round(statistics.median(ratios), 3)
     doc["ratio_by_first"] = {k: round(v, 3) for k, v in by_order.items()}
     doc["balanced_ratio"] = round(_geomean(list(by_order.values())), 3)
     doc["median_cpu_ratio"] = round(statistics.median(
-        r["on_cpu_ms"] / r["off_cpu_ms"] for r in runs), 3)
-    cpu_by_order = [_geomean([r["on_cpu_ms"] / r["off_cpu_ms"] for r in runs
+        r[f"{a}_cpu_ms"] / r[f"{b}_cpu_ms"] for r in runs), 3)
+    cpu_by_order = [_geomean([r[f"{a}_cpu_ms"] / r[f"{b}_cpu_ms"] for r in runs
                               if r["first"] == first]) for first in by_order]
     doc["balanced_cpu_ratio"] = round(_geomean(cpu_by_order), 3)
-    p99 = [r["on_p99_ms"] / r["off_p99_ms"] for r in runs if r.get("off_p99_ms")]
+    p99 = [r[f"{a}_p99_ms"] / r[f"{b}_p99_ms"] for r in runs if r.get(f"{b}_p99_ms")]
     doc["median_p99_ratio"] = round(statistics.median(p99), 3) if p99 else None
+    analytics = (a, b) == ("on", "off")
+    stem = "analytics-rounds" if analytics else "ab-rounds"
+    title = ("Analytics on / off" if analytics else f"{a} / {b}") + ", alternating rounds"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "analytics-rounds.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = list(runs[0])
     orders = ", ".join(f"{v:.2f} with {k} first" for k, v in doc["ratio_by_first"].items())
-    lines = ["# Analytics on / off, alternating rounds", "", f"Command: `{doc['command']}`", "",
+    trees = [] if analytics else [
+        *(f"- `{arm['name']}`: `{arm['src']}`, analytics {'on' if arm['analytics'] else 'off'}"
+          for arm in doc["arms"]), ""]
+    lines = [f"# {title}", "", f"Command: `{doc['command']}`", "", *trees,
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
              *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in runs), "",
-             f"- Throughput ratio on/off: median **{doc['median_ratio']:.2f}** (rounds: "
+             f"- Throughput ratio {a}/{b}: median **{doc['median_ratio']:.2f}** (rounds: "
              f"{', '.join(f'{x:.2f}' for x in ratios)}); by order {orders}; both orders "
              f"weighed alike: **{doc['balanced_ratio']:.2f}**.",
-             f"- CPU per request on/off (serving processes and model hosts): median "
+             f"- CPU per request {a}/{b} (serving processes and model hosts): median "
              f"{doc['median_cpu_ratio']:.2f}; both orders weighed alike: "
-             f"**{doc['balanced_cpu_ratio']:.2f}** (the first run of a round costs more "
-             "per request, whichever it is).",
-             *([f"- wrk's p99 on/off: median **{doc['median_p99_ratio']:.2f}** (rounds: "
+             f"**{doc['balanced_cpu_ratio']:.2f}**.",
+             *([f"- wrk's p99 {a}/{b}: median **{doc['median_p99_ratio']:.2f}** (rounds: "
                 f"{', '.join(f'{x:.2f}' for x in p99)})."] if p99 else [])]
-    (out / "analytics-rounds.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
         import matplotlib
@@ -276,32 +320,26 @@ def write(doc: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_p99 = all(r.get("off_p99_ms") for r in runs)
-    fig, axes = plt.subplots(1, 2 if with_p99 else 1, figsize=(12 if with_p99 else 7, 3.6),
+    fig, axes = plt.subplots(1, 2 if p99 else 1, figsize=(12 if p99 else 7, 3.6),
                              constrained_layout=True, squeeze=False)
-    ax = axes[0][0]
     xs = [r["round"] for r in runs]
-    ax.bar([x - 0.2 for x in xs], [r["on_rps"] for r in runs], 0.4, label="analytics on")
-    ax.bar([x + 0.2 for x in xs], [r["off_rps"] for r in runs], 0.4, label="analytics off")
+    label = {a: "analytics on", b: "analytics off"} if analytics else {a: a, b: b}
+    panels = [("rps", "req/s", f"rendezvous-4: throughput, {title.split(',')[0]} (ratio above)")]
+    if p99:
+        panels.append(("p99_ms", "wrk p99 ms", "p99 latency, same runs"))
+    for ax, (what, unit, heading) in zip(axes[0], panels, strict=False):
+        ax.bar([x - 0.2 for x in xs], [r[f"{a}_{what}"] for r in runs], 0.4, label=label[a])
+        ax.bar([x + 0.2 for x in xs], [r[f"{b}_{what}"] for r in runs], 0.4, label=label[b])
+        ax.set_xticks(xs, [f"round {x} ({r['first']} first)" for x, r in zip(xs, runs,
+                                                                             strict=True)])
+        ax.set_ylabel(unit)
+        ax.set_title(heading)
+        ax.legend(loc="lower right")
     for r in runs:
-        ax.annotate(f"{r['ratio']:.2f}", (r["round"], max(r["on_rps"], r["off_rps"])),
-                    ha="center", va="bottom")
-    ax.set_xticks(xs, [f"round {x} ({r['first']} first)" for x, r in zip(xs, runs,
-                                                                         strict=True)])
-    ax.set_ylabel("req/s")
-    ax.set_title("rendezvous-4: throughput with analytics on and off (ratio above)")
-    ax.legend(loc="lower right")
-    if with_p99:
-        p99_ax = axes[0][1]
-        p99_ax.bar([x - 0.2 for x in xs], [r["on_p99_ms"] for r in runs], 0.4,
-                   label="analytics on")
-        p99_ax.bar([x + 0.2 for x in xs], [r["off_p99_ms"] for r in runs], 0.4,
-                   label="analytics off")
-        p99_ax.set_xticks(xs, [f"round {x}" for x in xs])
-        p99_ax.set_ylabel("wrk p99 ms")
-        p99_ax.set_title("p99 latency, same runs")
-        p99_ax.legend(loc="lower right")
-    fig.savefig(out / "analytics-rounds.png", dpi=110)
+        axes[0][0].annotate(f"{r['ratio']:.2f}", (r["round"], max(r[f"{a}_rps"],
+                                                                  r[f"{b}_rps"])),
+                            ha="center", va="bottom")
+    fig.savefig(out / f"{stem}.png", dpi=110)
     plt.close(fig)
 
 
@@ -319,16 +357,31 @@ def main(argv: list[str] | None = None) -> int:
                          "this script), e.g. another worktree's, for a before and after")
     ap.add_argument("--rounds", type=int, default=0,
                     help="alternating on/off rounds, with their ratios written to --out")
+    ap.add_argument("--against", type=Path,
+                    help="with --rounds: compare --src with this source tree instead of "
+                         "analytics on with off (both on, or as --only says)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics-cost")
     ap.add_argument("--serve-args", default=None,
                     help="arguments for `rendezvous serve` instead of the serving benchmark's "
                          "'--processes 2', e.g. '--processes 1'")
     args = ap.parse_args(argv)
     serve_args = shlex.split(args.serve_args) if args.serve_args is not None else None
+    if args.against is not None and not args.rounds:
+        ap.error("--against compares two source trees in --rounds; add --rounds N")
     if args.rounds:
-        rounds(args.rounds, args.out, duration=args.duration, concurrency=args.concurrency,
-               warmup=args.warmup, delay_ms=args.delay_ms, py_spy=None,
-               src=args.src.resolve(), serve_args=serve_args)
+        src = args.src.resolve()
+        if args.against is None:
+            arms = (Arm("on", True, src), Arm("off", False, src))
+        else:
+            on = args.only != "off"
+            old = args.against.resolve()
+            names = [tree_name(src), tree_name(old)]
+            if names[0] == names[1]:
+                names = [f"{names[0]} ({src})", f"{names[1]} ({old})"]
+            arms = (Arm(names[0], on, src), Arm(names[1], on, old))
+        rounds(args.rounds, args.out, arms, duration=args.duration,
+               concurrency=args.concurrency, warmup=args.warmup, delay_ms=args.delay_ms,
+               py_spy=None, serve_args=serve_args)
         return 0
     rows = {}
     for on in (True, False):

@@ -35,3 +35,24 @@ def test_the_floor_is_reported_against_the_anchors_and_never_counted_as_one() ->
 def test_no_floor_line_without_the_floor() -> None:
     assert not [line for line in ratios([r for r in ROWS if r["contender"] != "floor"])
                 if "floor" in line]
+
+
+def test_ab_rounds_are_named_by_their_arms_and_weigh_both_orders_alike(tmp_path) -> None:
+    from bench.analytics_serving_cpu import write
+
+    def rnd(i: int, first: str, new: float, old: float) -> dict[str, Any]:
+        return {"round": i, "first": first, "new_rps": new, "old_rps": old,
+                "new_errors": 0, "old_errors": 0, "new_p99_ms": 10.0, "old_p99_ms": 20.0,
+                "new_cpu_ms": 0.5, "old_cpu_ms": 1.0, "ratio": new / old}
+
+    doc = {"command": "x", "rounds": [rnd(1, "new", 1200.0, 1000.0), rnd(2, "old", 900.0,
+                                                                        1000.0)],
+           "arms": [{"name": "new", "analytics": True, "src": "/a"},
+                    {"name": "old", "analytics": True, "src": "/b"}]}
+    write(doc, tmp_path)
+    md = (tmp_path / "ab-rounds.md").read_text()
+    assert md.startswith("# new / old, alternating rounds")
+    assert "- `old`: `/b`, analytics on" in md
+    assert doc["balanced_ratio"] == round((1.2 * 0.9) ** 0.5, 3)
+    assert doc["median_cpu_ratio"] == 0.5 and doc["median_p99_ratio"] == 0.5
+    assert not (tmp_path / "analytics-rounds.md").exists()
