@@ -147,7 +147,7 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "uvicorn workers"),
     Contender("floor", prepare_floor, BENCH,
               "not a contender: a bare ASGI app that answers a constant without a model, "
-              "gunicorn with 2 uvicorn workers; what any Python server here can reach"),
+              "gunicorn with 2 uvicorn workers; how far the HTTP stack alone goes here"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
               "Rendezvous, champion only, decoy archive; serve --processes 2"),
     Contender("rendezvous-1-mlflow", rendezvous_contender.prepare_one_mlflow, None,

@@ -1,10 +1,10 @@
-"""The floor: a Python HTTP server that does nothing, to show what this machine allows.
+"""The floor: a Python HTTP server that does nothing, to show how far the HTTP stack alone goes.
 
 A bare ASGI app on the same stack as the FastAPI baseline and Rendezvous (gunicorn with 2
 uvicorn workers, uvloop and httptools): it reads the request's body and answers a constant
-``{"prediction":0}``, with no framework, no validation and no model. No server written in
-Python on this machine can answer faster than this one, so its throughput and p99 at c=32 bound
-what any contender's can be (see ``bench.report.floor``)::
+``{"prediction":0}``, with no framework, no validation and no model. Its throughput and p99
+at c=32 show how far this HTTP stack alone goes on the machine, against what the contenders
+reach with their work behind it (see ``bench.report.floor``)::
 
     bench/.venv/bin/gunicorn -w 2 -k uvicorn_worker.UvicornWorker bench.floor_app:app
 

@@ -30,8 +30,8 @@ def _at(results: Sequence[Row], contender: str, level: int) -> Row | None:
 
 #: The three contenders the issue's targets name; others (fastapi-async) are reported too.
 TARGET_OTHERS = ("mlflow", "mlserver", "fastapi")
-#: Not a contender: a server that answers a constant (``bench.floor_app``), the bound on what
-#: any Python server on the machine can reach; compared with the anchors, never among them.
+#: Not a contender: a server that answers a constant (``bench.floor_app``), how far the HTTP
+#: stack alone goes on the machine; compared with the anchors, never among them.
 FLOOR = "floor"
 
 
