@@ -154,3 +154,31 @@ async def test_model_hosts_do_not_preempt_the_serving_process_unless_told(
         states = (await client.get("/v1/deployments/dep/status")).json()["model_states"]
         pids = [int(states[m]["pid"]) for m in (champ, chal)]
         assert all(os.sched_getscheduler(pid) == getattr(os, policy) for pid in pids), pids
+
+
+def test_each_score_keeps_its_own_records_held_time_past_an_undecodable_record() -> None:
+    """The worker sends each record's held time with the batch; the scorer stamps it on that
+    record's score, also when a record before it cannot be decoded (and has no score)."""
+    import numpy as np
+
+    from rendezvous.core.schema import infer_signature
+    from rendezvous.roles.scoring import BatchScorer
+
+    class Doubles:
+        def predict(self, columns: dict[str, Any], n_rows: int) -> dict[str, Any]:
+            return {"predictions": np.asarray(columns["f0"]) * 2}
+
+    sig = infer_signature(np.zeros((1, 1)))
+    scorer = BatchScorer(Doubles(), sig, deployment="d", model="m@1",  # type: ignore[arg-type]
+                         worker="w")
+
+    def request(rid: str, x: float) -> bytes:
+        return messages.encode(messages.Request(
+            request_id=rid, deployment="d", received_ns=1, deadline_ns=2,
+            inputs={"f0": [x]}, n_rows=1))
+
+    scores = scorer.score([request("a", 1.0), b"\xc1 not msgpack", request("b", 2.0)],
+                          held_ns=[5, 6, 7])
+    assert [(s.request_id, s.held_ns, s.outputs["predictions"]) for s in scores] == [
+        ("a", 5, [2.0]), ("b", 7, [4.0])]
+    assert [s.held_ns for s in scorer.score([request("c", 3.0)])] == [0]

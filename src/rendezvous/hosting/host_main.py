@@ -106,7 +106,7 @@ def serve(sock: socket.socket, *, home: Path, registry_url: str | None, deployme
         if body is None:
             return 0
         batch = from_parent.decode(body)
-        scores = scorer.score(batch.records)
+        scores = scorer.score(batch.records, held_ns=batch.held_ns)
         sock.sendall(frame(Scored(batch.seq, messages.encode(scores) if scores else b"")))
 
 

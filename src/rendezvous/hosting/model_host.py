@@ -247,8 +247,9 @@ class ModelHost:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def score(self, records: Sequence[Record]) -> bytes | None:
-        """Encoded scores for ``records``; None while the host is not ready (missing)."""
+    async def score(self, records: Sequence[Record], held_ns: Sequence[int] = ()) -> bytes | None:
+        """Encoded scores for ``records`` (``held_ns``: see ``Scoring.score``); None while the
+        host is not ready (missing)."""
         writer = self._writer
         if self.state is not HostState.READY or writer is None:
             return None
@@ -259,22 +260,23 @@ class ModelHost:
         started = time.time_ns()
         datas = [r.data for r in records]
         try:
-            writer.write(frame(ScoreBatch(seq, datas)))
+            writer.write(frame(ScoreBatch(seq, datas, list(held_ns))))
             await writer.drain()
             data = await asyncio.wait_for(fut, self.max_predict_ms / 1000)
         except TimeoutError:
             cause = f"predict took longer than max_predict_ms={self.max_predict_ms:g}"
             self._kill(cause)
-            return self._errors(datas, started, f"model host killed: {cause}")
+            return self._errors(datas, started, f"model host killed: {cause}", held_ns)
         except (HostGone, ConnectionError) as exc:
             return self._errors(datas, started, f"model host ended mid-batch: "
-                                                f"{exc or 'connection lost'}")
+                                                f"{exc or 'connection lost'}", held_ns)
         finally:
             self._pending.pop(seq, None)
         return data or None
 
-    def _errors(self, datas: list[bytes], started: int, error: str) -> bytes | None:
+    def _errors(self, datas: list[bytes], started: int, error: str,
+                held_ns: Sequence[int]) -> bytes | None:
         scores = error_scores(datas, deployment=self.deployment, model=self.model,
                               worker=self.worker, error=error, started_ns=started,
-                              finished_ns=time.time_ns())
+                              finished_ns=time.time_ns(), held_ns=held_ns)
         return messages.encode(scores) if scores else None

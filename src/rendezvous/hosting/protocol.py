@@ -1,7 +1,8 @@
 """What a model host and its parent say to each other over their socket. Pure: no I/O.
 
 Each frame is a 4-byte big-endian length followed by a msgpack message. The parent sends
-``ScoreBatch`` (the exact bytes of input records, as the stream holds them); the host answers
+``ScoreBatch`` (the exact bytes of input records, as the stream holds them, and how long each
+waited only because its worker paused); the host answers
 ``Scored`` (the encoded ``list[Score]`` the worker appends as it is) and reports its progress
 with ``HostReport`` (``loading``, ``warming``, ``ready``, or ``failed`` with the reason).
 """
@@ -34,6 +35,7 @@ class HostState(enum.StrEnum):
 class ScoreBatch(msgspec.Struct, tag="batch", gc=False):
     seq: int
     records: list[bytes]
+    held_ns: list[int] = []  # per record (``Score.held_ns``); empty: none was held
 
 
 class Scored(msgspec.Struct, tag="scored", gc=False):

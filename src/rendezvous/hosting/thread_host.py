@@ -85,10 +85,10 @@ class ThreadHost:
             await asyncio.wait_for(self._settled.wait(), timeout_s)
         return self.state
 
-    async def score(self, records: Sequence[Record]) -> bytes | None:
+    async def score(self, records: Sequence[Record], held_ns: Sequence[int] = ()) -> bytes | None:
         if self.state is not HostState.READY or self._scoring is None:
             return None
-        return await self._scoring.score(records)
+        return await self._scoring.score(records, held_ns)
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

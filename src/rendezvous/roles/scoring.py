@@ -110,17 +110,19 @@ def warmup_columns(sig: Signature, example: dict[str, list[Any]] | None) -> tupl
 
 
 def error_scores(datas: Sequence[bytes], *, deployment: str, model: str, worker: str,
-                 error: str, started_ns: int, finished_ns: int) -> list[Score]:
+                 error: str, started_ns: int, finished_ns: int,
+                 held_ns: Sequence[int] = ()) -> list[Score]:
     """One ``Score`` with ``error`` per request (for a batch the model could not finish)."""
     out = []
-    for data in datas:
+    for i, data in enumerate(datas):
         try:
             rid = messages.request_head_decoder.decode(data).request_id
         except msgspec.DecodeError:
             continue  # not a request at all: nothing to name
         out.append(Score(request_id=rid, deployment=deployment, model=model, outputs={},
                          started_ns=started_ns, finished_ns=finished_ns, error=error,
-                         worker=worker, input_digest=input_digest(data)))
+                         worker=worker, input_digest=input_digest(data),
+                         held_ns=held_ns[i] if held_ns else 0))
     return out
 
 
@@ -142,11 +144,15 @@ class BatchScorer:
         for _ in range(WARMUP_CALLS):
             self.predictor.predict(cols, n)
 
-    def score(self, datas: Sequence[bytes], keys: Sequence[int] | None = None) -> list[Score]:
+    def score(self, datas: Sequence[bytes], keys: Sequence[int] | None = None, *,
+              held_ns: Sequence[int] = ()) -> list[Score]:
         """Scores for the input records ``datas`` (undecodable records are skipped: the proxy
-        only appends valid requests, so such a record comes from a foreign writer)."""
+        only appends valid requests, so such a record comes from a foreign writer).
+        ``held_ns``: how long each record waited only because its worker paused (empty: none
+        did), kept in its score."""
         requests: list[Request] = []
         digests: list[str] = []
+        held: list[int] = []
         for i, data in enumerate(datas):
             try:
                 req, digest = self.decoded.get(keys[i] if keys is not None else i, data)
@@ -154,9 +160,11 @@ class BatchScorer:
                 continue
             requests.append(req)
             digests.append(digest)
-        return self._score(requests, digests) if requests else []
+            held.append(held_ns[i] if held_ns else 0)
+        return self._score(requests, digests, held) if requests else []
 
-    def _score(self, requests: list[Request], digests: list[str]) -> list[Score]:
+    def _score(self, requests: list[Request], digests: list[str],
+               held: list[int]) -> list[Score]:
         started = time.time_ns()
         try:
             cols = merge_columns(requests, self.signature)
@@ -166,17 +174,17 @@ class BatchScorer:
             if len(requests) > 1:
                 # Score one by one so that a single bad request does not fail its batch mates.
                 out: list[Score] = []
-                for r, d in zip(requests, digests, strict=True):
-                    out.extend(self._score([r], [d]))
+                for r, d, h in zip(requests, digests, held, strict=True):
+                    out.extend(self._score([r], [d], [h]))
                 return out
             return [self._make(requests[0], digests[0], {}, started, time.time_ns(),
-                               f"{type(exc).__name__}: {exc}")]
+                               f"{type(exc).__name__}: {exc}", held[0])]
         finished = time.time_ns()
-        return [self._make(r, d, o, started, finished, None)
-                for r, d, o in zip(requests, digests, outputs, strict=True)]
+        return [self._make(r, d, o, started, finished, None, h)
+                for r, d, o, h in zip(requests, digests, outputs, held, strict=True)]
 
     def _make(self, req: Request, digest: str, outputs: dict[str, list[Any]], started: int,
-              finished: int, error: str | None) -> Score:
+              finished: int, error: str | None, held_ns: int) -> Score:
         return Score(request_id=req.request_id, deployment=self.deployment, model=self.model,
                      outputs=outputs, started_ns=started, finished_ns=finished, error=error,
-                     worker=self.worker, input_digest=digest)
+                     worker=self.worker, input_digest=digest, held_ns=held_ns)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
-
-import msgspec
 
 from rendezvous import config
 from rendezvous.core import messages
@@ -83,9 +82,11 @@ def held_ns(records: Sequence[Record], paused_ns: int, resumed_ns: int) -> list[
 class Scoring(Protocol):
     """Where a model computes, seen from its worker."""
 
-    async def score(self, records: Sequence[Record]) -> bytes | None:
+    async def score(self, records: Sequence[Record], held_ns: Sequence[int] = ()) -> bytes | None:
         """The encoded ``list[Score]`` for ``records``, or None when the model cannot take
-        them now (its host is down): those requests then have no score from it (missing)."""
+        them now (its host is down): those requests then have no score from it (missing).
+        ``held_ns``: how long each record waited only because its worker paused, kept in its
+        score (empty: none did)."""
 
 
 class ThreadScoring:
@@ -104,11 +105,12 @@ class ThreadScoring:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.scorer.warm_up, example)
 
-    async def score(self, records: Sequence[Record]) -> bytes | None:
+    async def score(self, records: Sequence[Record], held_ns: Sequence[int] = ()) -> bytes | None:
         loop = asyncio.get_running_loop()
         scores = await loop.run_in_executor(
-            self._executor, self.scorer.score, [r.data for r in records],
-            [r.offset for r in records])
+            self._executor, functools.partial(
+                self.scorer.score, [r.data for r in records], [r.offset for r in records],
+                held_ns=held_ns))
         return messages.encode(scores) if scores else None
 
     def close(self) -> None:
@@ -180,9 +182,9 @@ class Worker:
             # ack would, so the role is started again (this batch comes back unacknowledged).
             failed, self._failed = self._failed, None
             raise failed
-        data = await self.scoring.score(batch.records)
-        if data is not None and self._paused[1] > batch.records[0].ts_ns:
-            data = self._with_held(data, batch.records)
+        held = (held_ns(batch.records, *self._paused)
+                if self._paused[1] > batch.records[0].ts_ns else [])
+        data = await self.scoring.score(batch.records, held)
         # The next batch need not wait for this one's scores to be durable: record them in
         # the background, at most MAX_RECORDING batches at a time.
         await self._room.acquire()
@@ -201,17 +203,6 @@ class Worker:
             log.info("worker %s: a batch not recorded while stopping (%s)", self.model, exc)
         else:
             self._failed = exc
-
-    def _with_held(self, data: bytes, records: Sequence[Record]) -> bytes:
-        held = dict(zip((r.offset for r in records), held_ns(records, *self._paused),
-                        strict=True))
-        scores = messages.scores_decoder.decode(data)
-        by_id = {}
-        for rec in records:
-            with contextlib.suppress(msgspec.DecodeError):
-                by_id[messages.request_head_decoder.decode(rec.data).request_id] = held[rec.offset]
-        return messages.encode([msgspec.structs.replace(s, held_ns=by_id.get(s.request_id, 0))
-                                for s in scores])
 
     async def _record(self, batch: Batch, data: bytes | None) -> None:
         if data is not None:
