@@ -257,6 +257,9 @@ def rounds(n: int, out: Path, arms: tuple[Arm, Arm], **kw: Any) -> None:
                 row[f"{arm.name}_{what}"] = round(got[arm.name][key], digits)
         for arm in arms:
             row[f"{arm.name}_cpu_ms"] = round(cpu[arm.name], 3)
+        for arm in arms:  # the same, split: the serving processes, the model hosts
+            for part, key in (("serving", "serving (all)"), ("hosts", "model host (all)")):
+                row[f"{arm.name}_{part}_cpu_ms"] = round(got[arm.name].get(key, 0.0), 3)
         row["ratio"] = round(got[a.name]["req/s"] / max(got[b.name]["req/s"], 1e-9), 3)
         runs.append(row)
     doc = {"command": "python -m bench.analytics_serving_cpu " + " ".join(sys.argv[1:]),
@@ -290,6 +293,11 @@ def write(doc: dict[str, Any], out: Path) -> None:
     doc["balanced_cpu_ratio"] = round(_geomean(cpu_by_order), 3)
     p99 = [r[f"{a}_p99_ms"] / r[f"{b}_p99_ms"] for r in runs if r.get(f"{b}_p99_ms")]
     doc["median_p99_ratio"] = round(statistics.median(p99), 3) if p99 else None
+    doc["median_part_cpu_ratio"] = {
+        label: round(statistics.median(r[f"{a}_{part}_cpu_ms"] / r[f"{b}_{part}_cpu_ms"]
+                                       for r in runs), 3)
+        for part, label in (("serving", "serving processes"), ("hosts", "model hosts"))
+        if all(r.get(f"{b}_{part}_cpu_ms") for r in runs)}
     analytics = (a, b) == ("on", "off")
     stem = "analytics-rounds" if analytics else "ab-rounds"
     title = ("Analytics on / off" if analytics else f"{a} / {b}") + ", alternating rounds"
@@ -310,7 +318,9 @@ def write(doc: dict[str, Any], out: Path) -> None:
              f"{doc['median_cpu_ratio']:.2f}; both orders weighed alike: "
              f"**{doc['balanced_cpu_ratio']:.2f}**.",
              *([f"- wrk's p99 {a}/{b}: median **{doc['median_p99_ratio']:.2f}** (rounds: "
-                f"{', '.join(f'{x:.2f}' for x in p99)})."] if p99 else [])]
+                f"{', '.join(f'{x:.2f}' for x in p99)})."] if p99 else []),
+             *(f"- CPU per request {a}/{b}, {label}: median **{ratio:.2f}**."
+               for label, ratio in doc.get("median_part_cpu_ratio", {}).items())]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:

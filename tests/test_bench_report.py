@@ -43,7 +43,9 @@ def test_ab_rounds_are_named_by_their_arms_and_weigh_both_orders_alike(tmp_path)
     def rnd(i: int, first: str, new: float, old: float) -> dict[str, Any]:
         return {"round": i, "first": first, "new_rps": new, "old_rps": old,
                 "new_errors": 0, "old_errors": 0, "new_p99_ms": 10.0, "old_p99_ms": 20.0,
-                "new_cpu_ms": 0.5, "old_cpu_ms": 1.0, "ratio": new / old}
+                "new_cpu_ms": 0.5, "old_cpu_ms": 1.0, "new_serving_cpu_ms": 0.3,
+                "old_serving_cpu_ms": 0.6, "new_hosts_cpu_ms": 0.2, "old_hosts_cpu_ms": 0.8,
+                "ratio": new / old}
 
     doc = {"command": "x", "rounds": [rnd(1, "new", 1200.0, 1000.0), rnd(2, "old", 900.0,
                                                                         1000.0)],
@@ -55,4 +57,6 @@ def test_ab_rounds_are_named_by_their_arms_and_weigh_both_orders_alike(tmp_path)
     assert "- `old`: `/b`, analytics on" in md
     assert doc["balanced_ratio"] == round((1.2 * 0.9) ** 0.5, 3)
     assert doc["median_cpu_ratio"] == 0.5 and doc["median_p99_ratio"] == 0.5
+    assert doc["median_part_cpu_ratio"] == {"serving processes": 0.5, "model hosts": 0.25}
+    assert "- CPU per request new/old, model hosts: median **0.25**." in md
     assert not (tmp_path / "analytics-rounds.md").exists()
