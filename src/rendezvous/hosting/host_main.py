@@ -23,7 +23,6 @@ from pathlib import Path
 from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.errors import NotFoundError
-from rendezvous.hosting import heap
 from rendezvous.hosting.protocol import (
     HEADER,
     HostReport,
@@ -98,8 +97,6 @@ def serve(sock: socket.socket, *, home: Path, registry_url: str | None, deployme
             HostState.FAILED, f"warm-up predict on the registration's example rows failed: "
                               f"{type(exc).__name__}: {exc}")))
         return LOAD_FAILED
-    # The model, its libraries and everything the warm-up touched live as long as the process.
-    heap.settle()
     sock.sendall(frame(HostReport(HostState.READY)))
     while True:
         head = _recv_exact(sock, HEADER.size)
