@@ -60,3 +60,23 @@ def test_ab_rounds_are_named_by_their_arms_and_weigh_both_orders_alike(tmp_path)
     assert doc["median_part_cpu_ratio"] == {"serving processes": 0.5, "model hosts": 0.25}
     assert "- CPU per request new/old, model hosts: median **0.25**." in md
     assert not (tmp_path / "analytics-rounds.md").exists()
+
+
+def test_py_spy_samples_go_to_the_outermost_role_of_their_stack() -> None:
+    from bench.spy_roles import OTHER, shares, table
+
+    lines = [
+        "run (uvloop/__init__.py:92);Monitor._pump (roles/monitor.py:285);"
+        "EmbeddedStream.append (streams/embedded/log.py:356) 3",  # the monitor's append
+        "_bootstrap (threading.py:995);Writer._run (streams/embedded/writer.py:90) 1",
+        "run (uvloop/__init__.py:92);RequestResponseCycle.run_asgi (uvicorn/x.py:1);"
+        "infer (rendezvous/http/oip.py:172) 4",
+        "Runner.run (asyncio/runners.py:118) 2",
+        "not a folded stack",
+    ]
+    per, total = shares(lines)
+    assert total == 10
+    assert per == {"monitor (meta-analytics)": 3, "stream log (writer thread, consumers)": 1,
+                   "HTTP edge (proxy, middleware, uvicorn)": 4, OTHER: 2}
+    assert table(per, total).splitlines()[2] == \
+        "| HTTP edge (proxy, middleware, uvicorn) | 40.0 % |"
