@@ -327,6 +327,7 @@ def test_models_show_of_a_huge_version_is_one_line(registry: Registry) -> None:
 @pytest.mark.parametrize(("env", "value"), [
     ("RENDEZVOUS_MAX_BODY_BYTES", "-1"), ("RENDEZVOUS_MAX_BODY_BYTES", "0"),
     ("RENDEZVOUS_MAX_ROWS", "0"), ("RENDEZVOUS_BODY_TIMEOUT_S", "-3"),
+    ("RENDEZVOUS_HOSTS_NICE", "-1"),
 ])
 def test_limits_below_their_minimum_are_refused(env: str, value: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:

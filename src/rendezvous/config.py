@@ -144,6 +144,12 @@ HOSTS_PREEMPT = Setting("RENDEZVOUS_HOSTS_PREEMPT", bool, False,
                         "let model hosts preempt the serving process when they are handed a "
                         "batch (Linux's default policy); off runs them SCHED_BATCH, so the "
                         "serving process keeps its core while it dispatches")
+HOSTS_NICE = Setting("RENDEZVOUS_HOSTS_NICE", int, 5,
+                     "how many nice steps below the serving process model hosts run (0: the "
+                     "same priority). Waking a host to hand it a batch often gives it the "
+                     "serving process's core; lower, it waits for a free one instead, and "
+                     "gets the cores whenever the serving processes do not need them",
+                     minimum=0)
 LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
                               "how long after a request its feedback label is still counted "
                               "(older labels are counted as too late)", minimum=0.001)

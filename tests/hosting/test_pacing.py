@@ -156,6 +156,45 @@ async def test_model_hosts_do_not_preempt_the_serving_process_unless_told(
         assert all(os.sched_getscheduler(pid) == getattr(os, policy) for pid in pids), pids
 
 
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="Unix priorities")
+@pytest.mark.parametrize("steps", ["5", "0"])
+async def test_model_hosts_run_the_set_nice_steps_below_the_serving_process(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch, steps: str) -> None:
+    monkeypatch.setenv("RENDEZVOUS_HOSTS_NICE", steps)
+    champ, chal = _two_doublers(registry, monkeypatch, deadline_ms=2000)
+    async with serve("dep") as client:
+        await _ask(client, 1, champ)
+        states = (await client.get("/v1/deployments/dep/status")).json()["model_states"]
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, int(states[m]["pid"])) for m in (champ, chal)] \
+            == [min(19, mine + int(steps))] * 2
+
+
+def test_a_nice_setting_a_host_cannot_use_fails_it_naming_the_setting(tmp_path: Any) -> None:
+    """The host reports ``failed`` with the setting's error and exits as a load failure (not
+    restarted: it would fail the same way)."""
+    import socket
+    import subprocess
+    import sys
+
+    from rendezvous.hosting.host_main import LOAD_FAILED
+    from rendezvous.hosting.protocol import HEADER, HostReport, HostState, from_host
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rendezvous.hosting.host_main", "--fd", str(theirs.fileno()),
+             "--home", str(tmp_path), "--deployment", "dep", "--model", "m@1", "--worker", "w"],
+            pass_fds=(theirs.fileno(),), env={**os.environ, "RENDEZVOUS_HOSTS_NICE": "many"},
+            timeout=60, capture_output=True)
+        theirs.close()
+        size = HEADER.unpack(ours.recv(HEADER.size))[0]
+        report = from_host.decode(ours.recv(size))
+    assert proc.returncode == LOAD_FAILED, proc.stderr
+    assert isinstance(report, HostReport) and report.state is HostState.FAILED
+    assert "RENDEZVOUS_HOSTS_NICE='many'" in report.detail, report.detail
+
+
 def test_each_score_keeps_its_own_records_held_time_past_an_undecodable_record() -> None:
     """The worker sends each record's held time with the batch; the scorer stamps it on that
     record's score, also when a record before it cannot be decoded (and has no score)."""

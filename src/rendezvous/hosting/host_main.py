@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rendezvous import config
 from rendezvous.core import messages
-from rendezvous.errors import NotFoundError
+from rendezvous.errors import ConfigError, NotFoundError
 from rendezvous.hosting.protocol import (
     HEADER,
     HostReport,
@@ -56,6 +56,18 @@ def _never_preempt_the_parent() -> None:
         return
     with contextlib.suppress(AttributeError, OSError):  # elsewhere: the default policy
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+def _below_the_parent() -> None:
+    """Run ``RENDEZVOUS_HOSTS_NICE`` nice steps below the serving process (no privilege is
+    needed to lower one's own priority). On a machine with fewer cores than busy processes,
+    the serving process then keeps its core while it hands out batches, answers clients and
+    files scores, and the hosts take every cycle it leaves; with cores to spare nothing
+    changes. Compared in ``bench/results/hosts-nice``."""
+    steps = config.HOSTS_NICE.get()
+    if steps:
+        with contextlib.suppress(AttributeError, OSError):  # no os.nice: the same priority
+            os.nice(steps)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -120,11 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", required=True)
     args = p.parse_args(argv)
     _die_with_parent()
-    _never_preempt_the_parent()
     # Ctrl-C in a terminal reaches the whole foreground group; the parent stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     try:
+        try:
+            _never_preempt_the_parent()
+            _below_the_parent()
+        except ConfigError as exc:  # a bad setting fails the model the same way every time
+            sock.sendall(frame(HostReport(HostState.FAILED, str(exc))))
+            sys.exit(LOAD_FAILED)
         code = serve(sock, home=args.home, registry_url=args.registry,
                      deployment=args.deployment, model=args.model, worker=args.worker)
     except (BrokenPipeError, ConnectionResetError):
