@@ -147,8 +147,8 @@ HOSTS_PREEMPT = Setting("RENDEZVOUS_HOSTS_PREEMPT", bool, False,
 HOSTS_NICE = Setting("RENDEZVOUS_HOSTS_NICE", int, 5,
                      "how many nice steps below the serving process model hosts run (0: the "
                      "same priority). Waking a host to hand it a batch often gives it the "
-                     "serving process's core; lower, it waits for a free one instead, and "
-                     "gets the cores whenever the serving processes do not need them",
+                     "serving process's core; lower, it does so less often, and a contended "
+                     "core gives the serving process the larger share",
                      minimum=0)
 LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
                               "how long after a request its feedback label is still counted "

@@ -60,10 +60,11 @@ def _never_preempt_the_parent() -> None:
 
 def _below_the_parent() -> None:
     """Run ``RENDEZVOUS_HOSTS_NICE`` nice steps below the serving process (no privilege is
-    needed to lower one's own priority). On a machine with fewer cores than busy processes,
-    the serving process then keeps its core while it hands out batches, answers clients and
-    files scores, and the hosts take every cycle it leaves; with cores to spare nothing
-    changes. Compared in ``bench/results/hosts-nice``."""
+    needed to lower one's own priority). On a machine with fewer cores than busy processes, a
+    host woken with a batch then less often takes the serving process's core while it hands
+    out batches, answers clients and files scores (5 steps: about a third of its weight).
+    Priorities decide only who runs while processes wait for a core. Compared on 2 cores in
+    ``bench/results/hosts-nice``."""
     steps = config.HOSTS_NICE.get()
     if steps:
         with contextlib.suppress(AttributeError, OSError):  # no os.nice: the same priority
