@@ -24,7 +24,7 @@ from pathlib import Path
 ROLES: dict[str, tuple[str, ...]] = {
     "HTTP edge (proxy, middleware, uvicorn)": (
         "RequestResponseCycle.", "HttpToolsProtocol.", "_Hardened.", "Proxy.", "HostCheck.",
-        "BodyTimeout.", "infer ", "send_reply ", "_OneSend.", "invocations ", "predict "),
+        "BodyTimeout.", "infer ", "send_reply ", "_OneSend.", "invocations "),
     "workers and model hosts' sockets": ("Worker.", "ModelHost.", "ThreadHost."),
     "rendezvous server": ("RendezvousServer.",),
     "archive writers (decoy, scorekeeper)": ("ArchiveWriter.", "Decoy.", "Scorekeeper."),
