@@ -5,9 +5,10 @@ Throughput on a shared two-core machine is noisy; the CPU time the server's proc
 per request much less so. Starts the ``rendezvous-4`` deployment of the serving benchmark
 (``serve --processes 2``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
 with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
-processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool)
-and of the model hosts, split by model; wrk's latency percentiles; and how many requests a
-worker's scores record held (its micro-batch), over all models and per model.
+processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool),
+with their analytics hosts (also shown alone), and of the model hosts, split by model;
+wrk's latency percentiles; and how many requests a worker's scores record held (its
+micro-batch), over all models and per model.
 ``--serve-args`` replaces the benchmark's ``--processes 2``, e.g.
 ``--serve-args='--processes 1'`` for one serving process and one model host per model.
 Flat out, the faster run also batches more, which lowers its cost per request on its own;
@@ -71,7 +72,8 @@ _THREAD = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:idle|active)[^)]*\): "(
 
 
 def _processes(pid: int) -> dict[int, str]:
-    """pid -> kind (``serving``, or ``model host MODEL``) of the server and its descendants."""
+    """pid -> kind (``serving``, ``analytics host`` or ``model host MODEL``) of the server
+    and its descendants."""
     root = psutil.Process(pid)
     out = {}
     for p in [root, *root.children(recursive=True)]:
@@ -81,6 +83,8 @@ def _processes(pid: int) -> dict[int, str]:
             continue
         if "rendezvous.hosting.host_main" in cmd and "--model" in cmd:
             out[p.pid] = f"model host {cmd[cmd.index('--model') + 1]}"
+        elif "rendezvous.hosting.analytics_main" in cmd:
+            out[p.pid] = "analytics host"
         else:
             out[p.pid] = "serving"
     return out
@@ -212,7 +216,9 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
         part = kind if kind != "serving" else f"serving: {names[pid].get(tid, 'other threads')}"
         spent = (t1 - before.get((pid, tid), 0.0)) * 1000 / max(1, load.requests)
         per[part] = per.get(part, 0.0) + spent
-        whole = "serving (all)" if kind == "serving" else "model host (all)"
+        # The analytics host does what the serving process did before it had one: counted
+        # with it, and on its own as ``analytics host``.
+        whole = "model host (all)" if kind.startswith("model host") else "serving (all)"
         per[whole] = per.get(whole, 0.0) + spent
     return per
 

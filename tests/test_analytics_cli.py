@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from rendezvous import Registry
-from rendezvous.roles import monitor as monitor_role
 from tests.test_analytics_e2e import classifiers, send, training, until
 from tests.test_cli import run
 
@@ -23,7 +22,7 @@ Serve = Any
 
 @pytest.fixture(autouse=True)
 def short_feedback_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_role, "FEEDBACK_WAIT_S", 0.5)
+    monkeypatch.setenv("RENDEZVOUS_FEEDBACK_WAIT_S", "0.5")
 
 
 async def test_analytics_commands_online_and_offline(
@@ -49,6 +48,12 @@ async def test_analytics_commands_online_and_offline(
             return bool(doc["feedback"]["joined"] == 20)
 
         await until(joined)
+
+        async def every_score_compared() -> bool:  # the documents lag the stream a little
+            doc = (await client.get("/v1/deployments/dep/compare")).json()
+            return bool(doc["models"][refs["challenger"]]["rows"] == 60)
+
+        await until(every_score_compared)
         code, text = await cli("compare", "dep", "--json")
         online: dict[str, Any] = json.loads(text)
         http = (await client.get("/v1/deployments/dep/compare")).json()

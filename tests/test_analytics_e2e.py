@@ -56,7 +56,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> 
 
 async def scores_seen(client: httpx.AsyncClient, n: int) -> None:
     """Wait until the monitor holds every model's score of the ``n`` requests sent: a label
-    that comes before its scores waits only ``FEEDBACK_WAIT_S`` (shortened here), so on a
+    that comes before its scores waits only ``RENDEZVOUS_FEEDBACK_WAIT_S`` (shortened here), so on a
     loaded machine it could count as unknown."""
     async def seen() -> bool:
         models = (await client.get("/v1/deployments/dep/compare")).json()["models"]
@@ -80,7 +80,7 @@ async def send(client: httpx.AsyncClient, rows: np.ndarray) -> list[str]:
 @pytest.fixture(autouse=True)
 def short_feedback_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     # Labels for ids no model scored wait this long before they count as unknown.
-    monkeypatch.setattr(monitor_role, "FEEDBACK_WAIT_S", 0.5)
+    monkeypatch.setenv("RENDEZVOUS_FEEDBACK_WAIT_S", "0.5")
 
 
 async def test_feedback_compare_accuracy_and_score_archive(registry: Registry, serve: Serve,
@@ -152,7 +152,7 @@ async def test_feedback_compare_accuracy_and_score_archive(registry: Registry, s
 
 async def test_a_label_sent_before_a_slow_models_score_joins_every_model(
         registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_role, "FEEDBACK_WAIT_S", 30.0)  # far more than it needs
+    monkeypatch.setenv("RENDEZVOUS_FEEDBACK_WAIT_S", "30.0")  # far more than it needs
     fast = register_callable(registry, "fast", "tests.models:make_constant", value=1.0)
     slow = register_callable(registry, "slow", "tests.models:make_constant", value=0.0,
                              sleep_ms=300)

@@ -214,7 +214,7 @@ def test_paired_label_evidence_survives_a_restart_under_the_same_champion() -> N
 
 @pytest.fixture(autouse=True)
 def short_feedback_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_role, "FEEDBACK_WAIT_S", 0.5)
+    monkeypatch.setenv("RENDEZVOUS_FEEDBACK_WAIT_S", "0.5")
 
 
 @pytest.fixture
@@ -376,15 +376,14 @@ async def test_a_server_started_during_a_watch_takes_it_up(registry: Registry,
     promoted, _ = deploy.promote(registry, "dep", flaky, documents={}, force=True)
     statuses: list[int] = []
     async with serve("dep") as client:
-        monitor = client.proxy_app.server.runtimes["dep"].monitor  # type: ignore[attr-defined]
-
         async def watching() -> bool:  # the monitor reads the policy record as it starts
-            return monitor.watch is not None
+            r = await client.get("/v1/deployments/dep/alarms")
+            return r.status_code == 200 and r.json()["watch"] is not None
 
         await until(watching, timeout=20)
-        watch = monitor.watch
-        assert (watch.version, watch.champion, watch.previous) == (promoted.version, flaky,
-                                                                   champ)
+        watch = (await client.get("/v1/deployments/dep/alarms")).json()["watch"]
+        assert (watch["policy_version"], watch["champion"], watch["previous"]) == (
+            promoted.version, flaky, champ)
         rng = np.random.default_rng(5)
 
         async def rolled_back() -> bool:

@@ -153,6 +153,9 @@ HOSTS_NICE = Setting("RENDEZVOUS_HOSTS_NICE", int, 5,
 LABEL_HORIZON_HOURS = Setting("RENDEZVOUS_LABEL_HORIZON_HOURS", float, 168.0,
                               "how long after a request its feedback label is still counted "
                               "(older labels are counted as too late)", minimum=0.001)
+FEEDBACK_WAIT_S = Setting("RENDEZVOUS_FEEDBACK_WAIT_S", float, 10.0,
+                          "how long a label of a recent request waits for every model's score "
+                          "before it joins what there is (or counts as unknown)", minimum=0.0)
 
 READY_TIMEOUT_S = Setting("RENDEZVOUS_READY_TIMEOUT_S", float, 120.0,
                           "how long start-up waits for every candidate model to load and warm "

@@ -175,17 +175,16 @@ def demo(duration: Annotated[float | None, typer.Option(help="Seconds of traffic
             rt = proxy.server.runtimes["demo"]
             stats["roles"] = {m.model: m.role.value for m in rt.policy.models}
             out.print(f"HTTP replies: {dict(replies) if replies else 'interrupted'}")
-            a = rt.monitor.analytics if rt.monitor is not None else None
-            if a is not None:
+            g = await rt.monitor.gauges() if rt.monitor is not None and rt.monitor.analytics \
+                else None
+            if g is not None:
                 for model, m in stats["models"].items():
-                    acc = a.labels.get(model)
-                    pair = a.pairs.get(model)
-                    m["accuracy"] = acc.to_dict().get("accuracy") if acc else None
-                    m["agreement"] = pair.summary()["agreement"] if pair else None
-                stats["feedback"] = dict(a.feedback)
+                    m["accuracy"] = g["quality"].get(model, {}).get("accuracy")
+                    m["agreement"] = g["agreement"].get(model)
+                stats["feedback"] = g["feedback"]
             print_status(stats)
-            if a is not None:
-                out.print(f"alarms firing: {', '.join(a.alarms.firing) or 'none'}")
+            if g is not None:
+                out.print(f"alarms firing: {', '.join(g['firing']) or 'none'}")
             out.print(f"serve it again with: rendezvous serve demo --home {root}")
 
     try:

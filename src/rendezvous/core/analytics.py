@@ -23,7 +23,9 @@ from rendezvous.core.labelled import HORIZON_NS, LabelledIds
 from rendezvous.core.messages import Feedback, Reason, ResultSummary, Score, Status
 from rendezvous.core.windows import ModelWindow, WindowRing
 
-__all__ = ["DeploymentAnalytics", "WindowAcc"]
+__all__ = ["DOCUMENTS", "DeploymentAnalytics", "WindowAcc"]
+
+DOCUMENTS = ("compare", "drift", "accuracy", "alarms", "windows")  # what ``document`` answers
 
 # too_late: the request is older than the label horizon (see ``core.labelled``)
 FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid", "too_late")
@@ -499,6 +501,36 @@ class DeploymentAnalytics:
 
     def windows(self) -> list[dict[str, Any]]:
         return self.ring.series()
+
+    def document(self, kind: str) -> dict[str, Any]:
+        """The document ``kind`` (one of ``DOCUMENTS``) as its endpoint answers it."""
+        if kind == "windows":
+            return {"deployment": self.deployment, "champion": self.champion,
+                    "canary": self.canary, "deadline_ms": self.deadline_ms,
+                    "models": list(self.models), "windows": self.windows()}
+        docs = {"compare": self.compare, "drift": self.drift, "accuracy": self.accuracy,
+                "alarms": self.alarms_doc}
+        if kind not in docs:
+            raise KeyError(f"unknown analytics document {kind!r}; known: {DOCUMENTS}")
+        return docs[kind]()
+
+    def gauges(self) -> dict[str, Any]:
+        """What Prometheus and ``status`` show of the analytics, at a glance: alarm states,
+        agreement with the champion, live quality, the last drift effects, label outcomes.
+
+        >>> sorted(DeploymentAnalytics("d").gauges())
+        ['agreement', 'alarms', 'drift', 'feedback', 'firing', 'quality']
+        """
+        drift = {kind: ({col: t.effect for col, t in det.last.columns.items()}
+                        if det is not None and det.last is not None else {})
+                 for kind, det in (("column", self.column_drift),
+                                   ("canary", self.canary_drift))}
+        return {"alarms": {st.name: st.state for st in self.alarms.states.values()},
+                "firing": list(self.alarms.firing),
+                "agreement": {m: p.agree / p.compared for m, p in self.pairs.items()
+                              if p.compared},
+                "quality": {m: s.to_dict() for m, s in self.labels.items()},
+                "drift": drift, "feedback": dict(self.feedback)}
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from rendezvous.hosting.protocol import (
 LOAD_FAILED = 3  # exit code of a host whose model could not be loaded or warmed up
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to kill this process when its parent dies, even mid-predict (elsewhere the
     closed socket alone ends it, once the current predict returns)."""
     try:
@@ -58,7 +58,7 @@ def _never_preempt_the_parent() -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
-def _below_the_parent() -> None:
+def below_the_parent() -> None:
     """Run ``RENDEZVOUS_HOSTS_NICE`` nice steps below the serving process (no privilege is
     needed to lower one's own priority). On a machine with fewer cores than busy processes, a
     host woken with a batch then less often takes the serving process's core while it hands
@@ -132,14 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--worker", required=True)
     args = p.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     # Ctrl-C in a terminal reaches the whole foreground group; the parent stops us in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     try:
         try:
             _never_preempt_the_parent()
-            _below_the_parent()
+            below_the_parent()
         except ConfigError as exc:  # a bad setting fails the model the same way every time
             sock.sendall(frame(HostReport(HostState.FAILED, str(exc))))
             sys.exit(LOAD_FAILED)

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,8 @@ from typing import Any
 import msgspec
 
 from rendezvous.core import messages
-from rendezvous.hosting.protocol import HEADER, HostReport, HostState, ScoreBatch, frame, from_host
+from rendezvous.hosting.child import SupervisedChild, read_frame, spawn_on_socket
+from rendezvous.hosting.protocol import HostReport, HostState, ScoreBatch, frame, from_host
 from rendezvous.hosting.supervisor import Backoff, describe_exit
 from rendezvous.roles.scoring import error_scores
 from rendezvous.streams.base import Record
@@ -60,7 +60,7 @@ def resident_mb(pid: int) -> float | None:
         return None
 
 
-class ModelHost:
+class ModelHost(SupervisedChild):
     """One model version of one deployment in a supervised child process.
 
     >>> # host = ModelHost(home=home, deployment="demo", model="demo-hgb@1", worker="w1")
@@ -72,6 +72,8 @@ class ModelHost:
     def __init__(self, *, home: Path, deployment: str, model: str, worker: str,
                  registry_url: str | None = None, max_memory_mb: float | None = None,
                  max_predict_ms: float = 1000.0, backoff: Backoff | None = None) -> None:
+        super().__init__(backoff)
+        self.label = f"{deployment} {model}"
         self.home = home
         self.deployment = deployment
         self.model = model
@@ -79,20 +81,11 @@ class ModelHost:
         self.registry_url = registry_url
         self.max_memory_mb = max_memory_mb
         self.max_predict_ms = max_predict_ms
-        self.backoff = backoff or Backoff()
-        self.state = HostState.LOADING
-        self.detail = ""
-        self.restarts = 0
-        self.last_exit = ""
-        self.pid = 0
-        self.since = time.time()
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._seq = 0
         self._kill_cause = ""
-        self._stopping = False
-        self._ready_at = 0.0
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -103,13 +96,7 @@ class ModelHost:
                 "last_exit": self.last_exit, "pid": self.pid, "isolation": self.isolation,
                 "since": self.since}
 
-    def _set(self, state: HostState, detail: str = "") -> None:
-        if state is not self.state or detail != self.detail:
-            self.state, self.detail, self.since = state, detail, time.time()
-            level = logging.WARNING if state in (HostState.FAILED, HostState.RESTARTING) \
-                else logging.INFO
-            log.log(level, "%s %s: %s%s", self.deployment, self.model, state.value,
-                    f" ({detail})" if detail else "")
+    def _changed(self, state: HostState) -> None:
         if state in (HostState.READY, HostState.FAILED):
             self._settled.set()
 
@@ -142,26 +129,6 @@ class ModelHost:
                 await self._task
         self._set(HostState.STOPPED)
 
-    async def _supervise(self) -> None:
-        attempt = 0
-        while not self._stopping:
-            try:
-                cause = await self._run_once()
-            except OSError as exc:  # could not even start the interpreter
-                cause = f"could not start: {exc}"
-            if self._stopping:
-                return
-            if self.state is HostState.FAILED:
-                return  # loading fails the same way every time: wait for a policy change
-            if self._ready_at and time.monotonic() - self._ready_at > self.backoff.reset_after_s:
-                attempt = 0
-            delay = self.backoff.delay(attempt)
-            attempt += 1
-            self.restarts += 1
-            self.last_exit = cause
-            self._set(HostState.RESTARTING, f"{cause}; starting again in {delay:.2g} s")
-            await asyncio.sleep(delay)
-
     def _command(self, fd: int) -> list[str]:
         args = [sys.executable, "-m", "rendezvous.hosting.host_main", "--deployment",
                 self.deployment, "--model", self.model, "--fd", str(fd), "--home",
@@ -172,23 +139,12 @@ class ModelHost:
 
     async def _run_once(self) -> str:
         """Run one host process until it exits; returns how it ended."""
-        ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # Every model scores every request at once: one compute thread each, unless told.
         env.setdefault("OMP_NUM_THREADS", "1")
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._command(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, env=env,
-                # Own session: a terminal's Ctrl-C reaches the serving process, which then
-                # stops its hosts in order, instead of every host dying at once.
-                start_new_session=True)
-        finally:
-            theirs.close()
+        self._proc, reader, self._writer = await spawn_on_socket(self._command, env)
         self.pid = self._proc.pid
-        self._ready_at = 0.0
         self._set(HostState.LOADING)
-        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         watch = asyncio.ensure_future(self._watch_memory(self._proc.pid, self.max_memory_mb)) \
             if self.max_memory_mb is not None else None
         try:
@@ -211,16 +167,13 @@ class ModelHost:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:
             try:
-                head = await reader.readexactly(HEADER.size)
-                msg = from_host.decode(await reader.readexactly(HEADER.unpack(head)[0]))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
+                msg = await read_frame(reader, from_host)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._kill(f"sent a malformed frame ({exc})")  # restarted like a crash
                 return
+            if msg is None:
+                return
             if isinstance(msg, HostReport):
-                if msg.state is HostState.READY:
-                    self._ready_at = time.monotonic()
                 self._set(msg.state, msg.detail)
             else:
                 fut = self._pending.get(msg.seq)

@@ -39,6 +39,7 @@ from rendezvous.errors import (
     NotFoundError,
     RendezvousError,
 )
+from rendezvous.hosting.analytics_host import AnalyticsHost
 from rendezvous.hosting.checks import check_loads
 from rendezvous.hosting.model_host import ModelHost
 from rendezvous.hosting.protocol import HostState
@@ -48,9 +49,7 @@ from rendezvous.hosting.thread_host import ThreadHost
 from rendezvous.hosting.topology import ProcessRole, Roles, groups_of
 from rendezvous.registry import PolicyRecord, Registry
 from rendezvous.roles.decoy import Decoy
-from rendezvous.roles.monitor import Monitor
 from rendezvous.roles.rendezvous import RendezvousServer
-from rendezvous.roles.scorekeeper import Scorekeeper
 from rendezvous.roles.scoring import DecodedRequests
 from rendezvous.roles.worker import Worker
 from rendezvous.streams.base import Record, Retention, Stream, open_stream
@@ -99,8 +98,7 @@ class DeploymentRuntime:
         self.workers: dict[str, Worker] = {}
         self.rendezvous: RendezvousServer | None = None
         self.decoy: Decoy | None = None
-        self.monitor: Monitor | None = None
-        self.scorekeeper: Scorekeeper | None = None
+        self.monitor: AnalyticsHost | None = None
         self.input_topic = messages.topic(name, "input")
         self._tasks: dict[object, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
@@ -197,21 +195,17 @@ class DeploymentRuntime:
                 self.stream, self.name, self.schedule, self.server.returns,
                 late_grace_ms=self.server.late_grace_ms)
             self._spawn_role("rendezvous", self.rendezvous.run)
-        if ProcessRole.DECOY in roles or ProcessRole.MONITOR in roles:
-            await asyncio.to_thread(import_table_modules)  # before the first archive flush
         if ProcessRole.DECOY in roles and self.policy.decoy:
+            await asyncio.to_thread(import_table_modules)  # before the first archive flush
             self.decoy = Decoy(self.stream, self.server.home, self.name, self.signature,
                                archive=self.server.archive)
             self._spawn_role("decoy", self.decoy.run)
         if ProcessRole.MONITOR in roles:
-            self.monitor = Monitor(self.stream, self.name, home=self.server.home,
-                                   registry=self.server.registry, policy=self.policy,
-                                   archive=self.server.archive)
+            self.monitor = AnalyticsHost(self.stream, self.name, home=self.server.home,
+                                         registry_url=self.server.registry_url,
+                                         archive=self.server.archive_at)
+            self.monitor.follow(self.policy_version)
             self._spawn_role("monitor", self.monitor.run)
-            if self.monitor.analytics is not None:
-                self.scorekeeper = Scorekeeper(self.stream, self.server.home, self.name,
-                                               archive=self.server.archive)
-                self._spawn_role("scorekeeper", self.scorekeeper.run)
         self._spawn("registry", self._watch_registry())
         if not self._readers_ok and not await self._readers_present():
             self._spawn("readers", self._await_readers())
@@ -292,7 +286,7 @@ class DeploymentRuntime:
         if self.rendezvous is not None:
             self.rendezvous.set_schedule(schedule)
         if self.monitor is not None:
-            self.monitor.set_policy(policy, record)
+            self.monitor.follow(version)
         retired = [m for m in self.hosts if m not in policy.model_names()] \
             if follows_policy else []
         self.policy, self.policy_version, self.schedule = policy, version, schedule
@@ -395,8 +389,6 @@ class DeploymentRuntime:
             await self.rendezvous.stop()
         if self.decoy is not None:
             await self.decoy.stop()
-        if self.scorekeeper is not None:
-            await self.scorekeeper.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         tasks = list(self._tasks.values())
@@ -426,7 +418,7 @@ class Server:
                  roles: Roles | None = None, registry_url: str | None = None,
                  archive: str | None = None, reset_log: bool = False) -> None:
         self.home = config.home(home)
-        self._archive_at = archive
+        self.archive_at = archive
         self.archive: Archive | None = None  # opened at start by processes that write it
         self.reset_log = reset_log  # start an embedded log afresh that does not match
         self.deployment_names = list(deployments or [])
@@ -463,7 +455,7 @@ class Server:
         for name in self.deployment_names:  # fail early on an unknown name, before any I/O
             await asyncio.to_thread(self.registry.policy, name)
         if ProcessRole.DECOY in self.roles or ProcessRole.MONITOR in self.roles:
-            self.archive = open_archive(self.home, self._archive_at)
+            self.archive = open_archive(self.home, self.archive_at)
             await asyncio.to_thread(self.archive.check)  # a bad archive fails now, not later
         self.stream = await open_stream(self.streams_url, home=self.home,
                                         reset_log=self.reset_log)
@@ -592,4 +584,5 @@ class Server:
                 f"process: GET /v1/deployments/{deployment}/status on its --port")
         live = rt.hosts if ProcessRole.WORKER in self.roles else rt.policy.model_names()
         return {**rt.monitor.stats.to_dict(), "policy_version": rt.policy_version,
-                "models_live": sorted(live), "model_states": rt.model_states()}
+                "models_live": sorted(live), "model_states": rt.model_states(),
+                "analytics_host": rt.monitor.info()}

@@ -12,6 +12,7 @@ the dashboard out. Shared by the serving proxy (``http.app``) and the monitor's 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.core import messages
-from rendezvous.core.analytics import DeploymentAnalytics
+from rendezvous.core.analytics import DOCUMENTS
 from rendezvous.core.messages import Feedback
 from rendezvous.errors import (
     BadRequestError,
@@ -32,11 +33,11 @@ from rendezvous.errors import (
 )
 
 if TYPE_CHECKING:
+    from rendezvous.hosting.analytics_host import AnalyticsHost
     from rendezvous.hosting.runtime import Server
 
 __all__ = ["DOCUMENTS", "AnalyticsHandlers", "parse_feedback"]
 
-DOCUMENTS = ("compare", "drift", "accuracy", "alarms", "windows")
 MAX_FEEDBACK = 10_000  # labels per request body
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _JSON = [(b"content-type", b"application/json")]
@@ -118,7 +119,7 @@ class AnalyticsHandlers:
         self.server = server
         self.reply = reply
 
-    def analytics(self, name: str) -> DeploymentAnalytics:
+    def analytics(self, name: str) -> AnalyticsHost:
         rt = self.server.runtimes.get(name)
         if rt is None:
             known = ", ".join(sorted(self.server.runtimes)) or "none"
@@ -128,20 +129,22 @@ class AnalyticsHandlers:
                 "monitor of deployment", name,
                 f"this process runs only {self.server.roles.label}; ask the `serve --role "
                 f"monitor` process on its --port")
-        if rt.monitor.analytics is None:
+        if not rt.monitor.analytics:
             raise NotFoundError("analytics of deployment", name,
                                 "the monitor runs with analytics off")
-        return rt.monitor.analytics
+        return rt.monitor
 
     async def gate_documents(self, name: str) -> dict[str, Any]:
         """The documents the promotion gates read (``compare``, ``accuracy``, ``windows``):
         from this process's monitor, or from the ``serve --role monitor`` process that
         advertised itself under the data directory."""
         rt = self.server.runtimes.get(name)
-        if rt is not None and rt.monitor is not None and rt.monitor.analytics is not None:
-            a = rt.monitor.analytics
-            return {"compare": a.compare(), "accuracy": a.accuracy(),
-                    "windows": a.windows()}
+        if rt is not None and rt.monitor is not None and rt.monitor.analytics:
+            host = rt.monitor
+            docs = {kind: _decode.decode(await host.ask(kind))
+                    for kind in ("compare", "accuracy", "windows")}
+            docs["windows"] = docs["windows"]["windows"]
+            return docs
         import json
 
         import httpx
@@ -163,17 +166,11 @@ class AnalyticsHandlers:
         docs["windows"] = docs["windows"].get("windows", [])
         return docs
 
-    def document(self, name: str, kind: str) -> bytes:
-        a = self.analytics(name)
-        doc: Any = {"compare": a.compare, "drift": a.drift, "accuracy": a.accuracy,
-                    "alarms": a.alarms_doc,
-                    "windows": lambda: {"deployment": name, "champion": a.champion,
-                                        "canary": a.canary, "deadline_ms": a.deadline_ms,
-                                        "models": a.models, "windows": a.windows()}}[kind]()
-        return _encode(doc)
+    async def document(self, name: str, kind: str) -> bytes:
+        return await self.analytics(name).ask(kind)
 
     async def get(self, params: dict[str, str], *_: Any) -> Any:
-        return self.reply(200, self.document(params["d"], params["doc"]), list(_JSON))
+        return self.reply(200, await self.document(params["d"], params["doc"]), list(_JSON))
 
     async def feedback(self, params: dict[str, str], body: bytes, *_: Any) -> Any:
         name = params["d"]
@@ -196,16 +193,16 @@ class AnalyticsHandlers:
         return self.reply(202, _encode({"accepted": len(accepted), "rejected": rejected,
                                         "duplicates": duplicates}), list(_JSON))
 
-    def answer_get(self, path: str) -> tuple[int, bytes, list[Any]] | None:
-        """A GET ``path`` answered synchronously (for the monitor's app), None when it is not
-        an analytics path."""
+    async def answer_get(self, path: str) -> tuple[int, bytes, list[Any]] | None:
+        """A GET ``path`` answered (for the monitor's app), None when it is not an analytics
+        path."""
         for method, pattern, name in ROUTES:
             match = re.fullmatch(pattern, path)
             if method == "GET" and match is not None:
                 if name == "dashboard":
                     status, body, ctype = dashboard_asset(match.groupdict().get("asset"))
                     return status, body, [(b"content-type", ctype.encode())]
-                return 200, self.document(match["d"], match["doc"]), list(_JSON)
+                return 200, await self.document(match["d"], match["doc"]), list(_JSON)
         return None
 
     async def dashboard(self, params: dict[str, str], *_: Any) -> Any:
@@ -223,7 +220,6 @@ def dashboard_asset(asset: str | None) -> tuple[int, bytes, str]:
     return 200, resources.files("rendezvous").joinpath("dashboard", name).read_bytes(), ctype
 
 
-DOCUMENTS = ("compare", "drift", "accuracy", "alarms", "windows")
 # (method, full-match path pattern, handler name); one route per document, as /openapi.json
 # lists them.
 ROUTES: list[tuple[str, str, str]] = [
@@ -235,10 +231,22 @@ ROUTES: list[tuple[str, str, str]] = [
 
 
 class AnalyticsCollector:
-    """Prometheus gauges of every deployment's analytics, computed at scrape time."""
+    """Prometheus gauges of every deployment's analytics, as their analytics hosts last
+    answered ``refresh`` (the scrape handler refreshes them first)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    async def refresh(self) -> None:
+        """Ask every deployment's analytics host for its gauges; one that cannot answer
+        (starting, restarting) shows none this time."""
+        latest = {}
+        for name, rt in self.server.runtimes.items():
+            if rt.monitor is not None and rt.monitor.analytics:
+                with contextlib.suppress(UnavailableError):
+                    latest[name] = await rt.monitor.gauges()
+        self.latest = latest
 
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
@@ -256,23 +264,18 @@ class AnalyticsCollector:
                                   labels=["deployment", "detector", "column"])
         labels = GaugeMetricFamily("rendezvous_feedback_labels", "Feedback labels by outcome",
                                    labels=["deployment", "outcome"])
-        for name, rt in self.server.runtimes.items():
-            a = rt.monitor.analytics if rt.monitor is not None else None
-            if a is None:
-                continue
-            for st in a.alarms.states.values():
-                firing.add_metric([name, st.name], float(st.state == "firing"))
-            for model, p in a.pairs.items():
-                if p.compared:
-                    agreement.add_metric([name, model], p.agree / p.compared)
-            for model, s in a.labels.items():
-                for metric, v in s.to_dict().items():
+        for name, g in self.latest.items():
+            for alarm, state in g["alarms"].items():
+                firing.add_metric([name, alarm], float(state == "firing"))
+            for model, share in g["agreement"].items():
+                agreement.add_metric([name, model], share)
+            for model, q in g["quality"].items():
+                for metric, v in q.items():
                     if metric in ("accuracy", "auc", "log_loss", "mae", "rmse") and v is not None:
                         quality.add_metric([name, model, metric], v)
-            for kind, det in (("column", a.column_drift), ("canary", a.canary_drift)):
-                if det is not None and det.last is not None:
-                    for col, t in det.last.columns.items():
-                        drift.add_metric([name, kind, col], t.effect)
-            for outcome, n in a.feedback.items():
+            for kind, columns in g["drift"].items():
+                for col, effect in columns.items():
+                    drift.add_metric([name, kind, col], effect)
+            for outcome, n in g["feedback"].items():
                 labels.add_metric([name, outcome], n)
         yield from (firing, agreement, quality, drift, labels)

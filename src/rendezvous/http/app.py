@@ -478,7 +478,7 @@ class Proxy:
         return Reply(200, ENCODED, list(_JSON))
 
     async def _metrics(self, *_: Any) -> Reply:
-        body, ctype = self.metrics.render()
+        body, ctype = await self.metrics.render()
         return Reply(200, body, [(b"content-type", ctype.encode())])
 
 

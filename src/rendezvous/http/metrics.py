@@ -106,7 +106,8 @@ class ProxyMetrics:
                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_MonitorCollector(server))
         self.registry.register(_BacklogCollector(server))
-        self.registry.register(AnalyticsCollector(server))  # alarms, agreement, accuracy, drift
+        self.analytics = AnalyticsCollector(server)  # alarms, agreement, accuracy, drift
+        self.registry.register(self.analytics)
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
 
@@ -123,5 +124,6 @@ class ProxyMetrics:
                 hist = self._histograms[deployment] = self.latency.labels(deployment)
             hist.observe((result.responded_ns - result.received_ns) / 1e9)
 
-    def render(self) -> tuple[bytes, str]:
+    async def render(self) -> tuple[bytes, str]:
+        await self.analytics.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -42,10 +42,10 @@ class MonitorApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        status, body, headers = self._answer(scope["method"], scope["path"])
+        status, body, headers = await self._answer(scope["method"], scope["path"])
         await send_reply(send, status, body, headers)
 
-    def _answer(self, method: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _answer(self, method: str, path: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if method != "GET":
             return 405, msgspec.json.encode({"error": f"{method} is not allowed; use GET",
                                              "code": "method_not_allowed"}), list(_JSON)
@@ -59,9 +59,9 @@ class MonitorApp:
                 listing = {"deployments": sorted(self.server.runtimes)}
                 return 200, msgspec.json.encode(listing), list(_JSON)
             if path == "/metrics":
-                text, ctype = self.metrics.render()
+                text, ctype = await self.metrics.render()
                 return 200, text, [(b"content-type", ctype.encode())]
-            found = self.analytics.answer_get(path)  # compare, drift, …, /dashboard
+            found = await self.analytics.answer_get(path)  # compare, drift, …, /dashboard
             if found is not None:
                 return found
             match = _STATUS.fullmatch(path)

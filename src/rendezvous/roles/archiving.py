@@ -23,7 +23,7 @@ import pyarrow as pa
 from rendezvous.archive import Archive
 from rendezvous.errors import RendezvousError
 from rendezvous.roles.monitor import READ_PAUSE_S
-from rendezvous.streams.base import Batch, Stream
+from rendezvous.streams.base import Batch, Source
 
 __all__ = ["RETRY_MAX_S", "ArchiveWriter", "Pending"]
 
@@ -60,7 +60,7 @@ class ArchiveWriter(Generic[P]):
     after a delivery that was not full, wait that long for records to gather (fewer, fuller
     deliveries, as the monitor's pumps); 0 reads on at once."""
 
-    def __init__(self, stream: Stream, topic: str, group: str, archive: Archive, dataset: str,
+    def __init__(self, stream: Source, topic: str, group: str, archive: Archive, dataset: str,
                  pending: Callable[[], P], *, name: str, flush_rows: int = 20_000,
                  flush_s: float = 1.0, pause_s: float = READ_PAUSE_S) -> None:
         self.stream, self.topic, self.group = stream, topic, group

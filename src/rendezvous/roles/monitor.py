@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +37,11 @@ from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics, Timed
 from rendezvous.core.compare import Scored, reduce, reduce_rows
 from rendezvous.core.drift import gather_columns
-from rendezvous.core.messages import Feedback
+from rendezvous.core.messages import Feedback, ResultSummary
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import ConflictError, RendezvousError
-from rendezvous.streams.base import Stream, open_stream, partitions
+from rendezvous.streams.base import Record, Source, open_stream, partitions
 
 if TYPE_CHECKING:
     from rendezvous.archive import Archive
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeploymentStats", "Monitor", "stats_from_log"]
+__all__ = ["DeploymentStats", "Monitor", "count_results", "stats_from_log"]
 
 GROUP = "monitor"
 TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, in its group
@@ -59,9 +59,6 @@ TICK_S = 1.0
 # delivery's cost (wake-up, handler call, acknowledgement committed to the stream) is mostly
 # per delivery, not per record. The documents lag by as much at most.
 READ_PAUSE_S = 0.05
-# How long a label waits for its request's scores (a recent request's: every model's) before
-# it joins what there is, or counts as unknown when there is none.
-FEEDBACK_WAIT_S = 10.0
 WEBHOOK_TRIES = 4
 AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
 
@@ -107,6 +104,21 @@ def reduced_scores(data: bytes) -> list[tuple[Timed, Scored]]:
                 for s in messages.scores_decoder.decode(data)]
 
 
+def count_results(stats: DeploymentStats, records: Sequence[Record]) -> list[ResultSummary]:
+    """Count result records in ``stats``; returns them decoded (undecodable ones are logged
+    and skipped)."""
+    results = []
+    for rec in records:
+        try:
+            result = messages.result_summary_decoder.decode(rec.data)
+        except msgspec.DecodeError:
+            log.error("monitor %s: undecodable result %s", stats.deployment, rec.offset)
+            continue
+        stats.add(result)
+        results.append(result)
+    return results
+
+
 def _label_horizon_ns() -> int:
     return int(config.LABEL_HORIZON_HOURS.get() * 3600 * 10**9)
 
@@ -118,10 +130,11 @@ def state_path(home: Path, deployment: str) -> Path:
 class Monitor:
     """Keeps ``DeploymentStats`` and the deployment's analytics current from its streams."""
 
-    def __init__(self, stream: Stream, deployment: str, *, home: Path | None = None,
+    def __init__(self, stream: Source, deployment: str, *, home: Path | None = None,
                  registry: Any = None, policy: Policy | None = None,
                  analytics: bool | None = None, archive: Archive | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns,
+                 read_pause_s: float = READ_PAUSE_S) -> None:
         self.stream = stream
         self.deployment = deployment
         self.stats = DeploymentStats(deployment)
@@ -129,6 +142,7 @@ class Monitor:
         self.archive = archive  # where older scores are looked up (rendezvous.archive)
         self.registry = registry
         self.clock = clock
+        self.read_pause_s = read_pause_s  # see ``READ_PAUSE_S``; 0 where a relay paces reads
         self.settings = AlarmSettings.parse(policy.alarms if policy is not None else None)
         self.analytics: DeploymentAnalytics | None = (
             DeploymentAnalytics(deployment, settings=self.settings,
@@ -273,9 +287,12 @@ class Monitor:
                 task.cancel()
 
     async def _pump(self, topic: str, handle: Callable[[list[Any]], Any], *,
-                    max_batch: int = 2048, pause_s: float = READ_PAUSE_S) -> None:
+                    max_batch: int = 2048, pause_s: float | None = None) -> None:
         """Hand each delivery of ``topic`` to ``handle``, then acknowledge it; after a
-        delivery that was not full, wait ``pause_s`` for more records to gather."""
+        delivery that was not full, wait ``pause_s`` (default ``read_pause_s``) for more
+        records to gather."""
+        if pause_s is None:
+            pause_s = self.read_pause_s
         consumer = self.stream.consume(topic, GROUP, start="latest", max_batch=max_batch)
         self._consumers.append(consumer)
         async for batch in consumer:
@@ -287,15 +304,7 @@ class Monitor:
                 await asyncio.sleep(pause_s)
 
     def _on_results(self, records: list[Any]) -> None:
-        results = []
-        for rec in records:
-            try:
-                result = messages.result_summary_decoder.decode(rec.data)
-            except msgspec.DecodeError:
-                log.error("monitor %s: undecodable result %s", self.deployment, rec.offset)
-                continue
-            self.stats.add(result)
-            results.append(result)
+        results = count_results(self.stats, records)
         if self.analytics is not None and results:
             with _contained(self.deployment, "results up to", records[-1].offset):
                 self.analytics.add_results(results)
@@ -343,7 +352,7 @@ class Monitor:
     async def _on_feedback(self, records: list[Any]) -> None:
         """Join each label with its request's scores (recent ones from memory, older ones from
         the score archive); labels whose scores have not all arrived yet wait a little
-        (``FEEDBACK_WAIT_S``). The state is written before the batch is acknowledged."""
+        (``RENDEZVOUS_FEEDBACK_WAIT_S``). The state is written before the batch is acknowledged."""
         assert self.analytics is not None
         waiting: list[Feedback] = []
         for rec in records:
@@ -351,7 +360,7 @@ class Monitor:
                 waiting.append(messages.feedback_decoder.decode(rec.data))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.error("monitor %s: undecodable feedback %s", self.deployment, rec.offset)
-        give_up = time.monotonic() + FEEDBACK_WAIT_S
+        give_up = time.monotonic() + config.FEEDBACK_WAIT_S.get()
         while waiting:
             book, expected = self.analytics.book, set(self.analytics.models)
             archived = await self._lookup([fb.request_id for fb in waiting

@@ -42,7 +42,8 @@ from rendezvous.core.reference import score_series
 from rendezvous.errors import NotFoundError
 from rendezvous.ids import ulid_ms
 from rendezvous.roles.archiving import ArchiveWriter
-from rendezvous.streams.base import Stream
+from rendezvous.roles.monitor import READ_PAUSE_S
+from rendezvous.streams.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -178,15 +179,16 @@ class Scorekeeper:
     """Archives one deployment's scores, results and labels (see the module docstring) in
     ``archive`` (default: the one ``home`` and the settings name)."""
 
-    def __init__(self, stream: Stream, home: Path, deployment: str, *,
+    def __init__(self, stream: Source, home: Path, deployment: str, *,
                  archive: Archive | str | None = None,
-                 flush_rows: int = 20_000, flush_s: float = 1.0) -> None:
+                 flush_rows: int = 20_000, flush_s: float = 1.0,
+                 pause_s: float = READ_PAUSE_S) -> None:
         arc = open_archive(home, archive)
         self.parts = [
             ArchiveWriter(stream, messages.topic(deployment, topic), GROUP, arc,
                           dataset(deployment, kind.dataset), functools.partial(Items, kind),
                           name=f"scorekeeper {deployment}.{topic}", flush_rows=flush_rows,
-                          flush_s=flush_s)
+                          flush_s=flush_s, pause_s=pause_s)
             for topic, kind in KINDS.items()]
 
     async def run(self) -> None:

@@ -81,6 +81,15 @@ class Consumer(Protocol):
     async def close(self) -> None: ...
 
 
+class Source(Protocol):
+    """What a role that only reads needs of a stream: consumers (see ``Stream.consume``).
+    The analytics host's roles read a relay of their serving process's consumers."""
+
+    def consume(self, topic: str, group: str, *, start: Start = "earliest",
+                max_batch: int = 256, max_deliveries: int = 5,
+                priority: int = 0) -> Consumer: ...
+
+
 @runtime_checkable
 class Stream(Protocol):
     """One stream engine. All methods are coroutine-safe within one event loop."""
