@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
+from typer.testing import CliRunner
 
 from rendezvous import ModelSpec, Policy, Registry, Role
+from rendezvous.cli import app
 from rendezvous.errors import NotFoundError
 from rendezvous.roles.scorekeeper import read_scores
 from tests.conftest import register_callable
@@ -70,6 +72,9 @@ async def test_a_killed_analytics_host_is_restarted_and_loses_nothing(
         info = await analytics_info(client)
         assert info["pid"] != first["pid"]
         assert "SIGKILL" in str(info["last_exit"])
+        shown = await asyncio.to_thread(CliRunner().invoke, app, [
+            "status", "dep", "--home", str(registry.home)])
+        assert "analytics host: ready, 1 restarts" in shown.output, shown.output
         await traffic(20)
         compare = await client.get("/v1/deployments/dep/compare")
         assert compare.status_code == 200, compare.text

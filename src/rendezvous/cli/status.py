@@ -46,6 +46,7 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
     live = _live_status(home, deployment)
     if live is not None:
         stats["model_states"] = live.get("model_states", {})
+        stats["analytics_host"] = live.get("analytics_host")
     if json_out:
         print(json.dumps(stats))
         return
@@ -53,7 +54,8 @@ def status(deployment: str, json_out: Annotated[bool, typer.Option("--json")] = 
 
 
 def _live_status(home: Path | None, deployment: str) -> dict[str, Any] | None:
-    """The running server's own status of ``deployment`` (model hosts live only there)."""
+    """The running server's own status of ``deployment`` (model hosts and the analytics host
+    live only there)."""
     import httpx
 
     from rendezvous.hosting.serving import read_run_file
@@ -92,6 +94,13 @@ def print_status(stats: dict[str, Any]) -> None:
             hosts.add_row(model, h.get("role", ""), h["state"], h["isolation"],
                           str(h["restarts"]), h["last_exit"] or "-", h["detail"] or "-")
         out.print(hosts)
+    analytics = stats.get("analytics_host")
+    if analytics and analytics["state"] != "stopped":
+        restarts = analytics["restarts"]
+        out.print(f"analytics host: {analytics['state']}"
+                  + (f", {restarts} restarts, last exit: {analytics['last_exit']}"
+                     if restarts else "")
+                  + (f" ({analytics['detail']})" if analytics["detail"] else ""))
     if stats.get("feedback"):
         out.print(f"feedback labels: {stats['feedback']}")
 
