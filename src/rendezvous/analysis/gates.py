@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rendezvous.core.accuracy import paired_bounds
 from rendezvous.core.policy import Gates, Policy
 
 __all__ = ["MIN_PAIRS", "GateReport", "GateRow", "Outcome", "Watch", "evaluate",
@@ -152,6 +151,17 @@ def _metric(accuracy: Mapping[str, Any], model: str) -> str:
     return "-MAE" if kind == "regression" else "accuracy"
 
 
+def _bounds(n: int, mean: float, sd: float, conf: float) -> tuple[float, float] | None:
+    """``core.accuracy.paired_bounds`` once there are ``MIN_PAIRS`` pairs. Imported here:
+    it loads SciPy, which a serving process (which imports the gates for ``promote``) needs
+    not otherwise."""
+    if n < MIN_PAIRS:
+        return None
+    from rendezvous.core.accuracy import paired_bounds
+
+    return paired_bounds(n, mean, sd, conf)
+
+
 def _accuracy(gates: Gates, champion: str | None, model: str,
               accuracy: Mapping[str, Any]) -> GateRow:
     margin, conf = gates.accuracy_margin, gates.confidence
@@ -159,7 +169,7 @@ def _accuracy(gates: Gates, champion: str | None, model: str,
     required = (f"{metric} not worse than the champion's by > {margin:g} at "
                 f"{conf:.0%}, >= {gates.min_labels} labelled pairs")
     n, mean, sd = _paired(accuracy, champion, model)
-    bounds = paired_bounds(n, mean, sd, conf) if n >= MIN_PAIRS else None
+    bounds = _bounds(n, mean, sd, conf)
     evidence: dict[str, Any] = {"pairs": n, "metric": metric, "margin": margin,
                                 "confidence": conf}
     if bounds is None:
@@ -243,7 +253,7 @@ def watch_verdict(watch: Watch, *, alarms: Sequence[Mapping[str, Any]],
             reasons.append({"reason": f"{name} is firing", "evidence": st.get("evidence", {})})
     if watch.previous is not None:
         n, mean, sd = _paired(accuracy, watch.champion, watch.previous)
-        bounds = paired_bounds(n, mean, sd, watch.gates.confidence) if n >= MIN_PAIRS else None
+        bounds = _bounds(n, mean, sd, watch.gates.confidence)
         margin = watch.gates.accuracy_margin
         if bounds is not None and bounds[0] > margin:
             metric = _metric(accuracy, watch.champion)

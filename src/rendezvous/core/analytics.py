@@ -23,9 +23,7 @@ from rendezvous.core.labelled import HORIZON_NS, LabelledIds
 from rendezvous.core.messages import Feedback, Reason, ResultSummary, Score, Status
 from rendezvous.core.windows import ModelWindow, WindowRing
 
-__all__ = ["DOCUMENTS", "DeploymentAnalytics", "WindowAcc"]
-
-DOCUMENTS = ("compare", "drift", "accuracy", "alarms", "windows")  # what ``document`` answers
+__all__ = ["DeploymentAnalytics", "WindowAcc"]
 
 # too_late: the request is older than the label horizon (see ``core.labelled``)
 FEEDBACK_OUTCOMES = ("joined", "duplicate", "unknown", "invalid", "too_late")
@@ -503,7 +501,8 @@ class DeploymentAnalytics:
         return self.ring.series()
 
     def document(self, kind: str) -> dict[str, Any]:
-        """The document ``kind`` (one of ``DOCUMENTS``) as its endpoint answers it."""
+        """The document ``kind`` (compare, drift, accuracy, alarms or windows) as its
+        endpoint answers it."""
         if kind == "windows":
             return {"deployment": self.deployment, "champion": self.champion,
                     "canary": self.canary, "deadline_ms": self.deadline_ms,
@@ -511,7 +510,8 @@ class DeploymentAnalytics:
         docs = {"compare": self.compare, "drift": self.drift, "accuracy": self.accuracy,
                 "alarms": self.alarms_doc}
         if kind not in docs:
-            raise KeyError(f"unknown analytics document {kind!r}; known: {DOCUMENTS}")
+            raise KeyError(f"unknown analytics document {kind!r}; known: windows, "
+                           f"{', '.join(docs)}")
         return docs[kind]()
 
     def gauges(self) -> dict[str, Any]:

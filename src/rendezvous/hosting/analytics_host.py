@@ -1,6 +1,6 @@
 """The monitor role in a serving process: counts here, meta-analytics in their own process.
 
-``AnalyticsHost`` reads the monitor's topics (``roles.monitor.groups``) in their groups, as
+``AnalyticsHost`` reads the monitor's topics (``roles.reads.groups``) in their groups, as
 the monitor always has. Results are counted here (``DeploymentStats``: what ``status`` and
 ``/metrics`` show, at once and without asking anyone). Unless analytics are off
 (``RENDEZVOUS_ANALYTICS=0``), every delivery is also relayed, as the stream holds it, to a
@@ -44,7 +44,7 @@ from rendezvous.hosting.analytics_protocol import (
 from rendezvous.hosting.child import SupervisedChild, read_frame, spawn_on_socket
 from rendezvous.hosting.protocol import HostReport, HostState
 from rendezvous.hosting.supervisor import Backoff, describe_exit
-from rendezvous.roles import monitor
+from rendezvous.roles import reads
 from rendezvous.streams.base import Batch, Stream
 
 __all__ = ["AnalyticsHost"]
@@ -101,7 +101,7 @@ class AnalyticsHost(SupervisedChild):
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loops = [self._pump(topic, group) for topic, group in monitor.groups(self.deployment)]
+        loops = [self._pump(topic, group) for topic, group in reads.groups(self.deployment)]
         if self.analytics:
             loops.append(self._supervise())
         await asyncio.gather(*loops)
@@ -140,13 +140,13 @@ class AnalyticsHost(SupervisedChild):
         consumer = self.stream.consume(topic, group, start="latest", max_batch=MAX_BATCH)
         self._consumers.append(consumer)
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
-        counts = topic == self._results and group == monitor.GROUP
+        counts = topic == self._results and group == reads.GROUP
         # Feedback is rare and a label's join waits on nothing here: relay it at once.
-        pause_s = 0.0 if topic.endswith(".feedback") else monitor.READ_PAUSE_S
+        pause_s = 0.0 if topic.endswith(".feedback") else reads.READ_PAUSE_S
         async for batch in consumer:
             records = batch.records
             if counts:
-                monitor.count_results(self.stats, records)
+                reads.count_results(self.stats, records)
             if not self.analytics:
                 await batch.ack()
             else:

@@ -13,8 +13,11 @@ import msgspec
 
 from rendezvous.hosting.protocol import HEADER, HostReport
 
-__all__ = ["Acked", "Answer", "Ask", "Delivery", "Follow", "frame", "from_host",
+__all__ = ["DOCUMENTS", "Acked", "Answer", "Ask", "Delivery", "Follow", "frame", "from_host",
            "from_parent"]
+
+# What ``Ask`` may ask for, besides "gauges": ``DeploymentAnalytics.document``'s kinds.
+DOCUMENTS = ("compare", "drift", "accuracy", "alarms", "windows")
 
 
 class Delivery(msgspec.Struct, tag="delivery", gc=False):
@@ -34,7 +37,7 @@ class Follow(msgspec.Struct, tag="follow", gc=False):
 
 class Ask(msgspec.Struct, tag="ask", gc=False):
     seq: int
-    what: str  # a document (``core.analytics.DOCUMENTS``), "gauges" or "watch"
+    what: str  # one of ``DOCUMENTS``, or "gauges"
 
 
 class Acked(msgspec.Struct, tag="acked", gc=False):

@@ -116,7 +116,7 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     proxy to traffic.
     """
     # Imported here: the CLI imports this module, and these pull in numpy and pyarrow.
-    from rendezvous.roles import decoy, monitor, rendezvous, worker
+    from rendezvous.roles import decoy, reads, rendezvous, worker
 
     topic = messages.topic
     if role is ProcessRole.WORKER:
@@ -128,7 +128,7 @@ def groups_of(deployment: str, policy: Policy, role: ProcessRole,
     if role is ProcessRole.DECOY:
         return [(topic(deployment, "input"), decoy.GROUP)] if policy.decoy else []
     if role is ProcessRole.MONITOR:
-        return monitor.groups(deployment)
+        return reads.groups(deployment)
     return []  # the proxy only appends
 
 

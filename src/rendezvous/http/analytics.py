@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.core import messages
-from rendezvous.core.analytics import DOCUMENTS
 from rendezvous.core.messages import Feedback
 from rendezvous.errors import (
     BadRequestError,
@@ -31,6 +30,7 @@ from rendezvous.errors import (
     UnavailableError,
     ValidationError,
 )
+from rendezvous.hosting.analytics_protocol import DOCUMENTS
 
 if TYPE_CHECKING:
     from rendezvous.hosting.analytics_host import AnalyticsHost

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from rendezvous.archive import Archive
 from rendezvous.errors import RendezvousError
-from rendezvous.roles.monitor import READ_PAUSE_S
+from rendezvous.roles.reads import READ_PAUSE_S
 from rendezvous.streams.base import Batch, Source
 
 __all__ = ["RETRY_MAX_S", "ArchiveWriter", "Pending"]

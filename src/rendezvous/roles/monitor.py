@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +37,12 @@ from rendezvous.core.alarms import AlarmSettings
 from rendezvous.core.analytics import DeploymentAnalytics, Timed
 from rendezvous.core.compare import Scored, reduce, reduce_rows
 from rendezvous.core.drift import gather_columns
-from rendezvous.core.messages import Feedback, ResultSummary
+from rendezvous.core.messages import Feedback
 from rendezvous.core.policy import Policy
 from rendezvous.core.stats import DeploymentStats
 from rendezvous.errors import ConflictError, RendezvousError
-from rendezvous.streams.base import Record, Source, open_stream, partitions
+from rendezvous.roles.reads import GROUP, READ_PAUSE_S, count_results, groups
+from rendezvous.streams.base import Source, open_stream, partitions
 
 if TYPE_CHECKING:
     from rendezvous.archive import Archive
@@ -49,30 +50,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeploymentStats", "Monitor", "count_results", "stats_from_log"]
+__all__ = ["GROUP", "READ_PAUSE_S", "DeploymentStats", "Monitor", "groups", "stats_from_log"]
 
-GROUP = "monitor"
-TOPICS = ("results", "scores", "input", "feedback")  # what the monitor reads, in its group
 TICK_S = 1.0
-# The least time between two deliveries of a topic the monitor (or the scorekeeper beside it)
-# takes: read as soon as records come, each delivery would hold one or two of them, and a
-# delivery's cost (wake-up, handler call, acknowledgement committed to the stream) is mostly
-# per delivery, not per record. The documents lag by as much at most.
-READ_PAUSE_S = 0.05
 WEBHOOK_TRIES = 4
 AUTO_ROLLBACK_BY = "rendezvous (auto-rollback)"
-
-
-def groups(deployment: str) -> list[tuple[str, str]]:
-    """The (topic, group) pairs the monitor role reads: its own, and the scorekeeper's that
-    runs beside it, unless analytics are off (``RENDEZVOUS_ANALYTICS=0``)."""
-    from rendezvous.roles import scorekeeper
-
-    topic = messages.topic
-    if not config.ANALYTICS.get():
-        return [(topic(deployment, "results"), GROUP)]
-    return ([(topic(deployment, t), GROUP) for t in TOPICS]
-            + [(topic(deployment, t), scorekeeper.GROUP) for t in scorekeeper.TOPICS])
 
 
 @contextlib.contextmanager
@@ -102,21 +84,6 @@ def reduced_scores(data: bytes) -> list[tuple[Timed, Scored]]:
     except msgspec.ValidationError:
         return [(s, reduce(s.outputs, error=s.error is not None))
                 for s in messages.scores_decoder.decode(data)]
-
-
-def count_results(stats: DeploymentStats, records: Sequence[Record]) -> list[ResultSummary]:
-    """Count result records in ``stats``; returns them decoded (undecodable ones are logged
-    and skipped)."""
-    results = []
-    for rec in records:
-        try:
-            result = messages.result_summary_decoder.decode(rec.data)
-        except msgspec.DecodeError:
-            log.error("monitor %s: undecodable result %s", stats.deployment, rec.offset)
-            continue
-        stats.add(result)
-        results.append(result)
-    return results
 
 
 def _label_horizon_ns() -> int:

@@ -42,7 +42,7 @@ from rendezvous.core.reference import score_series
 from rendezvous.errors import NotFoundError
 from rendezvous.ids import ulid_ms
 from rendezvous.roles.archiving import ArchiveWriter
-from rendezvous.roles.monitor import READ_PAUSE_S
+from rendezvous.roles.reads import READ_PAUSE_S, SCOREKEEPER_GROUP, SCOREKEEPER_TOPICS
 from rendezvous.streams.base import Source
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ __all__ = ["GROUP", "KINDS", "TOPICS", "Kind", "Scorekeeper", "archived_feedback
            "export_labels", "export_scores", "lookup_scores", "read_labels", "read_scores",
            "score_items", "scores_table"]
 
-GROUP = "scorekeeper"
+GROUP = SCOREKEEPER_GROUP
 _json = msgspec.json.Encoder()
 
 SCORES_SCHEMA = pa.schema([
@@ -149,7 +149,7 @@ class Kind(NamedTuple):
 KINDS = {"scores": Kind("scores", score_items, scores_table, "finished_ns"),
          "results": Kind("results", result_items, results_table, "received_ns"),
          "feedback": Kind("labels", label_items, labels_table, "at_ns")}
-TOPICS = tuple(KINDS)  # what the scorekeeper reads, in its group
+TOPICS = SCOREKEEPER_TOPICS  # what the scorekeeper reads, in its group: KINDS' topics
 
 
 class Items:
