@@ -576,3 +576,35 @@ def test_every_closed_window_is_judged_even_when_data_closed_it() -> None:
     a.tick(2 * SECOND + 2)
     assert a.alarms.states["sla_miss_rate"].state == "firing"
     assert a.alarms.states["sla_miss_rate"].evidence["requests"] == 1  # the second window
+
+
+def test_label_detectors_survive_a_restart_under_the_same_champion() -> None:
+    """The accuracy-drop and champion-worse detectors go on from their saved outcomes; a new
+    champion starts the paired ones afresh."""
+    a = analytics.DeploymentAnalytics("d")
+    a.set_policy(models=["m@1", "c@1"], champion="m@1", canary=None, deadline_ms=100,
+                 references={})
+    for i in range(300):
+        scored = {"m@1": reduce({"predictions": ["yes"]}),
+                  "c@1": reduce({"predictions": ["yes" if i % 3 else "no"]})}
+        fb = Feedback(request_id=f"r{i}", deployment="d", labels=["yes"], at_ns=0)
+        assert a.add_feedback(fb, scored, 0) == "joined"
+    state = msgspec.json.decode(msgspec.json.encode(a.to_state()))  # as the monitor saves it
+
+    def detectors(x: analytics.DeploymentAnalytics) -> Any:
+        return ({m: d.to_state() for m, d in x.drops.items()},
+                {m: d.to_state() for m, d in x.paired.items()})
+
+    restored = analytics.DeploymentAnalytics("d")
+    restored.restore(state)
+    restored.set_policy(models=["m@1", "c@1"], champion="m@1", canary=None, deadline_ms=100,
+                        references={})
+    assert detectors(restored) == detectors(a)
+    assert len(restored.paired["c@1"].diffs.values) == 300
+    assert len(restored.drops["m@1"].baseline.values) == 300
+    other = analytics.DeploymentAnalytics("d")
+    other.restore(state)
+    other.set_policy(models=["m@1", "c@1"], champion="c@1", canary=None, deadline_ms=100,
+                     references={})
+    assert other.paired == {} and other.paired_labels == {}
+    assert len(other.drops["m@1"].baseline.values) == 300  # a model's own baseline stays

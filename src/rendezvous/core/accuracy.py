@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +202,13 @@ class _Window:
             self.total -= old
             self.total_sq -= old * old
 
+    def restore(self, values: Sequence[float]) -> None:
+        """Start over from saved ``values`` (the last ``size`` of them count)."""
+        self.values.clear()
+        self.total = self.total_sq = 0.0
+        for x in values[-self.size:] if self.size else ():
+            self.add(float(x))
+
     def moments(self) -> tuple[int, float, float]:
         n = len(self.values)
         if n == 0:
@@ -238,6 +245,16 @@ class DropDetector:
         self.z = _z_for(alpha)
         self.since_check = 0
         self.last: Check | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        """What a restart needs to go on where this left off (``restore``)."""
+        return {"baseline": list(self.baseline.values), "recent": list(self.recent.values),
+                "since_check": self.since_check}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.baseline.restore(state.get("baseline") or [])
+        self.recent.restore(state.get("recent") or [])
+        self.since_check = int(state.get("since_check") or 0)
 
     def add(self, outcome: float) -> Check | None:
         """Feed one outcome (higher is better); returns a verdict every ``check_every``."""
@@ -284,6 +301,14 @@ class PairedDetector:
         self.z = _z_for(rate_per_million * check_every / 1e6 / max(1, n_challengers))
         self.since_check = 0
         self.last: Check | None = None
+
+    def to_state(self) -> dict[str, Any]:
+        """What a restart needs to go on where this left off (``restore``)."""
+        return {"diffs": list(self.diffs.values), "since_check": self.since_check}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.diffs.restore(state.get("diffs") or [])
+        self.since_check = int(state.get("since_check") or 0)
 
     def add(self, diff: float) -> Check | None:
         """Feed challenger outcome minus champion outcome for one labelled row."""

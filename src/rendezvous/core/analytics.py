@@ -167,9 +167,8 @@ class DeploymentAnalytics:
             self.column_drift = DriftDetector(
                 cols, rate_per_million=s.drift_rate_per_million, block_rows=s.drift_block_rows,
                 min_effect=s.drift_min_effect) if cols and s.column_drift else None
-            self.paired = {}
         if champion != self.paired_with:  # label evidence is paired with one champion
-            self.paired_labels, self.paired_with = {}, champion
+            self.paired_labels, self.paired_with, self.paired = {}, champion, {}
         if canary != self.canary or (canary and self.canary_drift is None):
             scores = (references.get(canary or "") or {}).get("scores") or {}
             # One series is enough: the score when the model has one, else the prediction.
@@ -541,7 +540,12 @@ class DeploymentAnalytics:
                 "labels": {m: _label_state(s) for m, s in self.labels.items()},
                 "paired": {"champion": self.paired_with,
                            "models": {m: [p.n, p.total, p.total_sq]
-                                      for m, p in self.paired_labels.items()}}}
+                                      for m, p in self.paired_labels.items()}},
+                # The label detectors' recent outcomes: a restart goes on testing where it
+                # left off instead of waiting for thousands of labels again.
+                "detectors": {"drops": {m: d.to_state() for m, d in self.drops.items()},
+                              "champion": self.champion,
+                              "paired": {m: d.to_state() for m, d in self.paired.items()}}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.ring.restore(state.get("ring", {}))
@@ -564,6 +568,27 @@ class DeploymentAnalytics:
         # with another champion starts the pairs afresh.
         if self.champion is None or paired.get("champion") == self.champion:
             self.paired_labels, self.paired_with = pairs, paired.get("champion")
+        self._restore_detectors(state.get("detectors") or {})
+
+    def _restore_detectors(self, state: Mapping[str, Any]) -> None:
+        s = self.settings
+        for model, raw in (state.get("drops") or {}).items():
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                det = DropDetector(baseline=s.accuracy_baseline_labels,
+                                   min_drop=s.accuracy_min_drop,
+                                   rate_per_million=s.labels_rate_per_million)
+                det.restore(raw)
+                self.drops[model] = det
+        # Paired with one champion, like the paired outcomes above.
+        if self.champion is not None and state.get("champion") != self.champion:
+            return
+        rivals = state.get("paired") or {}
+        for model, raw in rivals.items():
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                det2 = PairedDetector(rate_per_million=s.labels_rate_per_million,
+                                      n_challengers=len(rivals))
+                det2.restore(raw)
+                self.paired[model] = det2
 
 
 @dataclass(frozen=True, slots=True)
