@@ -24,7 +24,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -42,6 +42,9 @@ from rendezvous.hosting.child import read_frame
 from rendezvous.hosting.host_main import LOAD_FAILED, below_the_parent, die_with_parent
 from rendezvous.hosting.protocol import HostReport, HostState
 from rendezvous.streams.base import Record, Start
+
+if TYPE_CHECKING:
+    from rendezvous.roles.monitor import Monitor
 
 __all__ = ["Relay", "main"]
 
@@ -120,12 +123,27 @@ class Relay:
         c.queue.put_nowait(_Batch(c, d.seq, records))
 
 
-def _watch_doc(monitor: Any) -> dict[str, Any] | None:
+def _watch_doc(monitor: Monitor) -> dict[str, Any] | None:
     w = monitor.watch
     if w is None:
         return None
     return {"policy_version": w.version, "champion": w.champion, "previous": w.previous,
             "until_ns": w.until_ns}
+
+
+def _answer(monitor: Monitor, ask: Ask) -> Answer:
+    """The document ``ask`` asks for, or why there is none."""
+    analytics = monitor.analytics
+    if analytics is None:
+        return Answer(ask.seq, b"", "the monitor runs with analytics off")
+    try:
+        doc: Any = (analytics.gauges() if ask.what == "gauges"
+                    else analytics.document(ask.what))
+        if ask.what == "alarms":
+            doc["watch"] = _watch_doc(monitor)
+        return Answer(ask.seq, msgspec.json.encode(doc))
+    except (KeyError, TypeError, ValueError) as exc:
+        return Answer(ask.seq, b"", f"{type(exc).__name__}: {exc}")
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, home: Path,
@@ -157,8 +175,6 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, h
     keeper = Scorekeeper(relay, home, deployment, archive=arc, pause_s=0.0)
     roles = [asyncio.ensure_future(monitor.run()), asyncio.ensure_future(keeper.run())]
     send(HostReport(HostState.READY))
-    analytics = monitor.analytics
-    assert analytics is not None  # analytics=True above
     try:
         while True:
             msg = await read_frame(reader, from_parent)
@@ -171,14 +187,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, h
                                                          msg.version)
                 monitor.set_policy(policy, record)
             elif isinstance(msg, Ask):
-                try:
-                    doc: Any = (analytics.gauges() if msg.what == "gauges"
-                                else analytics.document(msg.what))
-                    if msg.what == "alarms":
-                        doc["watch"] = _watch_doc(monitor)
-                    send(Answer(msg.seq, msgspec.json.encode(doc)))
-                except (KeyError, TypeError, ValueError) as exc:
-                    send(Answer(msg.seq, b"", f"{type(exc).__name__}: {exc}"))
+                send(_answer(monitor, msg))
     finally:
         # The roles archive what they hold and acknowledge it, then end.
         relay.close()
