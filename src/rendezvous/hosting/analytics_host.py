@@ -237,7 +237,7 @@ class AnalyticsHost(SupervisedChild):
     # -- asking -----------------------------------------------------------------------------
 
     async def ask(self, what: str) -> bytes:
-        """The JSON of an analytics document (``core.analytics.DOCUMENTS``) or ``gauges``,
+        """The JSON of an analytics document (``analytics_protocol.DOCUMENTS``) or ``gauges``,
         from the child; waits up to ``ASK_TIMEOUT_S`` for it to be ready."""
         if not self.analytics:
             raise UnavailableError(f"deployment {self.deployment!r} runs with analytics off "
