@@ -108,6 +108,11 @@ async def test_a_shadow_scores_in_batches_and_its_latency_leaves_the_wait_out(
         asked = await _ask(client, 10, champ)
         results = await _results(client, 10)
         scores = await _scores(client, asked, (champ, chal))
+        for _ in range(100):  # status counts the results as it reads them, soon after
+            status = (await client.get("/v1/deployments/dep/status")).json()
+            if status["requests"] == 10:
+                break
+            await asyncio.sleep(0.1)
     mine = {m: [(o, s) for o, s in scores if s.model == m] for m in (champ, chal)}
     assert len(mine[champ]) == len(mine[chal]) == 10
     # The champion scored each request as it came (one batch each), never held.
@@ -123,6 +128,10 @@ async def test_a_shadow_scores_in_batches_and_its_latency_leaves_the_wait_out(
         assert outcome.status is messages.Status.ON_TIME  # 200 ms deadline, 400 ms batches
         assert outcome.latency_ms == pytest.approx((s.finished_ns - s.held_ns
                                                     - res.received_ns) / 1e6)
+        assert outcome.held_ms == pytest.approx(s.held_ns / 1e6)
+    # Status shows how long each model's requests were held, apart from their latency.
+    assert status["models"][champ]["held_ms"]["p50"] is None
+    assert status["models"][chal]["held_ms"]["p99"] > 0
 
 
 async def test_a_promoted_challenger_turns_prompt(

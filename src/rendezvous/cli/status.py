@@ -87,6 +87,11 @@ def print_status(stats: dict[str, Any]) -> None:
                                           for q in ("p50", "p90", "p99")),
                       *(f"{m[c]:.3f}" if m.get(c) is not None else "-" for c in extra))
     out.print(table)
+    held = {model: m["held_ms"] for model, m in stats["models"].items()
+            if (m.get("held_ms") or {}).get("p50") is not None}
+    if held:  # shadows' batching, left out of their latencies above
+        out.print("held for a shadow batch (ms, left out of latency): " + ", ".join(
+            f"{model} p50 {q['p50']:.1f} p99 {q['p99']:.1f}" for model, q in sorted(held.items())))
     states = stats.get("model_states")
     if states:
         hosts = Table("model", "role", "state", "isolation", "restarts", "last exit", "detail")

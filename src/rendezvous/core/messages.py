@@ -80,6 +80,9 @@ class ModelOutcome(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     status: Status
     latency_ms: float | None = None
     error: str | None = None
+    # How long a shadow's worker held the request for its batch (``Score.held_ns``), left out
+    # of ``latency_ms``; 0 for a prompt worker.
+    held_ms: float = 0.0
     # When the rendezvous server filed the score (its clock; 0: never filed, or a record
     # written before this field). With ``responded_ns`` it says exactly which scores the
     # decision saw, so a what-if evaluation can reproduce it (``core.whatif``).

@@ -24,16 +24,24 @@ class ModelStats:
     statuses: Counter[str] = field(default_factory=Counter)
     chosen: int = 0
     latency: TDigest = field(default_factory=lambda: TDigest(max_centroids=200))
+    # How long a shadow's worker held requests for its batches (left out of ``latency``).
+    held: TDigest = field(default_factory=lambda: TDigest(max_centroids=200))
 
     def to_dict(self) -> dict[str, Any]:
-        q = ({f"p{round(p * 100)}": round(self.latency.quantile(p), 3) for p in QUANTILES}
-             if self.latency.n_values else {f"p{round(p * 100)}": None for p in QUANTILES})
         return {
             "requests": self.requests,
             **{s.value: self.statuses.get(s.value, 0) for s in Status},
             "chosen": self.chosen,
-            "latency_ms": q,
+            "latency_ms": _quantiles(self.latency),
+            "held_ms": _quantiles(self.held),
         }
+
+
+def _quantiles(digest: TDigest) -> dict[str, float | None]:
+    """``QUANTILES`` of ``digest``, None each while it is empty."""
+    if not digest.n_values:
+        return {f"p{round(p * 100)}": None for p in QUANTILES}
+    return {f"p{round(p * 100)}": round(digest.quantile(p), 3) for p in QUANTILES}
 
 
 @dataclass
@@ -59,6 +67,8 @@ class DeploymentStats:
             ms.statuses[outcome.status.value] += 1
             if outcome.latency_ms is not None and outcome.status is not Status.ERROR:
                 ms.latency.update(outcome.latency_ms)
+            if outcome.held_ms:
+                ms.held.update(outcome.held_ms)
             if model == result.model:
                 ms.chosen += 1
 

@@ -276,14 +276,15 @@ class RendezvousServer:
                 continue
             latency = (s.ready_ns - req.received_ns) / 1e6  # a shadow's pacing left out
             filed = entry.filed.get(model, 0)
+            held = s.held_ns / 1e6
             if s.error is not None:
                 outcomes[model] = ModelOutcome(status=Status.ERROR, latency_ms=latency,
-                                               error=s.error, filed_ns=filed)
+                                               error=s.error, filed_ns=filed, held_ms=held)
             else:
                 late = s.ready_ns > req.deadline_ns
                 outcomes[model] = ModelOutcome(
                     status=Status.LATE if late else Status.ON_TIME, latency_ms=latency,
-                    filed_ns=filed)
+                    filed_ns=filed, held_ms=held)
         chosen = entry.scores.get(decision.model) if decision.model else None
         error = None
         if decision.reason is Reason.ERROR:
