@@ -78,6 +78,7 @@ class AnalyticsHost(SupervisedChild):
             self.state = HostState.STOPPED
         self._version: int | None = None  # the policy version to tell each new child
         self._results = messages.topic(deployment, "results")
+        self._feedback = messages.topic(deployment, "feedback")
         self._consumers: list[Any] = []
         self._in_flight: OrderedDict[int, tuple[bytes, Batch, asyncio.Semaphore]] = \
             OrderedDict()
@@ -142,7 +143,7 @@ class AnalyticsHost(SupervisedChild):
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
         counts = topic == self._results and group == reads.GROUP
         # Feedback is rare and a label's join waits on nothing here: relay it at once.
-        pause_s = 0.0 if topic.endswith(".feedback") else reads.READ_PAUSE_S
+        pause_s = 0.0 if topic == self._feedback else reads.READ_PAUSE_S
         async for batch in consumer:
             records = batch.records
             if counts:
