@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import doctest
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from rendezvous import ModelSpec, Policy, Registry, Role
 from rendezvous.cli import app
 from rendezvous.errors import NotFoundError
+from rendezvous.hosting import analytics_protocol, protocol
+from rendezvous.roles import reads
 from rendezvous.roles.scorekeeper import read_scores
 from tests.conftest import register_callable
 
@@ -31,6 +35,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("module", [protocol, analytics_protocol, reads])
+def test_docstring_examples(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
+    assert result.attempted and not result.failed
 
 
 async def analytics_info(client: httpx.AsyncClient) -> dict[str, object]:
@@ -98,11 +108,8 @@ async def test_a_killed_analytics_host_is_restarted_and_loses_nothing(
 
 
 async def test_documents_name_the_fix_when_analytics_are_off(
-        registry: Registry, serve: Serve, monkeypatch: object) -> None:
-    import pytest
-
-    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
-    mp.setenv("RENDEZVOUS_ANALYTICS", "0")
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RENDEZVOUS_ANALYTICS", "0")
     champ = register_callable(registry, "champ", "tests.models:doubler")
     registry.apply_policy("dep", Policy(deadline_ms=1000, models=[
         ModelSpec(champ, Role.CHAMPION)]))

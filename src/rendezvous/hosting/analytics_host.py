@@ -88,11 +88,6 @@ class AnalyticsHost(SupervisedChild):
         self._ready = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
 
-    def info(self) -> dict[str, Any]:
-        """The analytics host as status shows it."""
-        return {"state": self.state.value, "detail": self.detail, "restarts": self.restarts,
-                "last_exit": self.last_exit, "pid": self.pid, "since": self.since}
-
     def _changed(self, state: HostState) -> None:
         if state is HostState.READY:
             self._ready.set()

@@ -1,17 +1,21 @@
 """What the analytics host and its serving process say to each other. Pure: no I/O.
 
-Frames as in ``protocol`` (a 4-byte length, then a msgpack message). The serving process
-relays each delivery of the monitor's topics (``Delivery``: the records as the stream holds
-them), asks for documents (``Ask``) and says when the policy changed (``Follow``); the host
-acknowledges deliveries once its roles have (``Acked``), answers (``Answer``) and reports its
-progress with ``HostReport`` (``loading``, ``ready``, or ``failed`` with the reason).
+Frames as in ``protocol`` (``protocol.frame``: a 4-byte length, then a msgpack message).
+The serving process relays each delivery of the monitor's topics (``Delivery``: the records
+as the stream holds them), asks for documents (``Ask``) and says when the policy changed
+(``Follow``); the host acknowledges deliveries once its roles have (``Acked``), answers
+(``Answer``) and reports its progress with ``HostReport`` (``loading``, ``ready``, or
+``failed`` with the reason).
+
+>>> from_parent.decode(frame(Ask(1, "compare"))[4:])
+Ask(seq=1, what='compare')
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from rendezvous.hosting.protocol import HEADER, HostReport
+from rendezvous.hosting.protocol import HostReport, frame
 
 __all__ = ["DOCUMENTS", "Acked", "Answer", "Ask", "Delivery", "Follow", "frame", "from_host",
            "from_parent"]
@@ -50,16 +54,5 @@ class Answer(msgspec.Struct, tag="answer", gc=False):
     error: str = ""
 
 
-_encoder = msgspec.msgpack.Encoder()
 from_host = msgspec.msgpack.Decoder(Acked | Answer | HostReport)
 from_parent = msgspec.msgpack.Decoder(Delivery | Follow | Ask)
-
-
-def frame(msg: Delivery | Follow | Ask | Acked | Answer | HostReport) -> bytes:
-    """One length-prefixed frame.
-
-    >>> from_parent.decode(frame(Ask(1, "compare"))[4:])
-    Ask(seq=1, what='compare')
-    """
-    body = _encoder.encode(msg)
-    return HEADER.pack(len(body)) + body

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -86,6 +86,11 @@ class SupervisedChild:
         if state is HostState.READY:
             self._ready_at = time.monotonic()
         self._changed(state)
+
+    def info(self) -> dict[str, Any]:
+        """The child as status shows it."""
+        return {"state": self.state.value, "detail": self.detail, "restarts": self.restarts,
+                "last_exit": self.last_exit, "pid": self.pid, "since": self.since}
 
     def _changed(self, state: HostState) -> None:
         """Called on every state report."""

@@ -92,9 +92,7 @@ class ModelHost(SupervisedChild):
     # -- what status reports --------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        return {"state": self.state.value, "detail": self.detail, "restarts": self.restarts,
-                "last_exit": self.last_exit, "pid": self.pid, "isolation": self.isolation,
-                "since": self.since}
+        return {**super().info(), "isolation": self.isolation}
 
     def _changed(self, state: HostState) -> None:
         if state in (HostState.READY, HostState.FAILED):

@@ -53,11 +53,12 @@ from_host = msgspec.msgpack.Decoder(Scored | HostReport)
 from_parent = msgspec.msgpack.Decoder(ScoreBatch)
 
 
-def frame(msg: ScoreBatch | Scored | HostReport) -> bytes:
-    """One length-prefixed frame.
+def frame(msg: msgspec.Struct) -> bytes:
+    """One length-prefixed frame of any message of this protocol or the analytics host's.
 
-    >>> frame(HostReport(HostState.READY))[:4]
-    b'\\x00\\x00\\x00\\x12'
+    >>> body = frame(HostReport(HostState.READY))
+    >>> int.from_bytes(body[:4], "big") == len(body) - 4
+    True
     """
     body = _encoder.encode(msg)
     return HEADER.pack(len(body)) + body
