@@ -8,7 +8,8 @@ lose. Consumers that fall behind the in-memory window catch up from SQLite.
 
 Group positions (the highest offset below which everything was acknowledged) are committed by
 the same writer, riding along with the next transaction (``writer``), so a restarted consumer
-resumes where its group left off, give or take the acknowledgements of the last 0.1 s.
+resumes where its group left off, give or take the acknowledgements of the last
+``writer.POSITION_DELAY_S``.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class EmbeddedConsumer:
         assert group is not None  # a batch exists only after _attach
         for rec in records:
             self._unacked.pop(rec.offset, None)
-        await self._ack_offsets(group, [r.offset for r in records])
+        self._ack_offsets(group, [r.offset for r in records])
 
     async def _nak(self, records: list[Record], delay_s: float) -> None:
         group, topic = self._group, self._topic
@@ -217,7 +218,7 @@ class EmbeddedConsumer:
                 dead_letter_topic(self._topic_name), [r.data for r in dead],
                 [f"{self._topic_name}:{r.offset}" for r in dead],
             )
-            await self._ack_offsets(group, [r.offset for r in dead])
+            self._ack_offsets(group, [r.offset for r in dead])
         if again:
             def requeue() -> None:
                 group.redeliver.extend(again)
@@ -228,7 +229,7 @@ class EmbeddedConsumer:
             else:
                 requeue()
 
-    async def _ack_offsets(self, group: _Group, offsets: list[int]) -> None:
+    def _ack_offsets(self, group: _Group, offsets: list[int]) -> None:
         if group.ack(offsets):
             self._stream._writing("acknowledge").position(
                 self._topic_name, group.name, group.committed)
