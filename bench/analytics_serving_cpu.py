@@ -384,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_args = shlex.split(args.serve_args) if args.serve_args is not None else None
     if args.against is not None and not args.rounds:
         ap.error("--against compares two source trees in --rounds; add --rounds N")
+    for flag, tree in (("--src", args.src), ("--against", args.against)):
+        # A tree without the package would not fail: the servers would import the editable
+        # install instead, and the rounds would compare a tree with itself.
+        if tree is not None and not (tree / "rendezvous" / "__init__.py").is_file():
+            ap.error(f"{flag} {tree}: no rendezvous package there; give a source tree's src "
+                     "folder, e.g. that of a worktree made with `git worktree add DIR COMMIT`")
     if args.rounds:
         src = args.src.resolve()
         if args.against is None:
