@@ -10,7 +10,7 @@ Group positions (what consumers acknowledged) are not a transaction of their own
 along with the next one, or are handed over ``POSITION_DELAY_S`` after the first one waiting
 when no other write comes, and nobody waits for them (an acknowledgement returns at once, as
 on NATS). A crash before they are committed means those records are delivered again, which
-at-least-once delivery allows. Serving one request at a time, 2 of every 4.2 transactions
+at-least-once delivery allows. Serving one request at a time, about half the transactions
 used to commit only positions (a throwaway count); what it saves is in
 ``bench/results/positions``.
 """
