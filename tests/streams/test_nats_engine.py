@@ -13,6 +13,7 @@ import pytest
 
 from rendezvous.errors import ConfigError, UnavailableError
 from rendezvous.streams.base import dead_letter_topic, open_stream
+from rendezvous.streams.nats.consumer import NatsConsumer
 from rendezvous.streams.nats.engine import NatsStream
 from rendezvous.streams.nats.mapping import (
     durable_name,
@@ -142,6 +143,40 @@ async def test_records_left_unacked_are_redelivered_then_dead_lettered(
         assert [(r.data, r.msg_id) for r in dead] == [(b"stuck", f"{topic}:1")]
     finally:
         await reader.close()
+
+
+@pytest.mark.nats
+async def test_records_delivered_after_a_pull_stopped_waiting_return_at_once_on_close(
+    own_server: LocalNatsServer,
+) -> None:
+    # The default ack_wait (30 s): a record not released on close would not come back in time.
+    stream = await NatsStream.connect(own_server.url)
+    topic = "late.input"
+    try:
+        await stream.append(topic, [b"%d" % i for i in range(5)])
+        consumer = stream.consume(topic, "g", max_batch=1)
+        assert isinstance(consumer, NatsConsumer)
+        reader = Reader(consumer)
+        first = await reader.next()
+        # What a burst fetch that timed out leaves behind: a pull the client no longer waits
+        # for, whose records the server delivers into the subscription's queue.
+        sub = consumer._sub
+        assert sub is not None
+        await stream.nc.publish(sub._nms, b'{"batch": 4, "no_wait": true}', reply=sub._deliver)
+        async with asyncio.timeout(5):
+            while sub.pending_msgs < 4:
+                await asyncio.sleep(0.01)
+        await first.ack()
+        await reader.close()
+
+        again = Reader(stream.consume(topic, "g"))
+        try:
+            records = await again.take(4, timeout=5)
+        finally:
+            await again.close()
+        assert sorted(r.data for r in records) == [b"1", b"2", b"3", b"4"]
+    finally:
+        await asyncio.wait_for(stream.close(), 10)
 
 
 @pytest.mark.nats

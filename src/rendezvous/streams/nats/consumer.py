@@ -168,9 +168,28 @@ class NatsConsumer:
             pending += batch.msgs
             batch.settle()
         try:
+            pending += await self._queued()
             await self._release(pending)
         finally:
             await self._unsubscribe()
+
+    async def _queued(self) -> list[Msg]:
+        """Messages the server delivered after a pull stopped waiting for them (a burst fetch
+        that timed out), still in the subscription's queue. They are this member's until
+        released: left there, the group would get them back only after ``ack_wait_s``."""
+        if self._sub is None or not self._engine.nc.is_connected:
+            return []
+        with contextlib.suppress(nats.errors.Error):
+            await self._engine.nc.flush(timeout=max(1, round(self._engine.ack_timeout_s)))
+        # After the flush's round trip, whatever the server sent before it is queued here.
+        # nats-py takes queued messages only inside a fetch, which would pull more.
+        queue = self._sub._sub._pending_queue
+        msgs: list[Msg] = []
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if not JetStreamContext.is_status_msg(msg):
+                msgs.append(msg)
+        return msgs
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
