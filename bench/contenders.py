@@ -50,11 +50,12 @@ def _artifact(venv: VirtualEnv, kind: str, out: Path) -> Path:
 
 
 def prepare_mlflow(ws: Workspace) -> ServerSpec:
-    """``mlflow models serve --env-manager local`` with 2 workers (uvicorn underneath)."""
+    """``mlflow models serve --env-manager local`` with ``ws.workers`` workers (uvicorn)."""
     model = _artifact(BENCH, "mlflow", ws.dir / "artifact") / "model"
     return ServerSpec(
         argv=[str(BENCH.bin("mlflow")), "models", "serve", "-m", str(model),
-              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ws.port), "-w", "2"],
+              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ws.port),
+              "-w", str(ws.workers)],
         ready_url=f"{ws.base_url}/ping",
         infer_url=f"{ws.base_url}/invocations",
         wire=Wire.MLFLOW,
@@ -67,12 +68,15 @@ JsonDict = dict[str, object]
 
 
 def mlserver_settings(ws: Workspace, model_path: Path) -> tuple[JsonDict, JsonDict]:
-    """MLServer's settings.json and model-settings.json: adaptive batching at 64 / 2 ms."""
+    """MLServer's settings.json and model-settings.json: adaptive batching at 64 / 2 ms, and
+    ``ws.workers - 1`` inference workers beside the HTTP server (1, MLServer's default, for
+    the default 2)."""
     settings: JsonDict = {
         "host": "127.0.0.1",
         "http_port": ws.port,
         "grpc_port": free_port(),
         "metrics_port": free_port(),
+        "parallel_workers": max(1, ws.workers - 1),
         # debug (the default) turns on one access-log line per request.
         "debug": False,
     }
@@ -105,10 +109,10 @@ def prepare_mlserver(ws: Workspace) -> ServerSpec:
 
 
 def _gunicorn(ws: Workspace, app: str, endpoint: str, env: dict[str, str]) -> ServerSpec:
-    """gunicorn with 2 uvicorn workers serving the ASGI ``app`` (``module:attribute``)."""
+    """gunicorn with ``ws.workers`` uvicorn workers serving the ASGI ``app`` (``module:attr``)."""
     return ServerSpec(
-        argv=[str(BENCH.bin("gunicorn")), "-w", "2", "-k", "uvicorn_worker.UvicornWorker",
-              "-b", f"127.0.0.1:{ws.port}", app],
+        argv=[str(BENCH.bin("gunicorn")), "-w", str(ws.workers),
+              "-k", "uvicorn_worker.UvicornWorker", "-b", f"127.0.0.1:{ws.port}", app],
         ready_url=f"{ws.base_url}/health",
         infer_url=f"{ws.base_url}{endpoint}",
         wire=Wire.FASTAPI,
@@ -118,7 +122,7 @@ def _gunicorn(ws: Workspace, app: str, endpoint: str, env: dict[str, str]) -> Se
 
 
 def prepare_fastapi(endpoint: str) -> Callable[[Workspace], ServerSpec]:
-    """gunicorn, 2 uvicorn workers, serving ``bench.fastapi_app`` at ``endpoint``."""
+    """gunicorn, ``ws.workers`` uvicorn workers, serving ``bench.fastapi_app`` at ``endpoint``."""
 
     def prepare(ws: Workspace) -> ServerSpec:
         model_path = _artifact(BENCH, "joblib", ws.dir / "artifact") / "model.joblib"
@@ -129,27 +133,29 @@ def prepare_fastapi(endpoint: str) -> Callable[[Workspace], ServerSpec]:
 
 
 def prepare_floor(ws: Workspace) -> ServerSpec:
-    """gunicorn, 2 uvicorn workers, serving ``bench.floor_app`` (no model, no framework)."""
+    """gunicorn, ``ws.workers`` uvicorn workers, serving ``bench.floor_app`` (no model, no
+    framework)."""
     return _gunicorn(ws, "bench.floor_app:app", "/predict", {})
 
 
 #: Every contender, in the order they run and appear in the results.
 CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("mlflow", prepare_mlflow, BENCH,
-              "mlflow models serve --env-manager local, 2 uvicorn workers"),
+              "mlflow models serve --env-manager local, --workers uvicorn workers"),
     Contender("mlserver", prepare_mlserver, MLSERVER,
-              "MLServer + mlserver-sklearn, adaptive batching 64 / 2 ms"),
+              "MLServer + mlserver-sklearn, adaptive batching 64 / 2 ms, --workers - 1 "
+              "inference workers"),
     Contender("fastapi", prepare_fastapi("/predict"), BENCH,
               "plain FastAPI app (sync endpoint, as FastAPI's docs advise for blocking work), "
-              "gunicorn with 2 uvicorn workers"),
+              "gunicorn with --workers uvicorn workers"),
     Contender("fastapi-async", prepare_fastapi("/predict-async"), BENCH,
-              "the same app's async endpoint, predicting on the event loop; gunicorn with 2 "
-              "uvicorn workers"),
+              "the same app's async endpoint, predicting on the event loop; gunicorn with "
+              "--workers uvicorn workers"),
     Contender("floor", prepare_floor, BENCH,
               "not a contender: a bare ASGI app that answers a constant without a model, "
-              "gunicorn with 2 uvicorn workers; how far the HTTP stack alone goes here"),
+              "gunicorn with --workers uvicorn workers; how far the HTTP stack alone goes here"),
     Contender("rendezvous-1", rendezvous_contender.prepare_one, None,
-              "Rendezvous, champion only, decoy archive; serve --processes 2"),
+              "Rendezvous, champion only, decoy archive; serve --processes N (N = --workers)"),
     Contender("rendezvous-1-mlflow", rendezvous_contender.prepare_one_mlflow, None,
               "rendezvous-1 answering MLflow dataframe_split bodies on "
               "/v1/deployments/bench1/invocations"),
@@ -158,7 +164,7 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "RENDEZVOUS_GRPC_PORT, loaded by h2load"),
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
-              "serve --processes 2"),
+              "serve --processes N (N = --workers)"),
     Contender("rendezvous-4-no-analytics", rendezvous_contender.prepare_four_without_analytics,
               None, "rendezvous-4 with RENDEZVOUS_ANALYTICS=0"),
     Contender("rendezvous-4-preempting", rendezvous_contender.prepare_four_preempting, None,

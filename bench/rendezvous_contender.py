@@ -91,10 +91,6 @@ DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
                               f'{_in_threads(_CHAMPION + _OTHERS)}'),
 }
 
-#: Added to ``rendezvous serve``. Two serving processes, one per core of the reference
-#: machine, as the FastAPI baseline and MLflow get two workers (each process is a whole
-#: Rendezvous on its own partition of the embedded streams).
-SERVE_EXTRA_ARGS: list[str] = ["--processes", "2"]
 
 
 def _build_skops(out: Path) -> None:
@@ -128,7 +124,10 @@ def _prepare(ws: Workspace, deployment: str,
 
     return ServerSpec(
         argv=[str(cli), "serve", deployment, "--home", str(home), "--port", str(ws.port),
-              *(SERVE_EXTRA_ARGS if serve_args is None else serve_args)],
+              # ``ws.workers`` serving processes (2 by default: one per core of the
+              # reference machine), as the FastAPI baseline and MLflow get that many
+              # workers; each is a whole Rendezvous on its own partition of the streams.
+              *(["--processes", str(ws.workers)] if serve_args is None else serve_args)],
         ready_url=f"{ws.base_url}/v2/health/ready",
         infer_url=f"{ws.base_url}/v2/models/{deployment}/infer",
         wire=Wire.OIP_V2,

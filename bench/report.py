@@ -186,8 +186,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "# Serving benchmark",
         "",
         f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
-        f"{m['os']}. Load: {m['load_generator']}, {s['wrk_threads']} thread, "
+        f"{m['os']}. Load: {m['load_generator']}, {s['wrk_threads']} thread(s), "
         f"{s['duration_s']:g} s per level after a {s['warmup_s']:g} s warm-up; "
+        f"{s.get('workers', 2)} worker processes per contender; "
         "every server on 127.0.0.1 with OMP_NUM_THREADS=1, sharing the cores with wrk. "
         "req/s counts successful responses; errors are non-2xx answers, socket errors and "
         "timeouts; peak RSS sums the server's whole process tree during each level.",

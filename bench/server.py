@@ -53,6 +53,9 @@ class Workspace:
     name: str
     dir: Path
     port: int
+    #: Worker processes: gunicorn's and MLflow's workers, MLServer's processes (its HTTP
+    #: server and ``workers - 1`` inference workers), ``rendezvous serve --processes``.
+    workers: int = 2
 
     @property
     def base_url(self) -> str:

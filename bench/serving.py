@@ -9,6 +9,7 @@ Usage::
     python -m bench.serving                      # the five contenders, c = 1, 8, 32, 64
     python -m bench.serving --quick              # c = 1, 32, short runs (under 2 minutes)
     python -m bench.serving --contenders fastapi,rendezvous-1 --levels 1,8
+    python -m bench.serving --workers 8 --wrk-threads 4 --levels 1,32,128   # more cores
 
 The first run creates ``bench/.venv`` from ``bench/requirements.txt`` and re-executes itself
 there; later runs reuse it. From Python (any environment with rich; the third-party
@@ -57,6 +58,14 @@ FULL = Plan(levels=[1, 8, 32, 64], duration_s=20, warmup_s=5)
 QUICK = Plan(levels=[1, 32], duration_s=3, warmup_s=2)
 
 
+@dataclass(frozen=True)
+class Scale:
+    """How many processes every contender gets, and wrk's threads (2 and 1 suit 2 cores)."""
+
+    workers: int = 2
+    wrk_threads: int = loadgen.THREADS
+
+
 def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[str, Any]:
     return {
         "contender": contender,
@@ -97,20 +106,21 @@ def _smoke(server: Server, body: bytes, body_file: Path) -> int:
 
 
 def _load(spec: ServerSpec, body_file: Path, level: int, duration_s: float,
-          ok_message_bytes: int) -> LoadResult:
+          ok_message_bytes: int, wrk_threads: int) -> LoadResult:
     """wrk over HTTP/1.1, h2load for gRPC."""
     if spec.wire is Wire.OIP_GRPC:
         return loadgen.run_h2load(spec.infer_url, body_file, connections=level,
                                   duration_s=duration_s, ok_message_bytes=ok_message_bytes)
-    return loadgen.run_wrk(spec.infer_url, body_file, connections=level, duration_s=duration_s)
+    return loadgen.run_wrk(spec.infer_url, body_file, connections=level, duration_s=duration_s,
+                           threads=wrk_threads)
 
 
 def _measure(contender: Contender, levels: Sequence[int], duration_s: float, warmup_s: float,
-             rows: list[list[float]], progress: Progress) -> list[tuple[Row, Row]]:
+             rows: list[list[float]], progress: Progress, scale: Scale) -> list[tuple[Row, Row]]:
     """Prepare, start, warm up and load one contender; (row, detail) for each level."""
     name = contender.name
     task = progress.add_task(f"{name}: preparing", total=len(levels) + 2)
-    ws = Workspace(name=name, dir=venv.WORK / name, port=free_port())
+    ws = Workspace(name=name, dir=venv.WORK / name, port=free_port(), workers=scale.workers)
     ws.dir.mkdir(parents=True, exist_ok=True)
     spec = contender.prepare(ws)
     bodies = [payloads.body(spec.wire, r, columns=models.FEATURE_NAMES, model=spec.model)
@@ -128,13 +138,13 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
         ok_bytes = _smoke(server, bodies[0], bodies_file)
         if warmup_s > 0:
             progress.update(task, description=f"{name}: warm-up {warmup_s:g}s at c={max(levels)}")
-            _load(spec, bodies_file, max(levels), warmup_s, ok_bytes)
+            _load(spec, bodies_file, max(levels), warmup_s, ok_bytes, scale.wrk_threads)
         progress.update(task, advance=1)
         rss.take_window()
         for level in levels:
             time.sleep(SETTLE_S)
             progress.update(task, description=f"{name}: c={level} for {duration_s:g}s")
-            result = _load(spec, bodies_file, level, duration_s, ok_bytes)
+            result = _load(spec, bodies_file, level, duration_s, ok_bytes, scale.wrk_threads)
             row, detail = _row(name, level, result, rss.take_window()), _detail(name, level, result)
             out.append((row, detail))
             progress.console.print(
@@ -148,7 +158,7 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
 
 
 def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: float,
-        out_dir: Path, *, keep_going: bool = False,
+        out_dir: Path, *, keep_going: bool = False, scale: Scale | None = None,
         console: Console | None = None) -> list[dict[str, Any]]:
     """Benchmark ``contenders`` at each concurrency in ``levels`` and write the reports.
 
@@ -157,6 +167,7 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
     ``keep_going`` is listed under "Did not run" and skipped.
     """
     chosen = select(contenders)
+    scale = scale or Scale()
     if not levels or any(level < 1 for level in levels):
         raise ValueError(f"concurrency levels must be positive integers, got {levels}")
     venvs = list(dict.fromkeys(c.venv for c in chosen if c.venv is not None))
@@ -172,7 +183,8 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
                   console=console) as progress:
         for contender in chosen:
             try:
-                measured = _measure(contender, levels, duration_s, warmup_s, rows, progress)
+                measured = _measure(contender, levels, duration_s, warmup_s, rows, progress,
+                                    scale)
                 results += [row for row, _ in measured]
                 runs += [detail for _, detail in measured]
             except (ServerError, LoadError, OSError) as exc:
@@ -184,7 +196,7 @@ def run(contenders: list[str], levels: list[int], duration_s: float, warmup_s: f
         "machine": machine_info(venvs),
         "settings": {
             "levels": list(levels), "duration_s": duration_s, "warmup_s": warmup_s,
-            "wrk_threads": loadgen.THREADS, "omp_num_threads": 1,
+            "wrk_threads": scale.wrk_threads, "workers": scale.workers, "omp_num_threads": 1,
             "contenders": {c.name: c.summary for c in chosen},
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -213,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="seconds per level")
     p.add_argument("--warmup", type=float, help="warm-up seconds per contender")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
+    p.add_argument("--workers", type=int, default=Scale.workers,
+                   help="worker processes of every contender (gunicorn and MLflow workers, "
+                        "MLServer's HTTP server plus inference workers, rendezvous serve "
+                        "--processes); the default suits 2 cores")
+    p.add_argument("--wrk-threads", type=int, default=Scale.wrk_threads,
+                   help="wrk's threads (one suffices on 2 cores; give more on a machine "
+                        "where the contenders outrun one)")
     return p
 
 
@@ -225,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         select(names)
         if args.levels is not None and (not args.levels or min(args.levels) < 1):
             raise ValueError(f"--levels must be positive integers, got {args.levels}")
+        if args.workers < 1 or args.wrk_threads < 1:
+            raise ValueError(f"--workers and --wrk-threads must be at least 1, got "
+                             f"{args.workers} and {args.wrk_threads}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(names, args.levels or plan.levels,
                   plan.duration_s if args.duration is None else args.duration,
                   plan.warmup_s if args.warmup is None else args.warmup,
-                  args.out, keep_going=True, console=console)
+                  args.out, keep_going=True, scale=Scale(args.workers, args.wrk_threads),
+                  console=console)
     console.print(f"wrote {args.out}/serving.json, serving.md, serving.png")
     ran = {r["contender"] for r in results}
     return 0 if ran == set(names) else 1
