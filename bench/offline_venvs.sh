@@ -50,7 +50,7 @@ fi
 .venv/bin/python - <<'EOF'
 from bench.venv import BENCH, MLSERVER
 for env in (BENCH, MLSERVER):
-    env._stamp.write_text(env._fingerprint())  # installed from wheels: current as it is
+    env.mark_current()  # installed from wheels: current as it is
 EOF
 .venv/bin/python -c 'import rendezvous, fastapi, gunicorn, skops, sklearn; print("project venv ok")'
 bench/.venv-mlserver/bin/python -c 'import mlserver, mlserver_sklearn; print("mlserver venv ok")'

@@ -92,7 +92,6 @@ DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
 }
 
 
-
 def _build_skops(out: Path) -> None:
     import skops.io
 

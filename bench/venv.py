@@ -61,6 +61,13 @@ class VirtualEnv:
         except FileNotFoundError:
             return False
 
+    def mark_current(self) -> None:
+        """Record that the venv holds today's requirements (``ensure`` after installing them;
+        ``bench/offline_venvs.sh`` after installing them from carried wheels)."""
+        tmp = self._stamp.with_suffix(".tmp")
+        tmp.write_text(self._fingerprint())
+        tmp.replace(self._stamp)
+
     def ensure(self, *, log: Callable[[str], object] = print) -> Path:
         """Create the venv and install its requirements unless already current.
 
@@ -81,9 +88,7 @@ class VirtualEnv:
                 "(about a minute, only when that file changed)")
             subprocess.run([str(self.python), "-m", "pip", "install", "-q", "-r",
                             str(self.requirements)], check=True)
-            tmp = self._stamp.with_suffix(".tmp")
-            tmp.write_text(self._fingerprint())
-            tmp.replace(self._stamp)
+            self.mark_current()
         return self.python
 
 

@@ -182,8 +182,11 @@ class NatsConsumer:
         with contextlib.suppress(nats.errors.Error):
             await self._engine.nc.flush(timeout=max(1, round(self._engine.ack_timeout_s)))
         # After the flush's round trip, whatever the server sent before it is queued here.
-        # nats-py takes queued messages only inside a fetch, which would pull more.
-        queue = self._sub._sub._pending_queue
+        # nats-py takes queued messages only inside a fetch, which would pull more, so its
+        # queue is read directly; where a nats-py lacks it they come back after ack_wait.
+        queue = getattr(getattr(self._sub, "_sub", None), "_pending_queue", None)
+        if queue is None:
+            return []
         msgs: list[Msg] = []
         while not queue.empty():
             msg = queue.get_nowait()
