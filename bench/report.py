@@ -18,7 +18,7 @@ RATIO_LEVEL = 32
 DELAYED_ACK_BAND_MS = (38.0, 48.0)
 RENDEZVOUS_4, RENDEZVOUS_1, FASTAPI = "rendezvous-4", "rendezvous-1", "fastapi"
 COLUMNS = ["contender", "concurrency", "rps", "p50_ms", "p99_ms", "p999_ms", "errors",
-           "peak_rss_mb"]
+           "peak_rss_mb", "cpu_ms_per_req", "cores_busy"]
 
 
 def _at(results: Sequence[Row], contender: str, level: int) -> Row | None:
@@ -165,6 +165,8 @@ def findings(results: Sequence[Row], runs: Sequence[Row] = ()) -> list[str]:
 
 
 def _fmt(column: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:,.0f}" if column in ("rps", "peak_rss_mb") else f"{value:.2f}"
     return str(value)
@@ -172,10 +174,11 @@ def _fmt(column: str, value: Any) -> str:
 
 def table(results: Sequence[Row]) -> str:
     """The results as one Markdown table."""
-    head = ["contender", "c", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "peak RSS MB"]
+    head = ["contender", "c", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "peak RSS MB",
+            "CPU ms/req", "cores busy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in results:
-        lines.append("| " + " | ".join(_fmt(c, row[c]) for c in COLUMNS) + " |")
+    for row in results:  # results written before the CPU columns existed show n/a there
+        lines.append("| " + " | ".join(_fmt(c, row.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -191,7 +194,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{s.get('workers', 2)} worker processes per contender; "
         "every server on 127.0.0.1 with OMP_NUM_THREADS=1, sharing the cores with wrk. "
         "req/s counts successful responses; errors are non-2xx answers, socket errors and "
-        "timeouts; peak RSS sums the server's whole process tree during each level.",
+        "timeouts; peak RSS sums the server's whole process tree during each level, and CPU "
+        "ms/req and cores busy are the CPU time that tree used during the level, per request "
+        "and per second (wrk's own is not in them).",
         "",
         table(doc["results"]),
         "",

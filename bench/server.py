@@ -225,6 +225,27 @@ def tree_rss_bytes(pid: int) -> int:
     return _tree_rss_psutil(pid)
 
 
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user and system) that ``pid`` and its living descendants have used so far;
+    None without psutil. Take it before and after a level: the difference is what the server
+    spent on that level's requests, wherever its processes ran."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 class PeakRss:
     """Samples a process tree's RSS in a background thread; keeps the peak per window."""
 

@@ -38,7 +38,15 @@ from bench.contenders import CONTENDERS, DEFAULT_CONTENDERS, Contender, select
 from bench.loadgen import LoadError, LoadResult
 from bench.machine import machine_info
 from bench.payloads import Wire
-from bench.server import PeakRss, Server, ServerError, ServerSpec, Workspace, free_port
+from bench.server import (
+    PeakRss,
+    Server,
+    ServerError,
+    ServerSpec,
+    Workspace,
+    free_port,
+    tree_cpu_s,
+)
 
 RESULTS_DIR = venv.BENCH_DIR / "results"
 Row = dict[str, Any]
@@ -66,7 +74,13 @@ class Scale:
     wrk_threads: int = loadgen.THREADS
 
 
-def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[str, Any]:
+def _row(contender: str, level: int, result: LoadResult, peak_rss: int,
+         cpu_s: float | None) -> dict[str, Any]:
+    """One result row; ``cpu_s``: what the server's process tree used during the level."""
+    cpu_ms_per_req = cores_busy = None
+    if cpu_s is not None and result.requests > 0 and result.duration_s > 0:
+        cpu_ms_per_req = round(cpu_s * 1000 / result.requests, 3)
+        cores_busy = round(cpu_s / result.duration_s, 2)
     return {
         "contender": contender,
         "concurrency": level,
@@ -76,6 +90,10 @@ def _row(contender: str, level: int, result: LoadResult, peak_rss: int) -> dict[
         "p999_ms": round(result.p999_ms, 3),
         "errors": result.errors,
         "peak_rss_mb": round(peak_rss / 2**20, 1),
+        # Where the server runs out of cores (cores_busy near the machine's, less wrk's) more
+        # concurrency cannot help; below that, its requests wait for something else.
+        "cpu_ms_per_req": cpu_ms_per_req,
+        "cores_busy": cores_busy,
     }
 
 
@@ -144,8 +162,13 @@ def _measure(contender: Contender, levels: Sequence[int], duration_s: float, war
         for level in levels:
             time.sleep(SETTLE_S)
             progress.update(task, description=f"{name}: c={level} for {duration_s:g}s")
+            cpu_before = tree_cpu_s(server.pid)
             result = _load(spec, bodies_file, level, duration_s, ok_bytes, scale.wrk_threads)
-            row, detail = _row(name, level, result, rss.take_window()), _detail(name, level, result)
+            cpu_after = tree_cpu_s(server.pid)
+            cpu_s = (None if cpu_before is None or cpu_after is None
+                     else max(0.0, cpu_after - cpu_before))
+            row = _row(name, level, result, rss.take_window(), cpu_s)
+            detail = _detail(name, level, result)
             out.append((row, detail))
             progress.console.print(
                 f"{name:<12} c={level:<2} {row['rps']:>6.0f} req/s  p50 {row['p50_ms']:6.2f}"
