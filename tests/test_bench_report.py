@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import ratios, table
+from bench.report import ratios
 
 
 def _row(contender: str, c: int, rps: float, p50: float, p99: float) -> dict[str, Any]:
@@ -83,6 +83,8 @@ def test_py_spy_samples_go_to_the_outermost_role_of_their_stack() -> None:
 
 
 def test_the_table_shows_cpu_per_request_and_n_a_for_results_from_before_it_was_measured() -> None:
+    from bench.report import table
+
     measured = {**ROWS[0], "cpu_ms_per_req": 1.25, "cores_busy": 2.5}
     lines = table([measured, ROWS[1]]).splitlines()
     assert lines[0].endswith("| CPU ms/req | cores busy |")
