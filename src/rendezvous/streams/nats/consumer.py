@@ -180,7 +180,7 @@ class NatsConsumer:
         if self._sub is None or not self._engine.nc.is_connected:
             return []
         with contextlib.suppress(nats.errors.Error):
-            await self._engine.nc.flush(timeout=max(1, round(self._engine.ack_timeout_s)))
+            await self._engine.nc.flush(timeout=self._engine.flush_timeout)
         # After the flush's round trip, whatever the server sent before it is queued here.
         # nats-py takes queued messages only inside a fetch, which would pull more, so its
         # queue is read directly; where a nats-py lacks it they come back after ack_wait.
@@ -342,4 +342,4 @@ class NatsConsumer:
             for msg in msgs:
                 with contextlib.suppress(nats.errors.MsgAlreadyAckdError):
                     await settle(msg)
-            await engine.nc.flush(timeout=max(1, round(engine.ack_timeout_s)))
+            await engine.nc.flush(timeout=engine.flush_timeout)

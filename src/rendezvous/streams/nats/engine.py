@@ -331,6 +331,11 @@ class NatsStream:
     def forget(self, consumer: NatsConsumer) -> None:
         self._consumers.discard(consumer)
 
+    @property
+    def flush_timeout(self) -> int:
+        """``ack_timeout_s`` for ``nc.flush``, which takes whole seconds (at least 1)."""
+        return max(1, round(self.ack_timeout_s))
+
     def require_connected(self, action: str, topic: str) -> None:
         """Raise at once while reconnecting, instead of queueing into nats-py's buffer and
         timing out later."""
