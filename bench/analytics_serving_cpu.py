@@ -7,8 +7,11 @@ per request much less so. Starts the ``rendezvous-4`` deployment of the serving 
 with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
 processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool),
 with their analytics hosts (also shown alone), and of the model hosts, split by model;
-wrk's latency percentiles; and how many requests a worker's scores record held (its
-micro-batch), over all models and per model.
+wrk's latency percentiles; how many requests a worker's scores record held (its
+micro-batch), over all models and per model; and where an answered request's time went inside
+the server (``stage`` rows, p50 and p99: until its model's host began the batch, the predict,
+until the rendezvous server filed the score, received to responded), read back from the
+result and score records.
 ``--serve-args`` replaces the benchmark's ``--processes 2``, e.g.
 ``--serve-args='--processes 1'`` for one serving process and one model host per model.
 Flat out, the faster run also batches more, which lowers its cost per request on its own;
@@ -131,22 +134,60 @@ def _sources(dumps: dict[int, str], pids: dict[int, str]) -> str:
     return "rendezvous from: " + "; ".join(where)
 
 
+def _records(home: Path, topic: str) -> Any:
+    """Every record of ``topic`` in the server's stream logs, decoded (msgpack)."""
+    import msgspec
+
+    for log in home.glob("streams*.db"):
+        with sqlite3.connect(log) as db:
+            for (data,) in db.execute("SELECT data FROM records WHERE topic = ?", (topic,)):
+                yield msgspec.msgpack.decode(data)
+
+
 def _scores_per_record(home: Path) -> dict[str, float]:
     """How many requests a worker's scores record holds on average (its micro-batch), over
     every model and per model."""
-    import msgspec
-
     per: dict[str, list[int]] = {}
-    for log in home.glob("streams*.db"):
-        with sqlite3.connect(log) as db:
-            for (data,) in db.execute("SELECT data FROM records WHERE topic = 'bench4.scores'"):
-                scores = msgspec.msgpack.decode(data)
-                if scores:
-                    per.setdefault(scores[0]["model"], []).append(len(scores))
+    for scores in _records(home, "bench4.scores"):
+        if scores:
+            per.setdefault(scores[0]["model"], []).append(len(scores))
     out = {"scores per scores record": sum(map(sum, per.values()))
            / max(1, sum(map(len, per.values())))}
     for model, sizes in sorted(per.items()):
         out[f"scores per scores record: {model}"] = sum(sizes) / len(sizes)
+    return out
+
+
+def _stages(home: Path, since_ns: int) -> dict[str, float]:
+    """Where an answered request's time went inside the server (p50 and p99, ms), from its
+    result record and the answering model's score, for requests received from ``since_ns``
+    (the measured load, not the warm-up): *to start*, until that model's host began the
+    request's batch (the input's append, the worker's fetch, the trip to the host, the
+    host's wait for a core); *predict*, the batch in the host; *to filed*, until the
+    rendezvous server filed the score (the trip back, the score's append and fetch); and
+    *in server*, received to responded. What wrk sees beyond *in server* is the HTTP
+    edge: reading and parsing the request, waiting for its input to be durable, the answer's
+    trip to the proxy and its write."""
+    times = {(s["request_id"], s["model"]): (s["started_ns"], s["finished_ns"])
+             for scores in _records(home, "bench4.scores") for s in scores}
+    parts: dict[str, list[float]] = {"to start": [], "predict": [], "to filed": [],
+                                     "in server": []}
+    for r in _records(home, "bench4.results"):
+        model = r.get("model")
+        outcome = r.get("models", {}).get(model, {})
+        got = times.get((r["request_id"], model))
+        if r.get("received_ns", 0) < since_ns or got is None or not outcome.get("filed_ns"):
+            continue
+        started, finished = got
+        parts["to start"].append((started - r["received_ns"]) / 1e6)
+        parts["predict"].append((finished - started) / 1e6)
+        parts["to filed"].append((outcome["filed_ns"] - finished) / 1e6)
+        parts["in server"].append((r["responded_ns"] - r["received_ns"]) / 1e6)
+    out: dict[str, float] = {}
+    for name, xs in parts.items():
+        if len(xs) >= 2:
+            out[f"stage p50 ms: {name}"] = statistics.median(xs)
+            out[f"stage p99 ms: {name}"] = statistics.quantiles(xs, n=100, method="inclusive")[98]
     return out
 
 
@@ -198,6 +239,7 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                                         "--format", fmt, "--gil", "--nonblocking",
                                         "-p", str(one)],
                                        stdout=subprocess.DEVNULL)
+            since_ns = time.time_ns()
             load = _wrk(spec.infer_url, bodies, connections=concurrency,
                         duration_s=duration, script=script)
             time.sleep(1.5)  # the monitor and the archivers catch up
@@ -207,6 +249,7 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 spy.wait()
             dumps = {pid: _dump(pid) for pid in pids}
         micro = _scores_per_record(Path(tmp) / "home")
+        micro |= _stages(Path(tmp) / "home", since_ns)
     print(_sources(dumps, pids), file=sys.stderr)
     names = {pid: _thread_names(d) for pid, d in dumps.items()}
     per: dict[str, float] = {"req/s": load.rps, "errors": load.errors, "p50 ms": load.p50_ms,

@@ -90,3 +90,39 @@ def test_the_table_shows_cpu_per_request_and_n_a_for_results_from_before_it_was_
     assert lines[0].endswith("| CPU ms/req | cores busy |")
     assert lines[2].endswith("| 1.25 | 2.50 |")
     assert lines[3].endswith("| n/a | n/a |")
+
+
+async def test_stages_split_an_answered_request_by_its_answering_models_timestamps(
+        tmp_path) -> None:
+    from bench.analytics_serving_cpu import _stages
+
+    from rendezvous.core import messages
+    from rendezvous.core.messages import ModelOutcome, Reason, Result, Score, Status
+    from rendezvous.streams.embedded.log import EmbeddedStream
+
+    ms = 1_000_000
+    home = tmp_path / "home"
+    home.mkdir()
+    stream = await EmbeddedStream.open(home / "streams.db")
+    try:
+        for i in range(4):
+            t0 = (100 + i) * 1000 * ms  # received; the warm-up's request (i = 0) is left out
+            await stream.append("bench4.scores", [messages.encode([
+                Score(request_id=f"r{i}", deployment="bench4", model="a@1",
+                      started_ns=t0 + 2 * ms, finished_ns=t0 + 3 * ms),
+                # a model that did not answer: its times are not the request's
+                Score(request_id=f"r{i}", deployment="bench4", model="b@1",
+                      started_ns=t0 + 50 * ms, finished_ns=t0 + 90 * ms)])])
+            await stream.append("bench4.results", [messages.encode(Result(
+                request_id=f"r{i}", deployment="bench4", model="a@1", reason=Reason.PREFERRED,
+                received_ns=t0, responded_ns=t0 + (5 + i) * ms,
+                models={"a@1": ModelOutcome(status=Status.ON_TIME, filed_ns=t0 + 4 * ms),
+                        "b@1": ModelOutcome(status=Status.ON_TIME, filed_ns=t0 + 91 * ms)}))])
+    finally:
+        await stream.close()
+    got = _stages(home, since_ns=101 * 1000 * ms)
+    assert got["stage p50 ms: to start"] == 2.0
+    assert got["stage p50 ms: predict"] == 1.0
+    assert got["stage p50 ms: to filed"] == 1.0
+    assert got["stage p50 ms: in server"] == 7.0  # 6, 7 and 8 ms: the warm-up's 5 is left out
+    assert 7.0 < got["stage p99 ms: in server"] <= 8.0
