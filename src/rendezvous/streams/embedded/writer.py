@@ -18,11 +18,6 @@ The thread runs as ``SCHED_BATCH`` (Linux), as the model hosts do: its wake-up, 
 event-loop iteration under load, does not push the event loop's thread off its core in the
 middle of an iteration; it runs when a core frees up. Measured in ``bench/results/writer-batch``
 (a likely small gain at c=32, nothing at c=1).
-
-A transaction's rows go in a few multi-row ``INSERT`` statements (``multirow``), not one
-``executemany`` step per row: the sqlite3 module releases the GIL around every step, and under
-load each step's return waited for the event loop's thread to let go of it again. Measured in
-``bench/results/writer-multirow``.
 """
 
 from __future__ import annotations
@@ -53,10 +48,6 @@ RETENTION_EVERY_S = 10.0
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 5.0
 POSITION_DELAY_S = 0.1  # the longest a group position waits for a transaction to ride along
-# Rows per INSERT statement, largest first: a transaction's rows go in a few multi-row
-# statements (one GIL release each) instead of one step per row; a few fixed sizes keep the
-# prepared statements few.
-ROWS_PER_STATEMENT = (64, 16, 4, 1)
 
 Row = tuple[str, int, str, int, bytes]
 Op = tuple[str, Any, "asyncio.Future[Any] | None"]
@@ -201,11 +192,13 @@ class Writer(threading.Thread):
         for name, ret in topics.items():
             self.conn.execute("INSERT OR REPLACE INTO topics VALUES (?, ?, ?)",
                               (name, ret.max_age_s, ret.max_records))
-        for sql, params in multirow("INSERT OR IGNORE INTO records", rows, 5):
-            self.conn.execute(sql, params)
-        for sql, params in multirow("INSERT OR REPLACE INTO positions",
-                                    [(t, g, c) for (t, g), c in positions.items()], 3):
-            self.conn.execute(sql, params)
+        if rows:
+            self.conn.executemany("INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?)", rows)
+        if positions:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
+                [(t, g, c) for (t, g), c in positions.items()],
+            )
         self._apply_retention({r[0] for r in rows})
         self.conn.execute("COMMIT")
 
@@ -230,26 +223,6 @@ class Writer(threading.Thread):
                     f"DELETE FROM records WHERE topic = ? AND offset < ({FIRST_SINCE})",
                     (name, name, cutoff, name),
                 )
-
-
-def multirow(insert: str, rows: list[Any], width: int) -> list[tuple[str, list[Any]]]:
-    """``(sql, params)`` statements that insert ``rows`` (tuples of ``width`` values) in
-    blocks of ``ROWS_PER_STATEMENT`` rows (pure).
-
-    >>> [(sql, params) for sql, params in multirow("INSERT INTO t", [(1,), (2,)] * 3, 1)]
-    ... # doctest: +NORMALIZE_WHITESPACE
-    [('INSERT INTO t VALUES (?),(?),(?),(?)', [1, 2, 1, 2]),
-     ('INSERT INTO t VALUES (?)', [1]), ('INSERT INTO t VALUES (?)', [2])]
-    """
-    out = []
-    start = 0
-    for size in ROWS_PER_STATEMENT:
-        while len(rows) - start >= size:
-            block = rows[start:start + size]
-            start += size
-            values = ",".join(["(" + ",".join("?" * width) + ")"] * size)
-            out.append((f"{insert} VALUES {values}", [v for row in block for v in row]))
-    return out
 
 
 def _settle(futures: list[asyncio.Future[Any] | None], error: BaseException | None,
