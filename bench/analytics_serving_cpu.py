@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def _sources(dumps: dict[int, str], pids: dict[int, str]) -> str:
     return "rendezvous from: " + "; ".join(where)
 
 
-def _records(home: Path, topic: str) -> Any:
+def _records(home: Path, topic: str) -> Iterator[Any]:
     """Every record of ``topic`` in the server's stream logs, decoded (msgpack)."""
     import msgspec
 
