@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rendezvous.core.messages import Reason
@@ -30,16 +30,26 @@ def serve_one(sched: Schedule, scores: dict[str, tuple[bool, int, int]], request
               lags: list[int]) -> Served:
     """An event-driven server as ``roles.rendezvous`` runs one request: it files each score
     (``ok, finished_ns, filed_ns``) and the request when they come, decides with one clock
-    reading per filing, and sets a timer (rounded up to the millisecond, firing ``lag`` late)
-    whenever ``decide`` asks to wait."""
+    reading per filing, each later than the one before (``RendezvousServer._reading``: a
+    filing at the same nanosecond as the one before reads one nanosecond later), and sets a
+    timer (rounded up to the millisecond, firing ``lag`` late) whenever ``decide`` asks to
+    wait."""
     box = Mailbox()
     events: list[tuple[int, int, str]] = [(request_filed, 0, "")]
     events += [(filed, 0, m) for m, (_, _, filed) in scores.items()]
     heapq.heapify(events)
     filed: dict[str, int] = {}
     lag = iter(lags)
+    last = 0
+
+    def reading(at: int) -> int:
+        nonlocal last
+        last = max(at, last + 1)
+        return last
+
     while events:
-        now, kind, what = heapq.heappop(events)
+        at, kind, what = heapq.heappop(events)
+        now = reading(at)
         if kind == 0 and what == "":
             box.received_ns, box.deadline_ns = RECEIVED, deadline_of(RECEIVED, sched.deadline_ms)
             box.split_key = "req"
@@ -51,8 +61,10 @@ def serve_one(sched: Schedule, scores: dict[str, tuple[bool, int, int]], request
                 continue
         out = decide(box, sched, now)
         if isinstance(out, Decision):
-            for m, (_, _, f) in scores.items():  # later scores are still filed and recorded
-                filed.setdefault(m, f)
+            while events:  # later scores are still filed and recorded
+                at, kind, what = heapq.heappop(events)
+                if kind == 0:
+                    filed[what] = reading(at)
             return Served(out.model, out.reason, now, filed)
         if out.until_ns is not None:
             fire = -(-out.until_ns // MS) * MS + next(lag, 0)
@@ -85,8 +97,17 @@ def recorded(scores: dict[str, tuple[bool, int, int]], served: Served) -> Record
                             for m, (ok, fin, _) in scores.items()})
 
 
+# Found by the search: the request and a score arrive in the same nanosecond, the request is
+# filed first and decided without the score; the score's filing must not read as that instant.
+_TIE = (Schedule("d", 1, 5.0, (Candidate("m0@1", 0.0), Candidate("m1@1", 0.0),
+                               Candidate("m2@1", 0.0)), shadows=("m3@1",)),
+        {"m0@1": (True, RECEIVED, RECEIVED + 1), "m1@1": (True, RECEIVED, RECEIVED)},
+        RECEIVED + 1, [])
+
+
 @settings(max_examples=400, deadline=None)
 @given(cases())
+@example(_TIE)
 def test_reproduce_gives_back_every_recorded_decision(
         case: tuple[Schedule, dict[str, tuple[bool, int, int]], int, list[int]]) -> None:
     sched, scores, request_filed, lags = case
@@ -130,3 +151,23 @@ def test_a_shorter_deadline_makes_a_slow_answer_late() -> None:
     rec = Recorded("r", 0, scores={"a@1": Arrival(True, 40 * MS, 41 * MS)})
     out = simulate(rec, Schedule("d", 1, 30.0, (Candidate("a@1", 30.0),)))
     assert (out.model, out.reason, out.decided_ns) == (None, Reason.SLA_MISS, 30 * MS)
+
+
+async def test_the_rendezvous_servers_readings_never_tie_even_when_the_clock_stands_still(
+        tmp_path, monkeypatch) -> None:
+    """What the emulator above assumes of ``roles.rendezvous``: each filing or decision reads
+    a later time than the one before, so the records never make a tie ``reproduce`` would
+    have to guess at."""
+    from rendezvous.hosting.returns import LocalReturns
+    from rendezvous.roles import rendezvous as rv
+    from rendezvous.streams.embedded.log import EmbeddedStream
+
+    stream = await EmbeddedStream.open(tmp_path / "streams.db")
+    try:
+        server = rv.RendezvousServer(stream, "d", Schedule("d", 1, 50.0, (Candidate("a@1", 5.0),)),
+                                     LocalReturns())
+        monkeypatch.setattr(rv.time, "time_ns", lambda: RECEIVED)  # a clock too coarse to move
+        readings = [server._reading() for _ in range(5)]
+    finally:
+        await stream.close()
+    assert readings == [RECEIVED + i for i in range(5)]

@@ -111,6 +111,17 @@ class RendezvousServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.backlog = 0  # results that failed to be recorded and are being retried
         self._stopping = False
+        self._last_reading = 0  # see _reading
+
+    def _reading(self) -> int:
+        """The wall clock for a filing or a decision, later than every earlier reading: two
+        readings never tie, so a score filed after a decision never shows the decision's time
+        and the records say exactly which scores each decision saw (``core.whatif``)."""
+        now = time.time_ns()
+        if now <= self._last_reading:
+            now = self._last_reading + 1
+        self._last_reading = now
+        return now
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, holding a reference until it is done."""
@@ -174,7 +185,7 @@ class RendezvousServer:
         entry.box.split_key = req.meta.get(entry.schedule.split_key, req.request_id) \
             if entry.schedule.split_key else req.request_id
         entry.acks.append(acks.hold())
-        self._evaluate(req.request_id, entry, time.time_ns())
+        self._evaluate(req.request_id, entry, self._reading())
 
     def _on_score(self, data: bytes, acks: _Acks) -> None:
         for score in messages.score_heads_decoder.decode(data):
@@ -186,7 +197,7 @@ class RendezvousServer:
                 continue
             # One clock reading files the score and decides: the recorded filing times and
             # ``responded_ns`` then say exactly which scores each decision saw.
-            now = time.time_ns()
+            now = self._reading()
             entry.scores[score.model] = score
             entry.filed[score.model] = now
             entry.acks.append(acks.hold())
@@ -224,7 +235,7 @@ class RendezvousServer:
         for rid in self._wakeups.pop(ms, ()):
             entry = self.mailboxes.get(rid)
             if entry is not None and entry.decision is None and entry.request is not None:
-                self._evaluate(rid, entry, time.time_ns())
+                self._evaluate(rid, entry, self._reading())
 
     def _respond(self, rid: str, entry: _Entry, decision: Decision, now: int) -> None:
         entry.decision = decision
