@@ -41,6 +41,14 @@ named by its tree's commit, written to ``ab-rounds.{json,md,png}``::
     git worktree add /tmp/before HEAD~1
     python -m bench.analytics_serving_cpu --rounds 4 --against /tmp/before/src \
         --concurrency 32 --duration 15 --out bench/results/uvloop
+
+``--against-serve-args ARGS`` compares two ways of serving the same tree the same way: the
+``--serve-args`` (or the benchmark's ``--processes 2``) against ``ARGS``, each arm named by
+its arguments::
+
+    python -m bench.analytics_serving_cpu --rounds 4 --serve-args='--processes 1' \
+        --against-serve-args='--processes 2' --concurrency 32 --duration 15 \
+        --out bench/results/processes
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +79,8 @@ from bench.payloads import oip_v2
 from bench.rendezvous_contender import _prepare
 from bench.server import Server, Workspace, free_port
 from bench.venv import ROOT
+
+DEFAULT_SERVE = "--processes 2"  # the serving benchmark's (``Workspace.workers``)
 
 _THREAD = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:idle|active)[^)]*\): "(.*)"')
 
@@ -212,12 +222,12 @@ def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
 
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
             delay_ms: float, py_spy: Path | None, src: Path,
-            serve_args: list[str] | None = None) -> dict[str, float]:
+            serve_args: Sequence[str] | None = None) -> dict[str, float]:
     """CPU ms per request by part, plus ``req/s``, ``errors``, wrk's percentiles and the
     micro-batches. ``serve_args`` replace the serving benchmark's ``--processes 2``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
-        spec = _prepare(ws, "bench4", serve_args)
+        spec = _prepare(ws, "bench4", None if serve_args is None else list(serve_args))
         env = {**spec.env, "PYTHONPATH": f"{src}:{ROOT}",
                "RENDEZVOUS_ANALYTICS": "1" if analytics else "0"}
         spec = dataclasses.replace(spec, env=env)
@@ -269,11 +279,18 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
 
 @dataclass(frozen=True)
 class Arm:
-    """One side of the rounds: its name in the results, analytics on or off, the source tree."""
+    """One side of the rounds: its name in the results, analytics on or off, the source tree,
+    the arguments of ``rendezvous serve`` (None: the serving benchmark's)."""
 
     name: str
     analytics: bool
     src: Path
+    serve_args: tuple[str, ...] | None = None
+
+    @property
+    def how(self) -> str:
+        """How this arm serves, as the results say it."""
+        return " ".join(self.serve_args) if self.serve_args is not None else DEFAULT_SERVE
 
 
 def tree_name(src: Path) -> str:
@@ -297,7 +314,8 @@ def rounds(n: int, out: Path, arms: tuple[Arm, Arm], **kw: Any) -> None:
     runs: list[dict[str, Any]] = []
     for i in range(n):
         order = (a, b) if i % 2 == 0 else (b, a)
-        got = {arm.name: measure(arm.analytics, src=arm.src, **kw) for arm in order}
+        got = {arm.name: measure(arm.analytics, src=arm.src, serve_args=arm.serve_args, **kw)
+               for arm in order}
         cpu = {k: v.get("serving (all)", 0.0) + v.get("model host (all)", 0.0)
                for k, v in got.items()}
         row: dict[str, Any] = {"round": i + 1, "first": order[0].name}
@@ -313,8 +331,8 @@ def rounds(n: int, out: Path, arms: tuple[Arm, Arm], **kw: Any) -> None:
         row["ratio"] = round(got[a.name]["req/s"] / max(got[b.name]["req/s"], 1e-9), 3)
         runs.append(row)
     doc = {"command": "python -m bench.analytics_serving_cpu " + " ".join(sys.argv[1:]),
-           "arms": [{"name": arm.name, "analytics": arm.analytics, "src": str(arm.src)}
-                    for arm in arms],
+           "arms": [{"name": arm.name, "analytics": arm.analytics, "src": str(arm.src),
+                     "serve": arm.how} for arm in arms],
            "rounds": runs, "settings": {k: str(v) for k, v in kw.items()}}
     write(doc, out)
 
@@ -357,7 +375,8 @@ def write(doc: dict[str, Any], out: Path) -> None:
     orders = ", ".join(f"{v:.2f} with {k} first" for k, v in doc["ratio_by_first"].items())
     trees = [] if analytics else [
         *(f"- `{arm['name']}`: `{arm['src']}`, analytics {'on' if arm['analytics'] else 'off'}"
-          for arm in doc["arms"]), ""]
+          f", `rendezvous serve {arm.get('serve', DEFAULT_SERVE)}`" for arm in doc["arms"]),
+        ""]
     lines = [f"# {title}", "", f"Command: `{doc['command']}`", "", *trees,
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
              *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in runs), "",
@@ -423,11 +442,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics-cost")
     ap.add_argument("--serve-args", default=None,
                     help="arguments for `rendezvous serve` instead of the serving benchmark's "
-                         "'--processes 2', e.g. '--processes 1'")
+                         f"'{DEFAULT_SERVE}', e.g. '--processes 1'")
+    ap.add_argument("--against-serve-args", default=None,
+                    help="with --rounds: compare --serve-args with these arguments for "
+                         "`rendezvous serve` instead of analytics on with off (same tree, "
+                         "both on, or as --only says)")
     args = ap.parse_args(argv)
     serve_args = shlex.split(args.serve_args) if args.serve_args is not None else None
     if args.against is not None and not args.rounds:
         ap.error("--against compares two source trees in --rounds; add --rounds N")
+    if args.against_serve_args is not None:
+        if not args.rounds:
+            ap.error("--against-serve-args compares two ways of serving in --rounds; add "
+                     "--rounds N")
+        if args.against is not None:
+            ap.error("give --against (two source trees) or --against-serve-args (two ways of "
+                     "serving one tree), not both")
     for flag, tree in (("--src", args.src), ("--against", args.against)):
         # A tree without the package would not fail: the servers would import the editable
         # install instead, and the rounds would compare a tree with itself.
@@ -436,18 +466,27 @@ def main(argv: list[str] | None = None) -> int:
                      "folder, e.g. that of a worktree made with `git worktree add DIR COMMIT`")
     if args.rounds:
         src = args.src.resolve()
-        if args.against is None:
-            arms = (Arm("on", True, src), Arm("off", False, src))
+        on = args.only != "off"
+        way = tuple(serve_args) if serve_args is not None else None
+        if args.against_serve_args is not None:
+            other = Arm("", on, src, tuple(shlex.split(args.against_serve_args)))
+            mine = Arm("", on, src, way)
+            if mine.how == other.how:
+                ap.error(f"--serve-args and --against-serve-args are the same "
+                         f"('{mine.how}'); give two different ways of serving")
+            arms = (dataclasses.replace(mine, name=mine.how),
+                    dataclasses.replace(other, name=other.how))
+        elif args.against is None:
+            arms = (Arm("on", True, src, way), Arm("off", False, src, way))
         else:
-            on = args.only != "off"
             old = args.against.resolve()
             names = [tree_name(src), tree_name(old)]
             if names[0] == names[1]:
                 names = [f"{names[0]} ({src})", f"{names[1]} ({old})"]
-            arms = (Arm(names[0], on, src), Arm(names[1], on, old))
+            arms = (Arm(names[0], on, src, way), Arm(names[1], on, old, way))
         rounds(args.rounds, args.out, arms, duration=args.duration,
                concurrency=args.concurrency, warmup=args.warmup, delay_ms=args.delay_ms,
-               py_spy=None, serve_args=serve_args)
+               py_spy=None)
         return 0
     rows = {}
     for on in (True, False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from bench.report import ratios
 
 
@@ -49,12 +50,13 @@ def test_ab_rounds_are_named_by_their_arms_and_weigh_both_orders_alike(tmp_path)
 
     doc = {"command": "x", "rounds": [rnd(1, "new", 1200.0, 1000.0), rnd(2, "old", 900.0,
                                                                         1000.0)],
-           "arms": [{"name": "new", "analytics": True, "src": "/a"},
-                    {"name": "old", "analytics": True, "src": "/b"}]}
+           "arms": [{"name": "new", "analytics": True, "src": "/a", "serve": "--processes 1"},
+                    {"name": "old", "analytics": True, "src": "/b"}]}  # from before "serve"
     write(doc, tmp_path)
     md = (tmp_path / "ab-rounds.md").read_text()
     assert md.startswith("# new / old, alternating rounds")
-    assert "- `old`: `/b`, analytics on" in md
+    assert "- `new`: `/a`, analytics on, `rendezvous serve --processes 1`" in md
+    assert "- `old`: `/b`, analytics on, `rendezvous serve --processes 2`" in md
     assert doc["balanced_ratio"] == round((1.2 * 0.9) ** 0.5, 3)
     assert doc["median_cpu_ratio"] == 0.5 and doc["median_p99_ratio"] == 0.5
     assert doc["median_part_cpu_ratio"] == {"serving processes": 0.5, "model hosts": 0.25}
@@ -126,3 +128,17 @@ async def test_stages_split_an_answered_request_by_its_answering_models_timestam
     assert got["stage p50 ms: to filed"] == 1.0
     assert got["stage p50 ms: in server"] == 7.0  # 6, 7 and 8 ms: the warm-up's 5 is left out
     assert 7.0 < got["stage p99 ms: in server"] <= 8.0
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--against-serve-args=--processes 1"], "add --rounds N"),
+    (["--rounds", "1", "--against-serve-args=--processes 2"], "are the same ('--processes 2')"),
+    (["--rounds", "1", "--against", "src", "--against-serve-args=--processes 1"], "not both"),
+])
+def test_serve_args_rounds_refuse_what_would_compare_nothing(
+        args: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.analytics_serving_cpu import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2 and error in capsys.readouterr().err
