@@ -3,7 +3,7 @@
 
 Throughput on a shared two-core machine is noisy; the CPU time the server's processes spend
 per request much less so. Starts the ``rendezvous-4`` deployment of the serving benchmark
-(``serve --processes 2``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
+(``serve --processes 1``) once with ``RENDEZVOUS_ANALYTICS=1`` and once with ``=0``, loads it
 with wrk flat out, as ``bench.serving`` does, and prints CPU ms per request: of the serving
 processes, split by thread (the event loop, the stream log's writer, the ``to_thread`` pool),
 with their analytics hosts (also shown alone), and of the model hosts, split by model;
@@ -12,8 +12,8 @@ micro-batch), over all models and per model; and where an answered request's tim
 the server (``stage`` rows, p50 and p99: until its model's host began the batch, the predict,
 until the rendezvous server filed the score, received to responded), read back from the
 result and score records.
-``--serve-args`` replaces the benchmark's ``--processes 2``, e.g.
-``--serve-args='--processes 1'`` for one serving process and one model host per model.
+``--serve-args`` replaces the benchmark's ``--processes 1``, e.g.
+``--serve-args='--processes 2'`` for two serving processes, each with a model host per model.
 Flat out, the faster run also batches more, which lowers its cost per request on its own;
 ``--delay-ms`` paces each connection instead, for the same offered rate in both runs (at low
 rates every stage handles requests one at a time, far from the regime of c=32).
@@ -42,8 +42,8 @@ named by its tree's commit, written to ``ab-rounds.{json,md,png}``::
     python -m bench.analytics_serving_cpu --rounds 4 --against /tmp/before/src \
         --concurrency 32 --duration 15 --out bench/results/uvloop
 
-``--against-serve-args ARGS`` compares two ways of serving the same tree the same way: the
-``--serve-args`` (or the benchmark's ``--processes 2``) against ``ARGS``, each arm named by
+``--against-serve-args ARGS`` compares two ways of serving the same tree: the
+``--serve-args`` (or the benchmark's ``--processes 1``) against ``ARGS``, each arm named by
 its arguments::
 
     python -m bench.analytics_serving_cpu --rounds 4 --serve-args='--processes 1' \
@@ -76,11 +76,12 @@ import psutil
 from bench import loadgen
 from bench.models import request_rows
 from bench.payloads import oip_v2
-from bench.rendezvous_contender import _prepare
+from bench.rendezvous_contender import _prepare, serving_processes
 from bench.server import Server, Workspace, free_port
 from bench.venv import ROOT
 
-DEFAULT_SERVE = "--processes 2"  # the serving benchmark's (``Workspace.workers``)
+# How the serving benchmark serves ``rendezvous-4`` on its default workers.
+DEFAULT_SERVE = f"--processes {serving_processes('bench4', Workspace.workers)}"
 
 _THREAD = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \((?:idle|active)[^)]*\): "(.*)"')
 
@@ -224,7 +225,7 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
             delay_ms: float, py_spy: Path | None, src: Path,
             serve_args: Sequence[str] | None = None) -> dict[str, float]:
     """CPU ms per request by part, plus ``req/s``, ``errors``, wrk's percentiles and the
-    micro-batches. ``serve_args`` replace the serving benchmark's ``--processes 2``."""
+    micro-batches. ``serve_args`` replace the serving benchmark's ``DEFAULT_SERVE``."""
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace("cpu", Path(tmp), free_port())
         spec = _prepare(ws, "bench4", None if serve_args is None else list(serve_args))
@@ -375,7 +376,8 @@ def write(doc: dict[str, Any], out: Path) -> None:
     orders = ", ".join(f"{v:.2f} with {k} first" for k, v in doc["ratio_by_first"].items())
     trees = [] if analytics else [
         *(f"- `{arm['name']}`: `{arm['src']}`, analytics {'on' if arm['analytics'] else 'off'}"
-          f", `rendezvous serve {arm.get('serve', DEFAULT_SERVE)}`" for arm in doc["arms"]),
+          + (f", `rendezvous serve {arm['serve']}`" if "serve" in arm else "")
+          for arm in doc["arms"]),
         ""]
     lines = [f"# {title}", "", f"Command: `{doc['command']}`", "", *trees,
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),

@@ -164,7 +164,7 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               "RENDEZVOUS_GRPC_PORT, loaded by h2load"),
     Contender("rendezvous-4", rendezvous_contender.prepare_four, None,
               "Rendezvous, champion + fallback + challenger + canary, decoy archive; "
-              "serve --processes N (N = --workers)"),
+              "serve --processes N (N = --workers / 2, at least 1)"),
     Contender("rendezvous-4-no-analytics", rendezvous_contender.prepare_four_without_analytics,
               None, "rendezvous-4 with RENDEZVOUS_ANALYTICS=0"),
     Contender("rendezvous-4-preempting", rendezvous_contender.prepare_four_preempting, None,

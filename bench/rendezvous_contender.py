@@ -92,6 +92,17 @@ DEPLOYMENTS: dict[str, tuple[list[str], str]] = {
 }
 
 
+def serving_processes(deployment: str, workers: int) -> int:
+    """``rendezvous serve --processes`` for ``deployment`` where every contender gets
+    ``workers`` processes: that many, except for the four-model deployment with its models in
+    model hosts, which gets half (at least one). Its model hosts and analytics host take the
+    rest of the cores: on 2 cores, one serving process did 1.16x the throughput of two at
+    c=32 with 0.72x the p99 and 0.70x the CPU per request, and 1.11x at c=1
+    (``results/processes``, ``results/processes-c1``); the champion alone did more with two
+    (0.91x and 0.96x the throughput with one, in two alternating pairs)."""
+    return max(1, workers // 2) if deployment == "bench4" else workers
+
+
 def _build_skops(out: Path) -> None:
     import skops.io
 
@@ -123,10 +134,11 @@ def _prepare(ws: Workspace, deployment: str,
 
     return ServerSpec(
         argv=[str(cli), "serve", deployment, "--home", str(home), "--port", str(ws.port),
-              # ``ws.workers`` serving processes (2 by default: one per core of the
+              # Serving processes for ``ws.workers`` (2 by default: one per core of the
               # reference machine), as the FastAPI baseline and MLflow get that many
               # workers; each is a whole Rendezvous on its own partition of the streams.
-              *(["--processes", str(ws.workers)] if serve_args is None else serve_args)],
+              *(["--processes", str(serving_processes(deployment, ws.workers))]
+                if serve_args is None else serve_args)],
         ready_url=f"{ws.base_url}/v2/health/ready",
         infer_url=f"{ws.base_url}/v2/models/{deployment}/infer",
         wire=Wire.OIP_V2,
