@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics-cost")
     ap.add_argument("--serve-args", default=None,
                     help="arguments for `rendezvous serve` instead of the serving benchmark's "
-                         f"'{DEFAULT_SERVE}', e.g. '--processes 1'")
+                         f"'{DEFAULT_SERVE}', e.g. '--processes 2'")
     ap.add_argument("--against-serve-args", default=None,
                     help="with --rounds: compare --serve-args with these arguments for "
                          "`rendezvous serve` instead of analytics on with off (same tree, "
