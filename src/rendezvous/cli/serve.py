@@ -47,8 +47,10 @@ def serve(
         help="Registry SQL URL shared by every process, e.g. postgresql://… "
              "[default: SQLite under --home]")] = None,
     processes: Annotated[int, typer.Option(
-        min=1, help="Serving processes, each a whole Rendezvous on its own partition of the "
-                    "embedded streams (use one per core)")] = 1,
+        min=1, help="Serving processes, each a whole Rendezvous with its own model hosts on "
+                    "its own partition of the embedded streams (about one per core for one "
+                    "model, one per two cores when several models score every request; "
+                    "README: Using every core)")] = 1,
     reset_log: Annotated[bool, typer.Option(
         "--reset-log", help="Start the embedded stream log afresh when the file on disk is not "
                             "the one this data directory recorded (the old files are kept "
