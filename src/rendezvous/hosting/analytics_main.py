@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from rendezvous.errors import ConfigError
+from rendezvous.hosting import heap
 from rendezvous.hosting.analytics_protocol import (
     Acked,
     Answer,
@@ -174,6 +175,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, h
                       analytics=True, archive=arc, read_pause_s=0.0)
     keeper = Scorekeeper(relay, home, deployment, archive=arc, pause_s=0.0)
     roles = [asyncio.ensure_future(monitor.run()), asyncio.ensure_future(keeper.run())]
+    heap.settle()  # the libraries, the registry and the policy, out of the collector's sight
     send(HostReport(HostState.READY))
     try:
         while True:

@@ -23,6 +23,7 @@ from pathlib import Path
 from rendezvous import config
 from rendezvous.core import messages
 from rendezvous.errors import ConfigError, NotFoundError
+from rendezvous.hosting import heap
 from rendezvous.hosting.protocol import (
     HEADER,
     HostReport,
@@ -110,6 +111,7 @@ def serve(sock: socket.socket, *, home: Path, registry_url: str | None, deployme
             HostState.FAILED, f"warm-up predict on the registration's example rows failed: "
                               f"{type(exc).__name__}: {exc}")))
         return LOAD_FAILED
+    heap.settle()  # the model and its libraries, out of the collector's sight
     sock.sendall(frame(HostReport(HostState.READY)))
     while True:
         head = _recv_exact(sock, HEADER.size)

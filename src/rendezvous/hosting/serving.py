@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import secrets
@@ -28,6 +27,7 @@ import uvicorn
 
 from rendezvous import config
 from rendezvous.errors import ConfigError
+from rendezvous.hosting import heap
 from rendezvous.hosting.runtime import Server
 from rendezvous.hosting.topology import ProcessRole, Roles
 from rendezvous.http import Proxy
@@ -209,10 +209,8 @@ async def running(
                 grpc_address = await stack.enter_async_context(
                     grpc_serving(proxy, host=host, reuse_port=sock is not None))
                 info.update(token=proxy.admin_token, grpc=grpc_address)
-            # Everything loaded so far (libraries) lives as long as the process: move it out
-            # of the collector's sight so full collections stay short while serving.
-            gc.collect()
-            gc.freeze()
+            # Everything loaded so far (libraries) lives as long as the process.
+            heap.settle()
             if run_files and url is not None:
                 names = [ALL] if proxy is not None and server.serves_all \
                     else server.deployment_names
