@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,16 @@ async def test_sla_misses_and_errors_are_counted(registry: Registry, serve: Serv
 # -- item 8: slow clients ---------------------------------------------------------------------
 
 
-def _raw(url: str, data: bytes, *, wait_s: float = 30.0) -> bytes:
+def _raw(url: str, data: bytes, *, wait_s: float = 30.0, then: list[bytes] | None = None,
+         pause_s: float = 0.0) -> bytes:
+    """What the server sends back for ``data``, and for each of ``then`` sent ``pause_s``
+    after the last, until it closes the connection."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait_s) as s:
         s.sendall(data)
+        for piece in then or []:
+            time.sleep(pause_s)
+            s.sendall(piece)
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
@@ -159,6 +166,23 @@ async def test_slow_headers_and_bodies_time_out_and_huge_headers_are_refused(
                        + b"a" * 40_000 + b"\r\n\r\n")
         assert big.startswith(b"HTTP/1.1 431")
         assert (await client.get("/v2/health/live")).status_code == 200
+
+
+async def test_a_body_that_keeps_coming_is_answered_however_long_it_takes_in_all(
+        registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The body's limit is on each pause, not on the whole: four pauses of 0.4 s, 1.6 s in all,
+    # under a 1 s limit.
+    deploy(registry)
+    monkeypatch.setenv("RENDEZVOUS_BODY_TIMEOUT_S", "1")
+    body = b'[{"x": 1.0, "y": 2.0}]'
+    async with serve("dep") as client:
+        url = str(client.base_url).rstrip("/")
+        answer = await asyncio.to_thread(
+            _raw, url, b"POST /v1/deployments/dep/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body),
+            then=[body[:5], body[5:10], body[10:15], body[15:]], pause_s=0.4)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b'"model":"dep-m@1"' in answer, answer
 
 
 # -- DNS rebinding, tokens, TLS settings ------------------------------------------------------

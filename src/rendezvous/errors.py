@@ -159,10 +159,6 @@ class TooManyRowsError(RendezvousError):
         )
 
 
-class RequestTimeoutError(RendezvousError):
-    """The client sent its request too slowly."""
-
-
 class LogInUseError(StreamError):
     """Another process holds the stream log open for writing."""
 

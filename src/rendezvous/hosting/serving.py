@@ -70,8 +70,9 @@ def write_run_files(home: Path, deployments: list[str], info: dict[str, Any], *,
 def uvicorn_config(app: Any, host: str, port: int, *,
                    lifespan: Literal["on", "off"] = "on") -> uvicorn.Config:
     """uvicorn's settings, with the HTTP edge's limits: ``app`` behind the middlewares of
-    ``rendezvous.http.middleware`` (Host check, body timeout, inference token), headers
-    bounded in time and size, and HTTPS when RENDEZVOUS_SSL_CERTFILE/KEYFILE are set."""
+    ``rendezvous.http.middleware`` (Host check, inference token), headers bounded in time and
+    size and bodies in pace (``http.protocol``), and HTTPS when RENDEZVOUS_SSL_CERTFILE/KEYFILE
+    are set."""
     from rendezvous.http.middleware import harden
     from rendezvous.http.protocol import hardened_protocol
 
@@ -83,7 +84,8 @@ def uvicorn_config(app: Any, host: str, port: int, *,
         if path and not Path(path).is_file():
             raise ConfigError(f"{name}={path!r} is not a file; give the PEM file's path")
     protocol = hardened_protocol(header_timeout_s=config.HEADER_TIMEOUT_S.get(),
-                                 max_header_bytes=config.MAX_HEADER_BYTES.get())
+                                 max_header_bytes=config.MAX_HEADER_BYTES.get(),
+                                 body_timeout_s=config.BODY_TIMEOUT_S.get())
     # loop="none": uvicorn serves in the running loop (``_http``), never makes one of its own.
     return uvicorn.Config(harden(app, host=host), host=host, port=port, loop="none",
                           http=protocol, lifespan=lifespan, access_log=False,

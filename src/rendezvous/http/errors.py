@@ -15,7 +15,6 @@ STATUS: list[tuple[type[e.RendezvousError], int, str]] = [
     (e.AlreadyExistsError, 409, "conflict"),
     (e.GatesFailedError, 409, "gates_failed"),
     (e.ConflictError, 409, "conflict"),
-    (e.RequestTimeoutError, 408, "request_timeout"),
     (e.TooManyRowsError, 413, "too_many_rows"),
     (e.PayloadTooLargeError, 413, "payload_too_large"),
     (e.ValidationError, 422, "validation_error"),
@@ -58,7 +57,4 @@ def error_body(exc: e.RendezvousError, request_id: str | None = None) -> tuple[i
         body["reason"] = "sla_miss"
     if isinstance(exc, e.UnavailableError):
         headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
-    if isinstance(exc, e.RequestTimeoutError):
-        # The rest of a timed-out body may never come: close rather than wait on it.
-        headers.append((b"connection", b"close"))
     return status, msgspec.json.encode(body), headers

@@ -2,7 +2,6 @@
 
 - ``HostCheck``: the ``Host`` header must name the address the server binds to (or a name the
   operator allows), so a web page cannot drive a loopback server through DNS rebinding.
-- ``BodyTimeout``: a client may pause at most ``timeout_s`` while sending a body.
 - ``BearerToken``: inference and feedback need ``Authorization: Bearer <token>`` when
   ``RENDEZVOUS_INFER_TOKEN`` is set.
 
@@ -11,7 +10,6 @@ Each answers its own refusals with the JSON error body every endpoint uses.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import re
@@ -21,7 +19,7 @@ from typing import Any
 import msgspec
 
 from rendezvous import config
-from rendezvous.errors import AuthError, RendezvousError, RequestTimeoutError
+from rendezvous.errors import AuthError, RendezvousError
 from rendezvous.http.errors import error_body
 from rendezvous.http.reply import send_reply
 
@@ -93,39 +91,6 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-class BodyTimeout:
-    """A request whose body pauses longer than ``timeout_s`` is answered 408."""
-
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
-        self.app = app
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def timed_receive() -> dict[str, Any]:
-            try:
-                return await asyncio.wait_for(receive(), self.timeout_s)
-            except TimeoutError:
-                raise RequestTimeoutError(
-                    f"the request body paused for more than {self.timeout_s:g} s; send it "
-                    "faster (the limit is RENDEZVOUS_BODY_TIMEOUT_S)") from None
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracking_send)
-        except RequestTimeoutError as exc:
-            if not started:
-                await _refuse(send, exc)
-
-
 class BearerToken:
     """Paths matching ``paths`` need ``Authorization: Bearer <token>`` (401 otherwise)."""
 
@@ -162,11 +127,11 @@ def token_matches(authorization: bytes | str, token: bytes | str) -> bool:
 
 def harden(app: ASGIApp, *, host: str) -> ASGIApp:
     """``app`` behind every middleware, outermost first in the list below (settings read now:
-    RENDEZVOUS_ALLOWED_HOSTS, RENDEZVOUS_BODY_TIMEOUT_S, RENDEZVOUS_INFER_TOKEN)."""
+    RENDEZVOUS_ALLOWED_HOSTS, RENDEZVOUS_INFER_TOKEN). The limits on how fast a request must
+    arrive are the HTTP protocol's (``http.protocol``)."""
     infer_token = config.INFER_TOKEN.get()
     layers: list[Callable[[ASGIApp], ASGIApp]] = [
         lambda a: HostCheck(a, allowed_hosts(host, config.ALLOWED_HOSTS.get())),
-        lambda a: BodyTimeout(a, config.BODY_TIMEOUT_S.get()),
     ]
     if infer_token:
         layers.append(lambda a: BearerToken(a, infer_token))
