@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -151,6 +152,7 @@ async def test_slow_headers_and_bodies_time_out_and_huge_headers_are_refused(
     deploy(registry)
     monkeypatch.setenv("RENDEZVOUS_HEADER_TIMEOUT_S", "0.3")
     monkeypatch.setenv("RENDEZVOUS_BODY_TIMEOUT_S", "0.3")
+    monkeypatch.setenv("RENDEZVOUS_MAX_BODY_BYTES", "2000")
     async with serve("dep") as client:
         url = str(client.base_url).rstrip("/")
         slow_headers = await asyncio.to_thread(
@@ -161,6 +163,13 @@ async def test_slow_headers_and_bodies_time_out_and_huge_headers_are_refused(
                        b"Content-Length: 100\r\n\r\n[{\"x\"")
         assert slow_body.startswith(b"HTTP/1.1 408"), slow_body
         assert b"RENDEZVOUS_BODY_TIMEOUT_S" in slow_body
+        # Refused by its declared length (413) at once; the rest never comes, and the server
+        # closes the connection once the body has paused past its limit.
+        refused = await asyncio.to_thread(
+            _raw, url, b"POST /v1/deployments/dep/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Length: 5000\r\n\r\n[{", wait_s=20)
+        assert refused.startswith(b"HTTP/1.1 413"), refused
+        assert refused.count(b"HTTP/1.1") == 1, refused  # closed, nothing more
         big = await asyncio.to_thread(
             _raw, url, b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
                        + b"a" * 40_000 + b"\r\n\r\n")
@@ -171,10 +180,10 @@ async def test_slow_headers_and_bodies_time_out_and_huge_headers_are_refused(
 async def test_a_body_that_keeps_coming_is_answered_however_long_it_takes_in_all(
         registry: Registry, serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
     # The body's limit is on each pause, not on the whole: four pauses of 0.6 s, 2.4 s in all,
-    # under a 2 s limit (each pause far from it, so a loaded machine cannot fail it).
+    # under a 2 s limit (a loaded machine would have to stall the server 1.4 s to fail it).
     deploy(registry)
     monkeypatch.setenv("RENDEZVOUS_BODY_TIMEOUT_S", "2")
-    body = b'[{"x": 1.0, "y": 2.0}]'
+    body = json.dumps([ROW]).encode()
     async with serve("dep") as client:
         url = str(client.base_url).rstrip("/")
         answer = await asyncio.to_thread(
