@@ -26,6 +26,11 @@ line (read off each process's stack with ``py-spy dump``) shows which. Needs ``w
 the GIL (``FILE`` with ``-on``/``-off`` before its suffix; ``.svg``: a flame graph; any
 other suffix: folded stacks).
 
+``--sched-trace FILE.md`` also records the kernel scheduler's switches and wake-ups for a
+few seconds in the middle of each run (Linux, root; ``bench.sched_trace``) and writes to
+``FILE.md`` (``-on``/``-off`` before its suffix) how the serving process's event-loop thread
+spent them: on a core, waiting for one (preempted by whom), asleep (woken by whom).
+
 ``--rounds N`` measures on and off N times, alternating which goes first (one run's
 throughput on this machine moves by 20 % from run to run), and writes each round's
 throughput ratio, their median and the CPU per request to ``--out``
@@ -65,6 +70,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,7 +79,7 @@ from typing import Any
 
 import psutil
 
-from bench import loadgen
+from bench import loadgen, sched_trace
 from bench.models import request_rows
 from bench.payloads import oip_v2
 from bench.rendezvous_contender import _prepare, serving_processes
@@ -223,7 +229,8 @@ def _wrk(url: str, bodies: Path, *, connections: int, duration_s: float,
 
 def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float,
             delay_ms: float, py_spy: Path | None, src: Path,
-            serve_args: Sequence[str] | None = None) -> dict[str, float]:
+            serve_args: Sequence[str] | None = None,
+            sched: Path | None = None) -> dict[str, float]:
     """CPU ms per request by part, plus ``req/s``, ``errors``, wrk's percentiles and the
     micro-batches. ``serve_args`` replace the serving benchmark's ``DEFAULT_SERVE``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,16 +248,25 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
             time.sleep(1.0)
             pids = _processes(server.pid)
             before = _threads(pids)
+            serving = [p for p, k in pids.items() if k == "serving"]
+            # with --processes N > 1 the supervisor serves nothing itself: record a child
+            one = next((p for p in serving if p != server.pid), server.pid)
             spy = None
             if py_spy is not None:
-                serving = [p for p, k in pids.items() if k == "serving"]
-                # with --processes N > 1 the supervisor serves nothing itself: record a child
-                one = next((p for p in serving if p != server.pid), server.pid)
                 fmt = "flamegraph" if py_spy.suffix == ".svg" else "raw"
                 spy = subprocess.Popen(["py-spy", "record", "-o", str(py_spy), "-r", "200",
                                         "--format", fmt, "--gil", "--nonblocking",
                                         "-p", str(one)],
                                        stdout=subprocess.DEVNULL)
+            traced: list[str] = []
+
+            def trace() -> None:  # a few seconds from the middle of the measured run
+                time.sleep(duration / 3)
+                traced.append(sched_trace.record(min(3.0, duration / 3)))
+
+            tracer = threading.Thread(target=trace)
+            if sched is not None:
+                tracer.start()
             since_ns = time.time_ns()
             load = _wrk(spec.infer_url, bodies, connections=concurrency,
                         duration_s=duration, script=script)
@@ -260,10 +276,14 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait()
             dumps = {pid: _dump(pid) for pid in pids}
+            if sched is not None:
+                tracer.join()
         micro = _scores_per_record(Path(tmp) / "home")
         micro |= _stages(Path(tmp) / "home", since_ns)
     print(_sources(dumps, pids), file=sys.stderr)
     names = {pid: _thread_names(d) for pid, d in dumps.items()}
+    if sched is not None and traced:
+        _write_sched(sched, traced[0], pids, names, one, load)
     per: dict[str, float] = {"req/s": load.rps, "errors": load.errors, "p50 ms": load.p50_ms,
                              "p99 ms": load.p99_ms, "p99.9 ms": load.p999_ms, **micro}
     for (pid, tid), t1 in after.items():
@@ -276,6 +296,21 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
         whole = "model host (all)" if kind.startswith("model host") else "serving (all)"
         per[whole] = per.get(whole, 0.0) + spent
     return per
+
+
+def _write_sched(path: Path, trace: str, pids: dict[int, str],
+                 names: dict[int, dict[int, str]], one: int, load: loadgen.LoadResult) -> None:
+    """How serving process ``one``'s event-loop thread spent ``trace``, to ``path`` (Markdown)
+    and stderr. The trace itself (megabytes) is not kept."""
+    labels = {pid: kind for pid, kind in pids.items()}
+    for pid, threads in names.items():
+        for tid, name in threads.items():
+            labels[tid] = f"{pids[pid]}: {name}"
+    summary = sched_trace.summarize(trace, one, labels)
+    table = (f"Serving process {one}, its event-loop thread (`bench.sched_trace`), during a run "
+             f"of {load.rps:,.0f} req/s (wrk p50 {load.p50_ms:.1f} ms):\n\n" + summary.table())
+    path.write_text(table + "\n")
+    print(table, file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -433,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="pause before each request of a connection (default 0: flat out)")
     ap.add_argument("--only", choices=["on", "off"], help="one of the two runs")
     ap.add_argument("--py-spy", type=Path, help="record one serving process of each run")
+    ap.add_argument("--sched-trace", type=Path,
+                    help="trace the scheduler during each run (Linux, root) and write how the "
+                         "serving process's event-loop thread spent it to this Markdown file")
     ap.add_argument("--src", type=Path, default=ROOT / "src",
                     help="the rendezvous source tree the servers run (default: the one beside "
                          "this script), e.g. another worktree's, for a before and after")
@@ -498,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
                                  warmup=args.warmup, delay_ms=args.delay_ms,
                                  src=args.src.resolve(), serve_args=serve_args,
                                  py_spy=args.py_spy and args.py_spy.with_stem(
-                                     f"{args.py_spy.stem}-{name}"))
+                                     f"{args.py_spy.stem}-{name}"),
+                                 sched=args.sched_trace and args.sched_trace.with_stem(
+                                     f"{args.sched_trace.stem}-{name}"))
     print(f"CPU ms per request ({args.duration:g} s of wrk, {args.concurrency} connections, "
           f"{args.delay_ms:g} ms pause before each request)")
     parts = sorted({p for r in rows.values() for p in r})
