@@ -264,8 +264,8 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 time.sleep(duration / 3)
                 traced.append(sched_trace.record(min(3.0, duration / 3)))
 
-            tracer = threading.Thread(target=trace)
-            if sched is not None:
+            tracer = threading.Thread(target=trace) if sched is not None else None
+            if tracer is not None:
                 tracer.start()
             since_ns = time.time_ns()
             load = _wrk(spec.infer_url, bodies, connections=concurrency,
@@ -276,13 +276,15 @@ def measure(analytics: bool, *, duration: float, concurrency: int, warmup: float
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait()
             dumps = {pid: _dump(pid) for pid in pids}
-            if sched is not None:
+            if tracer is not None:
                 tracer.join()
         micro = _scores_per_record(Path(tmp) / "home")
         micro |= _stages(Path(tmp) / "home", since_ns)
     print(_sources(dumps, pids), file=sys.stderr)
     names = {pid: _thread_names(d) for pid, d in dumps.items()}
-    if sched is not None and traced:
+    if sched is not None:
+        if not traced:
+            raise RuntimeError("the scheduler trace failed (its error is printed above)")
         _write_sched(sched, traced[0], pids, names, one, load)
     per: dict[str, float] = {"req/s": load.rps, "errors": load.errors, "p50 ms": load.p50_ms,
                              "p99 ms": load.p99_ms, "p99.9 ms": load.p999_ms, **micro}
@@ -498,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.against is not None:
             ap.error("give --against (two source trees) or --against-serve-args (two ways of "
                      "serving one tree), not both")
+    if args.sched_trace is not None:
+        if args.rounds:
+            ap.error("--sched-trace traces single runs; drop --rounds (or --sched-trace)")
+        why = sched_trace.ready()
+        if why:
+            ap.error(f"--sched-trace: {why}")
     for flag, tree in (("--src", args.src), ("--against", args.against)):
         # A tree without the package would not fail: the servers would import the editable
         # install instead, and the rounds would compare a tree with itself.

@@ -18,8 +18,10 @@ process this way during its measured run. Pure Python over the trace's text; no 
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -34,12 +36,23 @@ _SWITCH = re.compile(r"\s([\d.]+): sched_switch: prev_comm=.*? prev_pid=(\d+) pr
 _WAKING = re.compile(r"^\s*(.*?)-(\d+)\s+\[\d+\].*?\s([\d.]+): sched_waking: comm=.*? pid=(\d+)")
 
 
-def record(seconds: float, tracefs: Path = TRACEFS) -> str:
-    """The scheduler's switches and wake-ups on every core for ``seconds``."""
+def ready(tracefs: Path = TRACEFS) -> str:
+    """Why ``record`` cannot run here ("" when it can), mounting tracefs when it is missing."""
+    if os.geteuid() != 0:
+        return "tracing the scheduler needs root (tracefs); run as root or drop --sched-trace"
     if not (tracefs / "trace").exists():
-        import subprocess
+        done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracefs)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"cannot mount tracefs at {tracefs}: {done.stderr.strip()}"
+    if not all((tracefs / "events" / e / "enable").exists() for e in EVENTS):
+        return f"this kernel's tracefs ({tracefs}) has no {' or '.join(EVENTS)} event"
+    return ""
 
-        subprocess.run(["mount", "-t", "tracefs", "nodev", str(tracefs)], check=True)
+
+def record(seconds: float, tracefs: Path = TRACEFS) -> str:
+    """The scheduler's switches and wake-ups on every core for ``seconds`` (``ready`` says
+    whether it can run)."""
     (tracefs / "trace").write_text("")
     (tracefs / "buffer_size_kb").write_text("20000")
     for event in EVENTS:
@@ -49,7 +62,9 @@ def record(seconds: float, tracefs: Path = TRACEFS) -> str:
     finally:
         for event in EVENTS:
             (tracefs / "events" / event / "enable").write_text("0")
-    return (tracefs / "trace").read_text()
+    text = (tracefs / "trace").read_text()
+    (tracefs / "trace").write_text("")  # the kernel's buffer, freed
+    return text
 
 
 @dataclass
