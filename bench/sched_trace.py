@@ -1,9 +1,10 @@
 """Where one thread's wall time goes, from the kernel's scheduler trace: on a core, waiting
 for a core after being preempted (and by whom), or asleep (and who woke it).
 
-``record(seconds)`` turns on the ``sched_switch`` and ``sched_waking`` tracepoints for that
-long and returns the trace (Linux, root: tracefs is mounted at ``/sys/kernel/tracing`` when it
-is not there yet). ``summarize(trace, tid, names)`` reads it for the thread ``tid``:
+``ready()`` says why tracing cannot run here (Linux, root, tracefs with the two events; it
+mounts tracefs at ``/sys/kernel/tracing`` when it is not there yet); ``record(seconds)`` turns
+on the ``sched_switch`` and ``sched_waking`` tracepoints for that long and returns the trace;
+``summarize(trace, tid, names)`` reads it for the thread ``tid``:
 
 - *on a core*: from being switched in to being switched out;
 - *waiting for a core*: switched out while runnable (``prev_state=R``: preempted), until it
@@ -12,8 +13,8 @@ is not there yet). ``summarize(trace, tid, names)`` reads it for the thread ``ti
   attributed to the task whose ``sched_waking`` woke it (logged on the waker's side, so a
   wake-up from the other core names its task, not the idle task that completes it).
 
-``bench.analytics_serving_cpu --sched-trace FILE`` records the main thread of a serving
-process this way during its measured run. Pure Python over the trace's text; no ``perf``.
+``bench.analytics_serving_cpu --sched-trace FILE.md`` records the event-loop thread of a
+serving process this way during its measured run. Pure Python over the trace's text; no ``perf``.
 """
 
 from __future__ import annotations
